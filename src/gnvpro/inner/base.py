@@ -1,0 +1,29 @@
+"""The result of an inner solve W*(θ) = argmin_W Φ(θ, W), shared by all losses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class InnerSolution:
+    """W* and what the outer method needs of it.
+
+    Convention (rows are samples): Ẑ ∈ R^{n×p} (p = m+1 with the ones column for the bias),
+    predictions S = Ẑ Wᵀ ∈ R^{n×c}, W ∈ R^{c×p}, all float64.
+
+    hess_inv applies H_W⁻¹ to a (c, p) tensor, where
+        H_W[V] = H_S[Ẑ Vᵀ]ᵀ Ẑ + α_W V
+    is the Hessian of Φ in W at the returned W*, factorised once (Cholesky) and reused.
+    """
+
+    W: Tensor
+    hess_inv: Callable[[Tensor], Tensor]
+    iterations: int = 0
+    grad_norm: float = 0.0
+    converged: bool = True
+    seconds: float = 0.0
+    message: str = ""
