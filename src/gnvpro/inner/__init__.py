@@ -1,0 +1,34 @@
+"""Inner solvers W*(θ) = argmin_W L(Ẑ Wᵀ, C) + (α_W/2)‖W‖_F² (rows are samples)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from gnvpro.inner.base import InnerSolution
+from gnvpro.inner.least_squares import solve_least_squares
+from gnvpro.inner.newton import dense_hessian, hessian_apply, solve_newton
+from gnvpro.losses import Loss
+
+__all__ = [
+    "InnerSolution",
+    "solve_least_squares",
+    "solve_newton",
+    "solve_inner",
+    "hessian_apply",
+    "dense_hessian",
+]
+
+
+def solve_inner(
+    loss: Loss,
+    Zh: Tensor,
+    C: Tensor,
+    alpha_w: float,
+    W0: Tensor | None = None,
+    **newton_options: float | int,
+) -> InnerSolution:
+    """W* for any loss: the closed form for quadratic losses (W0 and options are then unused),
+    Newton's method (``solve_newton``, warm-started from W0) otherwise."""
+    if loss.is_quadratic:
+        return solve_least_squares(Zh, C, alpha_w)
+    return solve_newton(loss, Zh, C, alpha_w, W0=W0, **newton_options)

@@ -1,0 +1,142 @@
+"""Split a model into its features Z = F(x; θ) and its affine head S = Z W̃ᵀ + b.
+
+Supported: an ``nn.Sequential`` whose last module is ``nn.Linear``, or any module with
+``head="dotted.name"`` naming an ``nn.Linear`` submodule that is applied last. The split is
+verified on a probe batch: ``head(features(x))`` must equal ``model(x)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+
+@dataclass
+class HeadSplit:
+    """The model, the name of its affine head, and the feature parameters θ (all others)."""
+
+    model: nn.Module
+    head_name: str
+    head: nn.Linear
+
+    @property
+    def has_bias(self) -> bool:
+        return self.head.bias is not None
+
+    @property
+    def n_features(self) -> int:
+        return self.head.in_features
+
+    @property
+    def n_outputs(self) -> int:
+        return self.head.out_features
+
+    def feature_params(self) -> dict[str, Tensor]:
+        """θ: every trainable parameter of the model that is not in the head."""
+        prefix = self.head_name + "."
+        return {
+            k: p
+            for k, p in self.model.named_parameters()
+            if not k.startswith(prefix) and p.requires_grad
+        }
+
+    @contextlib.contextmanager
+    def _headless(self) -> Iterator[None]:
+        parent, attr = _parent_of(self.model, self.head_name)
+        original = getattr(parent, attr) if attr else None
+        if parent is None:  # the model is the head itself
+            raise ValueError("the model is only an affine layer: there are no features to train")
+        setattr(parent, attr, nn.Identity())
+        try:
+            yield
+        finally:
+            setattr(parent, attr, original)
+
+    def features(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Z = F(x; θ), evaluated functionally with the given θ (torch.func friendly)."""
+        with self._headless():
+            return functional_call(self.model, params, (x,), strict=False)
+
+    def head_weights(self) -> Tensor:
+        """W = [W̃, b] ∈ R^{c×p}, p = m+1 with bias (m without)."""
+        w = self.head.weight.detach()
+        if self.has_bias:
+            return torch.cat([w, self.head.bias.detach()[:, None]], dim=1)
+        return w.clone()
+
+    @torch.no_grad()
+    def set_head_weights(self, W: Tensor) -> None:
+        """Write W = [W̃, b] into the head (cast to the head's dtype and device)."""
+        m = self.n_features
+        self.head.weight.copy_(W[:, :m].to(self.head.weight))
+        if self.has_bias:
+            self.head.bias.copy_(W[:, m].to(self.head.bias))
+
+
+def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module | None, str]:
+    if name == "":
+        return None, ""
+    *path, attr = name.split(".")
+    parent = model
+    for p in path:
+        parent = getattr(parent, p)
+    return parent, attr
+
+
+def split_model(
+    model: nn.Module, head: str | None = None, probe: Tensor | None = None
+) -> HeadSplit:
+    """Locate the affine head of `model`; check on `probe` (if given) that it is applied last.
+
+    Raises TypeError / ValueError with a fix when the model has no affine last layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if head is None:
+        if not isinstance(model, nn.Sequential) or len(model) == 0:
+            raise TypeError(
+                "cannot find the affine head: pass an nn.Sequential whose last module is "
+                "nn.Linear, or name the head submodule with head='dotted.name'"
+            )
+        head = str(len(model) - 1)
+    try:
+        module = model.get_submodule(head)
+    except AttributeError as e:
+        raise ValueError(f"the model has no submodule named {head!r} to use as the head") from e
+    if not isinstance(module, nn.Linear):
+        raise TypeError(
+            f"the head {head!r} is a {type(module).__name__}, not nn.Linear: GNvpro eliminates an "
+            "affine last layer. End the model with nn.Linear, or name one with head='...'"
+        )
+    split = HeadSplit(model, head, module)
+    if not split.feature_params():
+        raise ValueError("the model has no trainable parameters outside its head")
+    if probe is not None:
+        check_head_is_last(split, probe)
+    return split
+
+
+@torch.no_grad()
+def check_head_is_last(split: HeadSplit, probe: Tensor) -> None:
+    """Verify model(x) == head(features(x)) on a probe batch, else raise ValueError."""
+    params = dict(split.model.named_parameters())
+    params = {k: v for k, v in params.items() if k in split.feature_params()}
+    z = split.features(params, probe)
+    if z.ndim != 2 or z.shape[1] != split.n_features:
+        raise ValueError(
+            f"the features feeding the head {split.head_name!r} have shape {tuple(z.shape)}; "
+            f"GNvpro needs (n, {split.n_features}): flatten them before the head"
+        )
+    out = split.model(probe)
+    again = split.head(z)
+    if out.shape != again.shape or not torch.allclose(out, again, rtol=1e-5, atol=1e-6):
+        raise ValueError(
+            f"model(x) differs from head(features(x)) for head {split.head_name!r}: the affine "
+            "head is not the model's last operation (an activation, softmax or reshape follows "
+            "it). Move that operation into the loss or name the right head"
+        )

@@ -1,0 +1,347 @@
+"""Newton's method for the convex inner problem W*(θ) = argmin_W Φ(W) (classification losses).
+
+Φ(W) = L(Ẑ Wᵀ, C) + (α_W/2) ‖W‖_F²,   ∇_W Φ = Gᵀ Ẑ + α_W W,
+H_W[V] = H_S[Ẑ Vᵀ]ᵀ Ẑ + α_W V   (SPD for α_W > 0).
+
+vec(W) is always the row-major flattening W.reshape(-1) of the (c, p) matrix: entry (k, j) sits at
+position k·p + j. Small problems (c·p ≤ dense_max) form H_W densely and factor it by Cholesky;
+larger ones use (block-Jacobi-preconditioned) conjugate gradients on the matrix-free H_W.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from gnvpro.inner.base import InnerSolution
+from gnvpro.losses import CrossEntropyLoss, LeastSquaresLoss, LogisticLoss, Loss
+
+__all__ = ["solve_newton", "hessian_apply", "dense_hessian"]
+
+_C1 = 1e-4  # Armijo constant
+_MAX_BACKTRACK = 60
+_ROW_CHUNK_ELEMS = 2**24  # rows of M = [Ẑ∘p_1, …, Ẑ∘p_c] formed at once: ≤ 16M entries
+_BLOCK_PRECOND_ELEMS = 2**25  # largest c·p² for the block-Jacobi CG preconditioner
+
+
+def hessian_apply(
+    loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, V: Tensor, alpha_w: float
+) -> Tensor:
+    """H_W[V] = H_S[Ẑ Vᵀ]ᵀ Ẑ + α_W V, matrix-free, for V of shape (c, p); S = Ẑ Wᵀ.
+
+    Computed in the inputs' dtype (no cast); V may also be the flat (c·p,) vector.
+    """
+    Vm = V.reshape(S.shape[1], Zh.shape[1])
+    out = loss.hess_apply(S, C, Zh @ Vm.T).T @ Zh + alpha_w * Vm
+    return out.reshape(V.shape)
+
+
+def dense_hessian(loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float) -> Tensor:
+    """The (c·p) × (c·p) matrix of H_W at S = Ẑ Wᵀ, rows/columns ordered as W.reshape(-1).
+
+    least squares: I_c ⊗ ẐᵀẐ/n + α_W I; logistic: Ẑᵀ diag(σ(1−σ)) Ẑ/n + α_W I;
+    cross-entropy: blockdiag_k(Ẑᵀ diag(p_k) Ẑ)/n − MᵀM/n + α_W I, M = [Ẑ∘p_1, …, Ẑ∘p_c]
+    (M formed in row chunks); any other loss: H_W applied to the unit vectors.
+    """
+    n, p = Zh.shape
+    c = S.shape[1]
+    N = c * p
+    dt, dev = Zh.dtype, Zh.device
+    if isinstance(loss, LeastSquaresLoss):
+        H = torch.kron(torch.eye(c, dtype=dt, device=dev), Zh.T @ Zh / n)
+    elif isinstance(loss, LogisticLoss):
+        w = torch.sigmoid(S[:, 0]) * torch.sigmoid(-S[:, 0])
+        H = (Zh * w[:, None]).T @ Zh / n
+    elif isinstance(loss, CrossEntropyLoss):
+        P = torch.softmax(S, dim=1)
+        H = torch.zeros(N, N, dtype=dt, device=dev)
+        for k in range(c):
+            H[k * p : (k + 1) * p, k * p : (k + 1) * p] = (Zh * P[:, k : k + 1]).T @ Zh
+        rows = max(1, _ROW_CHUNK_ELEMS // max(N, 1))
+        for i0 in range(0, n, rows):
+            Zc, Pc = Zh[i0 : i0 + rows], P[i0 : i0 + rows]
+            M = (Pc[:, :, None] * Zc[:, None, :]).reshape(Zc.shape[0], N)  # column k·p + j
+            H -= M.T @ M
+        H /= n
+    else:
+        eye = torch.eye(N, dtype=dt, device=dev)
+        H = torch.stack([hessian_apply(loss, S, C, Zh, eye[i], 0.0) for i in range(N)], dim=1)
+    H = 0.5 * (H + H.T)
+    H.diagonal().add_(alpha_w)
+    return H
+
+
+def _preconditioner(
+    loss: Loss, S: Tensor, Zh: Tensor, alpha_w: float
+) -> Callable[[Tensor], Tensor] | None:
+    """Block-Jacobi preconditioner R ↦ [B_k⁻¹ r_k]_k for CG on H_W (built-in losses only).
+
+    B_k = Ẑᵀ diag(a_k) Ẑ / n + α_W I is the k-th diagonal (p × p) block of H_W, with
+    a_k = 1 (least squares), σ(1−σ) (logistic), p_k(1−p_k) (cross-entropy); it captures the
+    ill-conditioning of the features. Falls back to the diagonal of H_W when the c blocks would
+    exceed 2^25 entries (or a block is not numerically SPD); None for other losses.
+    """
+    n, p = Zh.shape
+    if isinstance(loss, LeastSquaresLoss):
+        a = torch.ones_like(S)
+    elif isinstance(loss, LogisticLoss):
+        a = torch.sigmoid(S) * torch.sigmoid(-S)
+    elif isinstance(loss, CrossEntropyLoss):
+        P = torch.softmax(S, dim=1)
+        a = P * (1 - P)
+    else:
+        return None
+    c = a.shape[1]
+    if c * p * p <= _BLOCK_PRECOND_ELEMS:
+        blocks = torch.stack([(Zh * a[:, k : k + 1]).T @ Zh for k in range(c)]) / n
+        blocks.diagonal(dim1=1, dim2=2).add_(alpha_w)
+        L, info = torch.linalg.cholesky_ex(blocks)
+        if int(info.max()) == 0:
+
+            def block_solve(R: Tensor) -> Tensor:
+                return torch.cholesky_solve(R.reshape(c, p, 1), L).reshape(R.shape)
+
+            return block_solve
+    diag = a.T @ Zh.square() / n + alpha_w
+    if not bool((diag > 0).all()):
+        return None
+
+    def diag_solve(R: Tensor) -> Tensor:
+        return (R.reshape(c, p) / diag).reshape(R.shape)
+
+    return diag_solve
+
+
+def _pcg(
+    apply: Callable[[Tensor], Tensor],
+    b: Tensor,
+    tol: float,
+    maxiter: int,
+    precond: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, int, float]:
+    """Preconditioned CG for apply(x) = b from x = 0 until ‖r‖ ≤ tol. Returns (x, iters, ‖r‖)."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    rnorm = float(torch.linalg.norm(r))
+    if rnorm <= tol:
+        return x, 0, rnorm
+    z = precond(r) if precond is not None else r
+    d = z.clone()
+    rz = torch.sum(r * z)
+    it = 0
+    while it < maxiter:
+        it += 1
+        Hd = apply(d)
+        curv = torch.sum(d * Hd)
+        if not float(curv) > 0:  # numerically singular: keep what we have
+            break
+        step = rz / curv
+        x = x + step * d
+        r = r - step * Hd
+        rnorm = float(torch.linalg.norm(r))
+        if rnorm <= tol:
+            break
+        z = precond(r) if precond is not None else r
+        rz_new = torch.sum(r * z)
+        d = z + (rz_new / rz) * d
+        rz = rz_new
+    if bool((x == 0).all()):  # no progress at all: fall back to the preconditioned residual
+        x = precond(b) if precond is not None else b.clone()
+    return x, it, rnorm
+
+
+def _cholesky_shifted(H: Tensor) -> Tensor:
+    """Cholesky factor of H, adding a growing multiple of I if H is not numerically SPD."""
+    L, info = torch.linalg.cholesky_ex(H)
+    if int(info) == 0:
+        return L
+    if not bool(torch.isfinite(H).all()):
+        raise FloatingPointError("H_W contains NaN/Inf; check the features Ẑ and alpha_w")
+    scale = float(H.diagonal().abs().max()) or 1.0
+    tau = 1e-14 * scale
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    for _ in range(20):
+        L, info = torch.linalg.cholesky_ex(H + tau * eye)
+        if int(info) == 0:
+            return L
+        tau *= 10.0
+    raise FloatingPointError("could not factor H_W even after shifting it by 1e6·max|diag H_W|")
+
+
+def solve_newton(
+    loss: Loss,
+    Zh: Tensor,
+    C: Tensor,
+    alpha_w: float,
+    W0: Tensor | None = None,
+    rtol: float = 1e-10,
+    atol: float = 1e-10,
+    max_iter: int = 100,
+    dense_max: int = 2000,
+) -> InnerSolution:
+    """Minimise Φ(W) = L(Ẑ Wᵀ, C) + (α_W/2)‖W‖_F² by Newton's method, in float64 on Ẑ's device.
+
+    Step: H_W d = −∇_W Φ, with H_W dense + Cholesky while c·p ≤ dense_max, otherwise
+    block-Jacobi-preconditioned CG on the matrix-free H_W to the residual min(0.5, √‖∇‖)·‖∇‖.
+    Globalised by backtracking (halving) until the Armijo condition
+    Φ(W + t d) ≤ Φ(W) + 1e-4 t ∇ᵀd holds; in the round-off regime (|∇ᵀd| below ~1e3·eps·|Φ|,
+    where Φ cannot resolve the decrease) a step is accepted when it reduces ‖∇_W Φ‖ instead.
+
+    Starts from W0 (warm start) or zeros. Stops when ‖∇_W Φ(W)‖_F ≤ max(atol, rtol·‖∇_W Φ(0)‖_F):
+    the relative test is measured against the gradient at W = 0, not at W0, so the tolerance does
+    not depend on the warm start. Reaching max_iter (or a failed line search) returns
+    converged=False with a message and emits a RuntimeWarning.
+
+    The returned ``hess_inv(V)`` = H_W⁻¹[V] at the returned W (V of shape (c, p) or (c·p,)):
+    one Cholesky factor reused (dense), or PCG to relative residual 1e-12 (c·p > dense_max).
+    """
+    t0 = time.perf_counter()
+    if alpha_w < 0:
+        raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
+    if Zh.ndim != 2 or C.ndim != 2 or C.shape[0] != Zh.shape[0]:
+        raise ValueError(
+            f"Ẑ must be (n, p) and C (n, c) with the same n; got Ẑ {tuple(Zh.shape)}, "
+            f"C {tuple(C.shape)} (convert targets with loss.prepare_targets)"
+        )
+    Zh = Zh.detach().to(torch.float64)
+    dev = Zh.device
+    C = C.detach().to(device=dev, dtype=torch.float64)
+    if not (bool(torch.isfinite(Zh).all()) and bool(torch.isfinite(C).all())):
+        raise ValueError(
+            "features Ẑ or targets C contain NaN/Inf; the inner solve needs finite data"
+        )
+    n, p = Zh.shape
+    c = C.shape[1]
+    alpha = float(alpha_w)
+    dense = c * p <= dense_max
+    eps = torch.finfo(torch.float64).eps
+
+    if W0 is None:
+        W = torch.zeros(c, p, dtype=torch.float64, device=dev)
+    else:
+        if tuple(W0.shape) != (c, p):
+            raise ValueError(f"W0 must have shape (c, p) = {(c, p)}, got {tuple(W0.shape)}")
+        W = W0.detach().to(device=dev, dtype=torch.float64).clone()
+
+    def phi(Wm: Tensor, S: Tensor) -> float:
+        return float(loss.value(S, C)) + 0.5 * alpha * float(torch.sum(Wm * Wm))
+
+    def gradient(Wm: Tensor, S: Tensor) -> Tensor:
+        return loss.grad(S, C).T @ Zh + alpha * Wm
+
+    g_zero = loss.grad(torch.zeros(n, c, dtype=torch.float64, device=dev), C).T @ Zh
+    tol = max(atol, rtol * float(torch.linalg.norm(g_zero)))
+
+    S = Zh @ W.T
+    f = phi(W, S)
+    g = gradient(W, S)
+    gnorm = float(torch.linalg.norm(g))
+    it = 0
+    converged = False
+    failure = ""
+    while True:
+        if gnorm <= tol:
+            converged = True
+            break
+        if it >= max_iter:
+            failure = f"reached max_iter={max_iter}"
+            break
+        # Newton direction
+        if dense:
+            L = _cholesky_shifted(dense_hessian(loss, S, C, Zh, alpha))
+            d = -torch.cholesky_solve(g.reshape(-1, 1), L).reshape(c, p)
+        else:
+            S_fix = S
+
+            def apply(V: Tensor, S_fix: Tensor = S_fix) -> Tensor:
+                return hessian_apply(loss, S_fix, C, Zh, V, alpha)
+
+            forcing = min(0.5, math.sqrt(gnorm)) * gnorm
+            precond = _preconditioner(loss, S, Zh, alpha)
+            d, _, _ = _pcg(apply, -g, forcing, 2 * c * p + 20, precond)
+        slope = float(torch.sum(g * d))
+        if not slope < 0:  # cannot happen for an SPD H; guard against round-off
+            d, slope = -g, -(gnorm**2)
+        roundoff = abs(slope) <= 1e3 * eps * max(1.0, abs(f))
+        t = 1.0
+        accepted = False
+        for _ in range(_MAX_BACKTRACK):
+            W_new = W + t * d
+            S_new = Zh @ W_new.T
+            f_new = phi(W_new, S_new)
+            if math.isfinite(f_new) and f_new <= f + _C1 * t * slope:
+                g_new = gradient(W_new, S_new)
+                accepted = True
+                break
+            if roundoff:
+                g_new = gradient(W_new, S_new)
+                if float(torch.linalg.norm(g_new)) < gnorm:
+                    accepted = True
+                    break
+            t *= 0.5
+        if not accepted:
+            failure = "the line search failed to decrease Φ (round-off limit reached)"
+            break
+        W, S, f, g = W_new, S_new, f_new, g_new
+        gnorm = float(torch.linalg.norm(g))
+        it += 1
+
+    if converged:
+        message = f"converged: ‖∇Φ‖ = {gnorm:.2e} ≤ {tol:.2e} after {it} Newton iteration(s)"
+    else:
+        message = (
+            f"Newton did not converge ({failure}): ‖∇Φ‖ = {gnorm:.2e} > tolerance {tol:.2e} "
+            f"after {it} iteration(s); increase max_iter, loosen rtol/atol, or increase alpha_w"
+        )
+        warnings.warn(f"solve_newton ({loss.name}): {message}", RuntimeWarning, stacklevel=2)
+
+    hess_inv = _make_hess_inv(loss, S, C, Zh, alpha, dense)
+    return InnerSolution(
+        W=W,
+        hess_inv=hess_inv,
+        iterations=it,
+        grad_norm=gnorm,
+        converged=converged,
+        seconds=time.perf_counter() - t0,
+        message=message,
+    )
+
+
+def _make_hess_inv(
+    loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha: float, dense: bool
+) -> Callable[[Tensor], Tensor]:
+    """V ↦ H_W⁻¹[V] at S = Ẑ W*ᵀ (float64), factored once (dense) or by PCG (matrix-free)."""
+    c, p = S.shape[1], Zh.shape[1]
+    if dense:
+        L = _cholesky_shifted(dense_hessian(loss, S, C, Zh, alpha))
+
+        def hess_inv(V: Tensor) -> Tensor:
+            b = V.to(device=Zh.device, dtype=torch.float64).reshape(-1, 1)
+            return torch.cholesky_solve(b, L).reshape(V.shape)
+
+        return hess_inv
+
+    precond = _preconditioner(loss, S, Zh, alpha)
+
+    def apply(V: Tensor) -> Tensor:
+        return hessian_apply(loss, S, C, Zh, V, alpha)
+
+    def hess_inv_cg(V: Tensor) -> Tensor:
+        b = V.to(device=Zh.device, dtype=torch.float64).reshape(c, p)
+        bnorm = float(torch.linalg.norm(b))
+        x, _, rnorm = _pcg(apply, b, 1e-12 * bnorm, 10 * c * p + 100, precond)
+        if rnorm > 1e-10 * bnorm:
+            warnings.warn(
+                f"hess_inv: CG reached only relative residual {rnorm / bnorm:.1e} (> 1e-10); "
+                f"H_W is badly conditioned, increase alpha_w",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return x.reshape(V.shape)
+
+    return hess_inv_cg

@@ -1,0 +1,226 @@
+"""Trust-region Gauss-Newton, one outer iteration at a time (reference: trnewton, method.md §3).
+
+Each iteration builds a Krylov basis V of the Gauss-Newton operator H for the right-hand side −g
+(Lanczos with full reorthogonalisation, ≤ max_krylov vectors, relative tolerance krylov_rtol),
+solves  min_z −β₀ z₁ + ½ zᵀ T z,  ‖z‖ ≤ Δ  exactly inside it (T = V H Vᵀ), and tests s = Vᵀz by the
+ratio ρ (gnvpro.trust_region). After a rejection the same basis is reused (no new products). The
+first radius is the length of the first Gauss-Newton step. subproblem="steihaug" replaces the
+basis by Steihaug-Toint truncated CG.
+
+Work units (method.md §4): initial objective + gradient 2, each H v 2, each trial value 1, the
+gradient at an accepted point 1 (its forward pass is the trial's; the reference re-evaluates the
+objective and gradient there, 2). The inner solve is not counted in work units; its seconds are
+recorded separately.
+
+The problem is any object with evaluate(θ, prev) -> point (with .value and .inner),
+gradient(point) and gn_operator(point); so the joint (θ, W) Gauss-Newton baseline uses this too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from .linalg import (
+    KrylovBasis,
+    lanczos,
+    newton_step_in_subspace,
+    steihaug_cg,
+    tr_step_in_subspace,
+)
+from .trust_region import RadiusRule, StepOutcome
+
+
+class Problem(Protocol):
+    def evaluate(self, theta: Tensor, prev: Any = None) -> Any: ...
+    def gradient(self, pt: Any) -> Tensor: ...
+    def gn_operator(self, pt: Any) -> Any: ...
+
+
+class Termination(str, Enum):
+    RUNNING = "running"
+    GRAD_RTOL = "‖g‖/‖g0‖ below rtol"
+    GRAD_ATOL = "‖g‖ below atol"
+    MAX_ITER = "iteration limit reached"
+    MAX_WORK = "work budget spent"
+    RADIUS = "trust region collapsed (no further progress possible)"
+    STOPPED = "stopped by callback"
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Settings of the outer trust-region method (defaults: the reference's surrogate runs)."""
+
+    max_krylov: int = 20
+    krylov_rtol: float = 1e-2
+    subproblem: str = "lanczos"
+    radius_rule: RadiusRule = field(default_factory=RadiusRule)
+    grad_rtol: float = 1e-10
+    grad_atol: float = 0.0
+    min_radius: float = 1e-14
+
+    def __post_init__(self) -> None:
+        if self.subproblem not in ("lanczos", "steihaug"):
+            raise ValueError(f"subproblem must be 'lanczos' or 'steihaug', got {self.subproblem!r}")
+        if self.max_krylov < 1:
+            raise ValueError("max_krylov must be >= 1")
+
+
+@dataclass
+class SolverState:
+    pt: Any
+    g: Tensor
+    grad_norm0: float
+    radius: float | None = None
+    basis: KrylovBasis | None = None
+    work: float = 0.0
+    iteration: int = 0
+    inner_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def grad_norm(self) -> float:
+        return float(self.g.norm())
+
+
+@dataclass
+class StepInfo:
+    """What one outer iteration did (printing, JSONL and plots consume these)."""
+
+    iteration: int
+    loss: float
+    data_loss: float
+    grad_norm: float
+    radius: float
+    rho: float
+    outcome: str
+    accepted: bool
+    step_norm: float
+    krylov_iters: int
+    krylov_relres: float
+    work_units: float
+    seconds: float
+    inner_iterations: int = 0
+    inner_grad_norm: float = 0.0
+    inner_seconds: float = 0.0
+    inner_converged: bool = True
+    status: str = "ok"
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def initial_state(problem: Problem, theta: Tensor, prev: Any = None) -> SolverState:
+    """Evaluate Φ and ∇Φ at θ0 (2 work units)."""
+    t0 = time.perf_counter()
+    pt = problem.evaluate(theta, prev)
+    if not math.isfinite(pt.value):
+        raise ValueError(
+            "the objective is not finite at the starting point: check the data scale and the "
+            "initial weights"
+        )
+    g = problem.gradient(pt)
+    inner = getattr(pt, "inner", None)
+    return SolverState(pt, g, float(g.norm()), work=2.0,
+                       inner_seconds=inner.seconds if inner else 0.0,
+                       seconds=time.perf_counter() - t0)
+
+
+def check_termination(
+    state: SolverState, cfg: SolverConfig, max_iter: int | None, max_work: float | None
+) -> Termination:
+    gn = state.grad_norm
+    if gn <= cfg.grad_atol:
+        return Termination.GRAD_ATOL
+    if state.grad_norm0 > 0 and gn / state.grad_norm0 <= cfg.grad_rtol:
+        return Termination.GRAD_RTOL
+    if max_iter is not None and state.iteration >= max_iter:
+        return Termination.MAX_ITER
+    if max_work is not None and state.work >= max_work:
+        return Termination.MAX_WORK
+    if state.radius is not None and state.radius < cfg.min_radius:
+        return Termination.RADIUS
+    return Termination.RUNNING
+
+
+def _subproblem_step(
+    problem: Problem, state: SolverState, cfg: SolverConfig
+) -> tuple[SolverState, Tensor, float, bool, int, float]:
+    """Step s, predicted reduction, on-boundary flag, Krylov iterations, relres."""
+    if cfg.subproblem == "steihaug":
+        H = problem.gn_operator(state.pt)
+        radius = state.radius
+        if radius is None:
+            first = steihaug_cg(H, state.g, math.inf, cfg.max_krylov, cfg.krylov_rtol)
+            radius = float(first.s.norm())
+            state = replace(state, work=state.work + 2 * first.n_products)
+        res = steihaug_cg(H, state.g, radius, cfg.max_krylov, cfg.krylov_rtol)
+        state = replace(state, radius=radius, work=state.work + 2 * res.n_products)
+        return state, res.s, float(res.pred), bool(res.on_boundary), res.iterations, res.relres
+    basis, iters = state.basis, 0
+    if basis is None:
+        basis = lanczos(problem.gn_operator(state.pt), -state.g, cfg.max_krylov, cfg.krylov_rtol)
+        iters = basis.n_products
+        state = replace(state, basis=basis, work=state.work + 2 * basis.n_products)
+    radius = state.radius
+    if radius is None:
+        radius = float(newton_step_in_subspace(basis.T, basis.beta0).norm())
+        state = replace(state, radius=radius)
+    sol = tr_step_in_subspace(basis.T, basis.beta0, radius)
+    return state, basis.expand(sol.z), float(sol.pred), bool(sol.on_boundary), iters, basis.relres
+
+
+def trust_region_step(
+    problem: Problem, state: SolverState, cfg: SolverConfig
+) -> tuple[SolverState, StepInfo]:
+    """One outer iteration: subproblem, trial evaluation, ratio test, radius update."""
+    t0 = time.perf_counter()
+    state, s, pred, on_boundary, k_iters, relres = _subproblem_step(problem, state, cfg)
+    step_norm = float(s.norm())
+    trial = problem.evaluate(state.pt.theta + s.to(state.pt.theta), state.pt)
+    work = state.work + 1
+    ared = state.pt.value - trial.value
+    rho = ared / pred if pred > 0 and math.isfinite(trial.value) else float("nan")
+    outcome, radius = cfg.radius_rule.update(
+        rho, state.radius, step_norm, on_boundary, state.grad_norm
+    )
+    inner = getattr(trial, "inner", None)
+    inner_seconds = state.inner_seconds + (inner.seconds if inner else 0.0)
+    if outcome is StepOutcome.REJECTED:
+        keep = state.basis if cfg.subproblem == "lanczos" else None
+        new = replace(state, radius=radius, basis=keep, work=work)
+    else:
+        g = problem.gradient(trial)
+        new = replace(state, pt=trial, g=g, radius=radius, basis=None, work=work + 1)
+    new = replace(new, iteration=state.iteration + 1, inner_seconds=inner_seconds,
+                  seconds=state.seconds + time.perf_counter() - t0)
+    status = "ok"
+    if inner is not None and not inner.converged:
+        status = f"inner solve not converged: {inner.message}"
+    info = StepInfo(
+        iteration=new.iteration,
+        loss=new.pt.value,
+        data_loss=new.pt.loss,
+        grad_norm=new.grad_norm,
+        radius=radius,
+        rho=rho,
+        outcome=outcome.value,
+        accepted=outcome is not StepOutcome.REJECTED,
+        step_norm=step_norm,
+        krylov_iters=k_iters,
+        krylov_relres=float(relres),
+        work_units=new.work,
+        seconds=new.seconds,
+        inner_iterations=inner.iterations if inner else 0,
+        inner_grad_norm=inner.grad_norm if inner else 0.0,
+        inner_seconds=inner_seconds,
+        inner_converged=inner.converged if inner else True,
+        status=status,
+    )
+    return new, info

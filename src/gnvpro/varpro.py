@@ -1,0 +1,228 @@
+"""Variable projection: the reduced objective Φ_red(θ) = Φ(θ, W*(θ)) and its derivatives.
+
+Rows are samples: features Z ∈ R^{n×m}, Ẑ = [Z, 1] ∈ R^{n×p}, head W = [W̃, b] ∈ R^{c×p},
+predictions S = Ẑ Wᵀ, loss derivatives G = ∂L/∂S and H_S[U] (gnvpro.losses).
+
+    Φ(θ, W)   = L(Ẑ(θ) Wᵀ, C) + (α_W/2)‖W‖² + (α_θ/2)‖Bθ‖²
+    ∇Φ_red    = J_Zᵀ (G W̃) + α_θ BᵀBθ                          (envelope: ∇_W Φ(θ, W*) = 0)
+    H_W[V]    = H_S[Ẑ Vᵀ]ᵀ Ẑ + α_W V,   B_Z[dZ] = H_S[dẐ Wᵀ]ᵀ Ẑ + Gᵀ dẐ,   dẐ = [dZ, 0]
+    dW        = −H_W⁻¹ B_Z[dZ]                                  (implicit function theorem)
+    J_S dθ    = dẐ Wᵀ + Ẑ dWᵀ                                    (Golub-Pereyra, full)
+    J_Sᵀ X + J_Wᵀ R = J_Zᵀ [X W − H_S[Ẑ Yᵀ] W − G Y]_{:, :m},   Y = H_W⁻¹(XᵀẐ + R)
+    H_GN v    = J_Sᵀ H_S[J_S v] + α_W J_Wᵀ J_W v + α_θ BᵀB v
+
+For least squares H_GN = J_rᵀJ_r of the stacked residual
+r = [vec(S − C)/√n; √α_θ Bθ; √α_W vec(W*)] (the reference's GN matrix). "kaufman" drops dW.
+The W-side algebra runs in float64 whatever the network dtype. Reference: method.md section 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .autodiff import FeatureMap
+from .head import HeadSplit
+from .inner import InnerSolution, solve_inner
+from .losses import Loss
+from .regularizer import LinearMap, Regularizer
+
+
+@dataclass
+class Point:
+    """Everything known at one θ after the forward pass and the inner solve."""
+
+    theta: Tensor
+    value: float
+    loss: float
+    Zh: Tensor
+    W: Tensor
+    S: Tensor
+    G: Tensor
+    inner: InnerSolution
+    vjp_fn: Callable[[Tensor], Tensor] | None
+
+    @property
+    def finite(self) -> bool:
+        return bool(torch.isfinite(torch.tensor(self.value)))
+
+
+@dataclass
+class WarmStart:
+    """A starting W for the inner solve (anything with .W works as `prev`)."""
+
+    W: Tensor
+
+
+@dataclass(frozen=True)
+class InnerOptions:
+    rtol: float = 1e-10
+    atol: float = 1e-10
+    max_iter: int = 100
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/Inf entries: clean or impute them first")
+
+
+class ReducedObjective:
+    """Φ_red on one batch (x, C) for the model described by `split`."""
+
+    def __init__(
+        self,
+        split: HeadSplit,
+        loss: Loss,
+        x: Tensor,
+        y: Tensor,
+        alpha_w: float,
+        alpha_theta: float,
+        B: LinearMap | None = None,
+        jacobian: str = "full",
+        gn_alpha_w: bool = True,
+        inner: InnerOptions | None = None,
+        jvp_mode: str = "jvp",
+    ) -> None:
+        if jacobian not in ("full", "kaufman"):
+            raise ValueError(f"jacobian must be 'full' or 'kaufman', got {jacobian!r}")
+        if alpha_w < 0:
+            raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
+        if alpha_w == 0 and not loss.is_quadratic:
+            raise ValueError("alpha_w must be > 0 for classification losses (W* must be unique)")
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise TypeError("x and y must be torch tensors")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[0]} samples but y has {y.shape[0]}: they must match in dim 0"
+            )
+        if x.shape[0] == 0:
+            raise ValueError("the batch is empty")
+        _check_finite("x", x)
+        self.split = split
+        self.loss = loss
+        self.C = loss.prepare_targets(y, split.n_outputs).to(torch.float64)
+        if self.C.shape[1] != split.n_outputs:
+            raise ValueError(
+                f"targets have {self.C.shape[1]} columns but the head has {split.n_outputs} "
+                "outputs: make nn.Linear's out_features match the targets"
+            )
+        self.n = x.shape[0]
+        self.alpha_w = float(alpha_w)
+        self.features = FeatureMap(split, x, jvp_mode)
+        self.reg = Regularizer(alpha_theta, self.features.layout, B)
+        self.kaufman = jacobian == "kaufman"
+        self.gn_alpha_w = gn_alpha_w
+        self.inner_options = inner or InnerOptions()
+
+    # ------------------------------------------------------------------ value
+    def augment(self, Z: Tensor) -> Tensor:
+        """Ẑ = [Z, 1] in float64 (no ones column for a head without bias)."""
+        Z = Z.to(torch.float64)
+        if self.split.has_bias:
+            Z = torch.cat([Z, torch.ones(Z.shape[0], 1, dtype=Z.dtype, device=Z.device)], 1)
+        return Z
+
+    def solve_inner(self, Zh: Tensor, W0: Tensor | None = None) -> InnerSolution:
+        o = self.inner_options
+        return solve_inner(
+            self.loss, Zh, self.C, self.alpha_w, W0, rtol=o.rtol, atol=o.atol, max_iter=o.max_iter
+        )
+
+    def evaluate(self, theta: Tensor, prev: Point | None = None, with_vjp: bool = True) -> Point:
+        """Forward pass, inner solve W*(θ) (warm-started from prev.W), Φ_red(θ).
+
+        A non-finite forward pass gives value = inf (the trust region then rejects the step).
+        """
+        theta = theta.detach().to(torch.float64)
+        W0 = prev.W if prev is not None and prev.W.numel() else None
+        p = self.split.n_features + int(self.split.has_bias)
+        if W0 is not None and tuple(W0.shape) != (self.split.n_outputs, p):
+            W0 = None
+        if with_vjp:
+            Z, vjp_fn = self.features.with_vjp(theta)
+            Z = Z.detach()
+        else:
+            Z, vjp_fn = self.features(theta), None
+        if Z.ndim != 2 or Z.shape != (self.n, self.split.n_features):
+            raise ValueError(
+                f"features have shape {tuple(Z.shape)}, expected ({self.n}, "
+                f"{self.split.n_features}) to feed the head"
+            )
+        Zh = self.augment(Z)
+        if not torch.isfinite(Zh).all():
+            nan = torch.full((), float("inf"))
+            empty = InnerSolution(W=torch.empty(0), hess_inv=lambda v: v, converged=False,
+                                  message="non-finite features")
+            return Point(theta, float("inf"), float("inf"), Zh, nan, nan, nan, empty, None)
+        sol = self.solve_inner(Zh, W0)
+        S = Zh @ sol.W.T
+        L = self.loss.value(S, self.C)
+        value = L + 0.5 * self.alpha_w * sol.W.square().sum() + self.reg.value(theta)
+        G = self.loss.grad(S, self.C)
+        return Point(theta, float(value), float(L), Zh, sol.W, S, G, sol, vjp_fn)
+
+    # --------------------------------------------------------------- gradient
+    def gradient(self, pt: Point) -> Tensor:
+        """∇Φ_red(θ) = J_Zᵀ(G W̃) + α_θ BᵀBθ (one backward pass)."""
+        if pt.vjp_fn is None:
+            pt.vjp_fn = self.features.with_vjp(pt.theta)[1]
+        m = self.split.n_features
+        return pt.vjp_fn(pt.G @ pt.W[:, :m]) + self.reg.gradient(pt.theta)
+
+    def jacobian(self, pt: Point) -> VarProJacobian:
+        return VarProJacobian(self, pt)
+
+    def gn_operator(self, pt: Point) -> Callable[[Tensor], Tensor]:
+        """v ↦ H_GN(θ) v, with the feature linearisation shared by all products."""
+        return self.jacobian(pt).gauss_newton
+
+
+class VarProJacobian:
+    """J_S (predictions) and J_W (= dW*/dθ) at one point, their adjoints, and H_GN."""
+
+    def __init__(self, obj: ReducedObjective, pt: Point) -> None:
+        self.obj, self.pt = obj, pt
+        self._jvp = obj.features.jvp_fn(pt.theta)
+        if pt.vjp_fn is None:
+            pt.vjp_fn = obj.features.with_vjp(pt.theta)[1]
+        self._vjp = pt.vjp_fn
+        self.m = obj.split.n_features
+
+    def _pad(self, dZ: Tensor) -> Tensor:
+        """dẐ = [dZ, 0]: the bias column is never perturbed."""
+        return dZ if not self.obj.split.has_bias else torch.nn.functional.pad(dZ, (0, 1))
+
+    def _hs(self, U: Tensor) -> Tensor:
+        return self.obj.loss.hess_apply(self.pt.S, self.obj.C, U)
+
+    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """(J_S v, J_W v) = (dẐ Wᵀ + Ẑ dWᵀ, dW) for a flat direction v."""
+        pt = self.pt
+        dZh = self._pad(self._jvp(v))
+        dS = dZh @ pt.W.T
+        if self.obj.kaufman:
+            return dS, torch.zeros_like(pt.W)
+        BZ = self._hs(dS).T @ pt.Zh + pt.G.T @ dZh
+        dW = -pt.inner.hess_inv(BZ)
+        return dS + pt.Zh @ dW.T, dW
+
+    def adjoint(self, X: Tensor, R: Tensor | None = None) -> Tensor:
+        """J_Sᵀ X + J_Wᵀ R (flat float64), X ∈ R^{n×c}, R ∈ R^{c×p}."""
+        pt = self.pt
+        E = X @ pt.W
+        if not self.obj.kaufman:
+            rhs = X.T @ pt.Zh if R is None else X.T @ pt.Zh + R
+            Y = pt.inner.hess_inv(rhs)
+            E = E - self._hs(pt.Zh @ Y.T) @ pt.W - pt.G @ Y
+        return self._vjp(E[:, : self.m])
+
+    def gauss_newton(self, v: Tensor) -> Tensor:
+        """H_GN v = J_Sᵀ H_S[J_S v] + α_W J_Wᵀ J_W v + α_θ BᵀB v (one JVP + one VJP)."""
+        dS, dW = self.forward(v)
+        R = self.obj.alpha_w * dW if (self.obj.gn_alpha_w and not self.obj.kaufman) else None
+        return self.adjoint(self._hs(dS), R) + self.obj.reg.gauss_newton(v)
+

@@ -1,0 +1,364 @@
+"""Inner solvers: closed-form least squares and Newton's method for the classifiers."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from gnvpro.inner import (
+    InnerSolution,
+    dense_hessian,
+    hessian_apply,
+    solve_inner,
+    solve_least_squares,
+    solve_newton,
+)
+from gnvpro.losses import make_loss
+
+DT = torch.float64
+
+
+def _features(n: int, m: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    Z = scale * torch.randn(n, m, generator=gen, dtype=DT)
+    return torch.cat([Z, torch.ones(n, 1, dtype=DT)], dim=1)
+
+
+def _problem(name: str, n: int = 150, m: int = 4, c: int = 3, seed: int = 0, noise: float = 1.0):
+    """Ẑ (ones column last) and float targets C; labels of a noisy linear model (not separable)."""
+    loss = make_loss(name)
+    Zh = _features(n, m, seed)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    if name == "logistic":
+        c = 1
+    Wt = torch.randn(max(c, 2), m + 1, generator=gen, dtype=DT)
+    scores = Zh @ Wt.T + noise * torch.randn(n, max(c, 2), generator=gen, dtype=DT)
+    if name == "least_squares":
+        y = scores[:, :c]
+    elif name == "cross_entropy":
+        y = scores.argmax(dim=1)
+    else:
+        y = (scores[:, 0] > 0).to(torch.int64)
+    C = loss.prepare_targets(y, c).to(DT)
+    return loss, Zh, C
+
+
+def _grad_W(loss, Zh, C, W, alpha):
+    return loss.grad(Zh @ W.T, C).T @ Zh + alpha * W
+
+
+def _hess_matrix_by_columns(loss, S, C, Zh, alpha):
+    N = S.shape[1] * Zh.shape[1]
+    eye = torch.eye(N, dtype=DT)
+    return torch.stack([hessian_apply(loss, S, C, Zh, eye[i], alpha) for i in range(N)], dim=1)
+
+
+# ----------------------------------------------------------------------------- least squares
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 0.5])
+def test_least_squares_matches_lstsq(alpha: float) -> None:
+    loss, Zh, C = _problem("least_squares", n=40, m=6, c=3)
+    n, p = Zh.shape
+    sol = solve_least_squares(Zh, C, alpha)
+    assert isinstance(sol, InnerSolution)
+    A = np.vstack([Zh.numpy() / np.sqrt(n), np.sqrt(alpha) * np.eye(p)])
+    B = np.vstack([C.numpy() / np.sqrt(n), np.zeros((p, C.shape[1]))])
+    Wt_ref = np.linalg.lstsq(A, B, rcond=None)[0]
+    np.testing.assert_allclose(sol.W.numpy(), Wt_ref.T, rtol=1e-12, atol=1e-12)
+    assert sol.W.dtype == DT and sol.W.shape == (3, p)
+    assert sol.iterations == 0 and sol.converged and sol.seconds >= 0
+    g = _grad_W(loss, Zh, C, sol.W, alpha)
+    assert float(g.norm()) < 1e-13
+    assert sol.grad_norm == pytest.approx(float(g.norm()), abs=1e-15)
+    assert "Cholesky" in sol.message
+
+
+def test_least_squares_svd_fallback_rank_deficient() -> None:
+    # alpha = 0 and a duplicated feature column: Gram is singular; expect the minimum-norm solution
+    _, Zh, C = _problem("least_squares", n=30, m=3, c=2)
+    Zh = torch.cat([Zh[:, :1], Zh], dim=1)
+    sol = solve_least_squares(Zh, C, 0.0)
+    assert "SVD" in sol.message
+    W_ref = np.linalg.lstsq(Zh.numpy(), C.numpy(), rcond=None)[0].T
+    np.testing.assert_allclose(sol.W.numpy(), W_ref, rtol=1e-10, atol=1e-10)
+    # alpha = 1e-13 > 0: Cholesky is rejected (cond ~ 1e13); the SVD result is the min-norm one up
+    # to O(alpha), with equal weights on the two identical columns (no round-off blow-up along
+    # the null direction, where a normal-equation or augmented solve picks up ~1e-3 noise)
+    sol = solve_least_squares(Zh, C, 1e-13)
+    assert "SVD" in sol.message
+    np.testing.assert_allclose(sol.W.numpy(), W_ref, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(sol.W[:, 0], sol.W[:, 1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [40, 5])  # n < p: thin SVD, Gram⁻¹ needs the null-space term
+def test_least_squares_svd_path_forced(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    import gnvpro.inner.least_squares as ls_mod
+
+    loss, Zh, C = _problem("least_squares", n=n, m=7, c=2, seed=4)
+    alpha = 1e-2
+    ref = solve_least_squares(Zh, C, alpha)
+    assert "Cholesky" in ref.message
+    monkeypatch.setattr(ls_mod, "_COND_MAX", 1.0)
+    sol = solve_least_squares(Zh, C, alpha)
+    assert "SVD" in sol.message
+    torch.testing.assert_close(sol.W, ref.W, rtol=1e-11, atol=1e-12)
+    assert sol.grad_norm < 1e-12
+    _check_hess_inv(loss, Zh, C, sol, alpha)
+
+
+def _check_hess_inv(loss, Zh, C, sol, alpha, rtol=1e-10) -> None:
+    gen = torch.Generator().manual_seed(7)
+    S = Zh @ sol.W.T
+    V = torch.randn(sol.W.shape, generator=gen, dtype=DT)
+    X = sol.hess_inv(V)
+    assert X.shape == V.shape and X.dtype == DT
+    back = hessian_apply(loss, S, C, Zh, X, alpha)
+    assert float((back - V).norm() / V.norm()) < rtol
+    HV = hessian_apply(loss, S, C, Zh, V, alpha)
+    assert float((sol.hess_inv(HV) - V).norm() / V.norm()) < rtol
+    flat = sol.hess_inv(V.reshape(-1))  # flat vec(V) accepted, same ordering
+    assert flat.shape == (V.numel(),)
+    torch.testing.assert_close(flat, X.reshape(-1), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [1e-4, 1.0])
+def test_least_squares_hess_inv(alpha: float) -> None:
+    loss, Zh, C = _problem("least_squares", n=50, m=5, c=2)
+    _check_hess_inv(loss, Zh, C, solve_least_squares(Zh, C, alpha), alpha)
+
+
+# ------------------------------------------------------------------------------ Newton
+
+
+def _numpy_objective(name: str, Zh: np.ndarray, C: np.ndarray, alpha: float):
+    """Φ, ∇Φ and the Hessian of Φ in vec(W) (row-major), written independently in numpy."""
+    n, p = Zh.shape
+    c = C.shape[1]
+
+    def probs(w):
+        S = Zh @ w.reshape(c, p).T
+        if name == "logistic":
+            return S, 1.0 / (1.0 + np.exp(-S))
+        E = np.exp(S - S.max(axis=1, keepdims=True))
+        return S, E / E.sum(axis=1, keepdims=True)
+
+    def fun(w):
+        S, P = probs(w)
+        if name == "logistic":
+            L = np.sum(np.logaddexp(0.0, S) - C * S) / n
+        else:
+            lse = np.log(np.exp(S - S.max(1, keepdims=True)).sum(1)) + S.max(1)
+            L = np.sum(lse - np.sum(C * S, axis=1)) / n
+        return L + 0.5 * alpha * w @ w
+
+    def jac(w):
+        _, P = probs(w)
+        return (((P - C).T @ Zh) / n).reshape(-1) + alpha * w
+
+    def hess(w):
+        _, P = probs(w)
+        H = np.zeros((c * p, c * p))
+        for i in range(n):
+            A = (
+                P[i : i + 1] * (1 - P[i : i + 1])
+                if name == "logistic"
+                else np.diag(P[i]) - np.outer(P[i], P[i])
+            )
+            H += np.kron(A, np.outer(Zh[i], Zh[i]))
+        return H / n + alpha * np.eye(c * p)
+
+    return fun, jac, hess
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "logistic"])
+def test_newton_matches_scipy(name: str) -> None:
+    alpha = 1e-3
+    loss, Zh, C = _problem(name, n=120, m=4, c=3)
+    sol = solve_newton(loss, Zh, C, alpha)
+    assert sol.converged, sol.message
+    g = _grad_W(loss, Zh, C, sol.W, alpha)
+    assert float(g.norm()) <= 1e-10
+    assert sol.grad_norm == pytest.approx(float(g.norm()), rel=1e-6, abs=1e-16)
+    assert 1 <= sol.iterations < 30 and sol.seconds > 0
+    fun, jac, hess = _numpy_objective(name, Zh.numpy(), C.numpy(), alpha)
+    res = minimize(
+        fun,
+        np.zeros(sol.W.numel()),
+        jac=jac,
+        hess=hess,
+        method="trust-exact",
+        options={"gtol": 1e-12},
+    )
+    w = res.x
+    for _ in range(3):  # polish the scipy solution with plain numpy Newton steps
+        w = w - np.linalg.solve(hess(w), jac(w))
+    assert np.linalg.norm(jac(w)) < 1e-12
+    assert np.linalg.norm(w - res.x) < 1e-6  # scipy itself was already close
+    W_ref = w.reshape(sol.W.shape)
+    W_ref = res.x.reshape(sol.W.shape)
+    rel = np.linalg.norm(sol.W.numpy() - W_ref) / np.linalg.norm(W_ref)
+    assert rel < 1e-7
+    # the numpy Hessian (independent formula) equals our dense Hessian at W*
+    H = dense_hessian(loss, Zh @ sol.W.T, C, Zh, alpha)
+    np.testing.assert_allclose(H.numpy(), hess(sol.W.numpy().reshape(-1)), rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "logistic"])
+def test_newton_warm_start(name: str) -> None:
+    alpha = 1e-2
+    loss, Zh, C = _problem(name, seed=3)
+    sol = solve_newton(loss, Zh, C, alpha)
+    warm = solve_newton(loss, Zh, C, alpha, W0=sol.W)
+    assert warm.converged and warm.iterations <= 1
+    torch.testing.assert_close(warm.W, sol.W, rtol=1e-9, atol=1e-10)
+    # a nearby warm start needs fewer iterations than the cold start
+    near = solve_newton(loss, Zh, C, alpha, W0=sol.W * (1 + 1e-3))
+    assert near.converged and near.iterations <= sol.iterations
+
+
+@pytest.mark.parametrize(
+    ("name", "c"), [("cross_entropy", 4), ("logistic", 1), ("least_squares", 2)]
+)
+def test_dense_hessian_equals_matrix_free(name: str, c: int) -> None:
+    alpha = 0.3
+    loss, Zh, C = _problem(name, n=37, m=3, c=c, seed=5)
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(C.shape[1], Zh.shape[1], generator=gen, dtype=DT)
+    S = Zh @ W.T
+    H = dense_hessian(loss, S, C, Zh, alpha)
+    H_cols = _hess_matrix_by_columns(loss, S, C, Zh, alpha)
+    torch.testing.assert_close(H, H_cols, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(H, H.T, rtol=0, atol=0)
+    assert float(torch.linalg.eigvalsh(H).min()) >= alpha * (1 - 1e-10)
+    # row-major vec: H vec(V) = vec(H_W[V])
+    V = torch.randn(W.shape, generator=gen, dtype=DT)
+    torch.testing.assert_close(
+        H @ V.reshape(-1),
+        hessian_apply(loss, S, C, Zh, V, alpha).reshape(-1),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+def test_dense_hessian_chunked_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gnvpro.inner.newton as newton_mod
+
+    loss, Zh, C = _problem("cross_entropy", n=23, m=2, c=3, seed=9)
+    S = torch.randn(23, 3, dtype=DT)
+    H_full = dense_hessian(loss, S, C, Zh, 0.1)
+    monkeypatch.setattr(newton_mod, "_ROW_CHUNK_ELEMS", 20)  # ~2 rows per chunk
+    torch.testing.assert_close(dense_hessian(loss, S, C, Zh, 0.1), H_full, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "logistic"])
+def test_dense_hess_inv(name: str) -> None:
+    alpha = 1e-3
+    loss, Zh, C = _problem(name, seed=11)
+    sol = solve_newton(loss, Zh, C, alpha)
+    _check_hess_inv(loss, Zh, C, sol, alpha)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "logistic"])
+def test_cg_path_matches_dense(name: str) -> None:
+    alpha = 1e-3
+    loss, Zh, C = _problem(name, n=200, m=6, c=4, seed=2)
+    dense = solve_newton(loss, Zh, C, alpha)
+    cg = solve_newton(loss, Zh, C, alpha, dense_max=0)
+    assert cg.converged, cg.message
+    assert cg.grad_norm <= 1e-10
+    rel = float((cg.W - dense.W).norm() / dense.W.norm())
+    assert rel < 1e-8
+    _check_hess_inv(loss, Zh, C, cg, alpha)
+
+
+def test_least_squares_through_newton_is_one_step() -> None:
+    alpha = 1e-2
+    loss, Zh, C = _problem("least_squares", n=60, m=5, c=2)
+    ref = solve_least_squares(Zh, C, alpha)
+    for dense_max in (2000, 0):
+        sol = solve_newton(loss, Zh, C, alpha, dense_max=dense_max)
+        assert sol.converged
+        torch.testing.assert_close(sol.W, ref.W, rtol=1e-9, atol=1e-10)
+    assert solve_newton(loss, Zh, C, alpha).iterations == 1
+
+
+def test_max_iter_reports_non_convergence() -> None:
+    # separable, badly scaled data and a tiny alpha: Newton needs many steps
+    n, m = 80, 3
+    Zh = _features(n, m, seed=4, scale=20.0)
+    loss = make_loss("logistic")
+    C = loss.prepare_targets((Zh[:, 0] + 0.3 * Zh[:, 1] > 0).to(torch.int64))
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        sol = solve_newton(loss, Zh, C, 1e-8, max_iter=1)
+    assert not sol.converged
+    assert sol.iterations == 1
+    assert "max_iter=1" in sol.message and "did not converge" in sol.message
+    assert sol.grad_norm > 1e-10
+    # hess_inv is still provided at the returned iterate
+    _check_hess_inv(loss, Zh, C.to(DT), sol, 1e-8, rtol=1e-6)
+
+
+def test_float32_inputs_are_solved_in_float64() -> None:
+    alpha = 1e-3
+    for name in ("cross_entropy", "least_squares"):
+        loss, Zh, C = _problem(name, seed=8)
+        sol64 = solve_inner(loss, Zh, C, alpha)
+        sol32 = solve_inner(loss, Zh.float(), C.float(), alpha, W0=None)
+        assert sol32.W.dtype == DT
+        assert sol32.hess_inv(torch.ones(sol32.W.shape, dtype=torch.float32)).dtype == DT
+        g = _grad_W(loss, Zh.float().double(), C.float().double(), sol32.W, alpha)
+        assert float(g.norm()) <= 1e-10
+        torch.testing.assert_close(sol32.W, sol64.W, rtol=1e-4, atol=1e-5)
+    loss, Zh, C = _problem("logistic", seed=8)
+    W0 = torch.zeros(1, Zh.shape[1], dtype=torch.float32)
+    sol = solve_newton(loss, Zh.float(), C.float(), alpha, W0=W0)
+    assert sol.W.dtype == DT and sol.converged
+
+
+def test_relative_tolerance_is_measured_at_zero() -> None:
+    alpha = 1e-3
+    loss, Zh, C = _problem("cross_entropy", seed=6)
+    g0 = float(_grad_W(loss, Zh, C, torch.zeros(3, Zh.shape[1], dtype=DT), alpha).norm())
+    sol = solve_newton(loss, Zh, C, alpha, rtol=1e-3, atol=0.0)
+    assert sol.converged and sol.grad_norm <= 1e-3 * g0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a converged solve emits no warning
+        solve_newton(loss, Zh, C, alpha, W0=sol.W, rtol=1e-3, atol=0.0)
+
+
+def test_input_validation() -> None:
+    loss, Zh, C = _problem("cross_entropy")
+    with pytest.raises(ValueError, match="W0 must have shape"):
+        solve_newton(loss, Zh, C, 1e-3, W0=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="same n"):
+        solve_newton(loss, Zh[:-1], C, 1e-3)
+    with pytest.raises(ValueError, match="n = "):
+        solve_least_squares(Zh[:-1], C, 1e-3)
+    with pytest.raises(ValueError, match="alpha_w"):
+        solve_least_squares(Zh, C, -1.0)
+    bad = Zh.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        solve_newton(loss, bad, C, 1e-3)
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        solve_least_squares(bad, C, 1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_solvers_on_cuda() -> None:
+    for name in ("least_squares", "cross_entropy", "logistic"):
+        loss, Zh, C = _problem(name, seed=12)
+        ref = solve_inner(loss, Zh, C, 1e-3)
+        sol = solve_inner(loss, Zh.cuda().float(), C.cuda().float(), 1e-3)
+        assert sol.W.is_cuda and sol.W.dtype == DT
+        torch.testing.assert_close(sol.W.cpu(), ref.W, rtol=1e-4, atol=1e-5)
+        V = torch.randn(sol.W.shape, dtype=DT, device="cuda")
+        back = hessian_apply(loss, Zh.cuda() @ sol.W.T, C.cuda(), Zh.cuda(), sol.hess_inv(V), 1e-3)
+        assert float((back - V).norm() / V.norm()) < 1e-8
+        cg = solve_newton(loss, Zh.cuda(), C.cuda(), 1e-3, dense_max=0)
+        torch.testing.assert_close(cg.W.cpu(), ref.W, rtol=1e-7, atol=1e-8)
