@@ -1,0 +1,46 @@
+"""The training interface every method (GNvpro and the baselines) shares.
+
+    records = train(method, model, data, settings)
+
+trains `model` (an nn.Sequential ending in nn.Linear, modified in place to the final — or, where
+settings.keep_best_val, the best-validation — weights) on data.x_train/y_train and returns one
+record (a JSON-able dict) per iteration or epoch, with at least:
+
+    iteration, loss (training objective Φ incl. regularisers), work_units (cumulative),
+    seconds (cumulative wall time), inner_seconds (cumulative time in inner W solves),
+    metrics: {"train": {...}, "val": {...}}  (gnvpro.metrics.prediction_metrics)
+
+Record 0 describes the starting point (work_units 2: objective and gradient). All methods start
+from the same θ0 with W = W*(θ0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..regularizer import LinearMap
+
+
+@dataclass
+class TrainSettings:
+    loss: str = "least_squares"
+    alpha_w: float = 1e-10
+    alpha_theta: float = 1e-10
+    max_work: float = 200.0  # work-unit budget of this call (method.md §4)
+    max_iter: int | None = None
+    # trust-region methods (GNvpro, GN)
+    max_krylov: int = 20
+    krylov_rtol: float = 1e-2
+    subproblem: str = "lanczos"
+    # stochastic methods (ADAM, SGD)
+    lr: float = 1e-3
+    batch_size: int = 32
+    momentum: float = 0.9
+    nesterov: bool = True
+    keep_best_val: bool = False
+    # L-BFGS-VarPro
+    lbfgs_memory: int = 10
+    seed: int = 0
+    regularizer: LinearMap | None = None
+    progress: bool = False
+    extra: dict = field(default_factory=dict)
