@@ -31,7 +31,7 @@ from .solver import (
     trust_region_step,
 )
 from .trust_region import RadiusRule
-from .varpro import InnerOptions, ReducedObjective, WarmStart
+from .varpro import InnerOptions, ReducedObjective, WarmStart, check_finite
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,7 @@ class GNvpro:
     def _prepare(self, x: Tensor, y: Tensor) -> None:
         if self._batch is not None and self._batch[0] is x and self._batch[1] is y:
             return
+        check_finite("x", x)
         if not self._checked:
             check_head_is_last(self.split, x[: min(len(x), 16)])
             self._checked = True

@@ -1,0 +1,127 @@
+"""The ``gnvpro`` command line.
+
+    gnvpro demo [--out DIR]
+    gnvpro run EXPERIMENT [--methods gnvpro,gn,lbfgs-vpro,adam] [--seeds 0-5 | 0,2,4 | ref]
+               [--out DIR] [--data PATH] [--device cpu|cuda] [--budget-scale F] [--levels N]
+               [--no-progress]
+    gnvpro report DIR
+    gnvpro data dcr --n N --seed S --out PATH
+
+User errors (a missing data file, an unknown experiment or method, ...) print one line to stderr
+and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class _Usage(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gnvpro",
+        description="GNvpro (Gauss-Newton variable projection): demo, experiments and reports.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    d = sub.add_parser("demo", help="a quick demonstration (table + figure)")
+    d.add_argument("--out", default="gnvpro-demo", help="output directory (default gnvpro-demo)")
+
+    r = sub.add_parser("run", help="run an experiment of the paper (cdr, dcr, ellipse or a .toml)")
+    r.add_argument("experiment", help="cdr, dcr, ellipse, or the path of a config .toml")
+    r.add_argument("--methods", help="comma-separated, e.g. gnvpro,gn,lbfgs-vpro,adam "
+                   "(default: the experiment's)")
+    r.add_argument("--seeds", help="e.g. 0-5, 0,2,4, ref (CDR reference split and θ0), ref,0-2")
+    r.add_argument("--out", help="output directory (default runs/EXPERIMENT)")
+    r.add_argument("--data", help="data file (CDR: CDR_Data.mat; DCR: a .npz from `gnvpro data`)")
+    r.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    r.add_argument("--budget-scale", type=float, default=1.0,
+                   help="multiply every work/iteration budget (default 1)")
+    r.add_argument("--levels", type=int, help="number of multilevel levels (default: config)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    rep = sub.add_parser("report", help="tables and figures of a run directory")
+    rep.add_argument("dir", help="the --out directory of `gnvpro run`")
+
+    da = sub.add_parser("data", help="generate data sets")
+    dsub = da.add_subparsers(dest="dataset", metavar="DATASET")
+    dsub.required = True
+    dc = dsub.add_parser("dcr", help="generate the DCR surrogate data set (.npz)")
+    dc.add_argument("--n", type=int, default=10000, help="number of samples (default 10000)")
+    dc.add_argument("--seed", type=int, default=0, help="prior seed (default 0)")
+    dc.add_argument("--out", required=True, help="output .npz path")
+    dc.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    return p
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from .demo import run_demo
+    except ImportError as e:
+        raise _Usage(f"the demo is not available in this installation ({e})") from None
+    run_demo(Path(args.out), progress=True)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .experiments.config import load_config, parse_methods, parse_seeds
+    from .experiments.report import summary_table
+    from .experiments.runner import run_experiment
+
+    cfg = load_config(args.experiment).with_levels(args.levels)
+    methods = parse_methods(args.methods, cfg)
+    seeds = parse_seeds(args.seeds, cfg)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    summary = run_experiment(cfg, out, methods, seeds, data_path=args.data, device=args.device,
+                             budget_scale=args.budget_scale, progress=not args.no_progress)
+    print(summary_table(summary))
+    print(f"\nresults in {out}  (tables and figures: gnvpro report {out})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .experiments.report import report
+
+    print(report(args.dir))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .problems.dcr import generate_dcr, save_dcr
+
+    if args.n < 1:
+        raise _Usage(f"--n must be >= 1, got {args.n}")
+    path = save_dcr(args.out, generate_dcr(args.n, args.seed, progress=True,
+                                           workers=max(1, args.workers)))
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gnvpro`` console script; returns the exit code."""
+    from .experiments.config import ExperimentError
+
+    args = _parser().parse_args(None if argv is None else list(argv))
+    handler = {"demo": _cmd_demo, "run": _cmd_run, "report": _cmd_report, "data": _cmd_data}
+    try:
+        return handler[args.command](args)
+    except (ExperimentError, _Usage, FileNotFoundError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"gnvpro {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gnvpro: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Experiment configurations (experiments.md sections 1-3), loaded from TOML.
+
+A config file (``experiments/configs/NAME.toml``, or any path) has the top-level keys
+
+    name, problem ("cdr" | "dcr" | "ellipse"), metric ("rel_err" | "accuracy"), loss, levels,
+    default_methods, default_seeds
+
+and the tables ``[data]``, ``[model]``, ``[train]`` (α_W, α_θ, α_θ factor per level, regulariser)
+and ``[methods.NAME]`` (TrainSettings fields per method; ``max_work`` is the work-unit budget of
+one level).  Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    tomllib = None  # type: ignore[assignment]
+
+__all__ = [
+    "KNOWN_METHODS",
+    "ExperimentConfig",
+    "ExperimentError",
+    "available_experiments",
+    "load_config",
+    "parse_methods",
+    "parse_seeds",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+KNOWN_METHODS = ("gnvpro", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd")
+PROBLEMS = ("cdr", "dcr", "ellipse")
+METRICS = ("rel_err", "accuracy")
+REGULARIZERS = ("identity", "time_smoothness")
+
+_DATA_KEYS = {
+    "cdr": {"n_train", "n_val", "n_test"},
+    "dcr": {"n", "data_seed", "n_train", "n_val", "n_test", "cache_dir", "workers"},
+    "ellipse": {"n_per_class", "n_train", "n_val"},
+}
+_MODEL_KEYS = {
+    "resnet": {"kind", "width", "n_nodes", "T", "n_steps", "open_bias", "steps_follow_grid"},
+    "mlp": {"kind", "hidden", "activation", "out_features"},
+}
+_TRAIN_KEYS = {"alpha_w", "alpha_theta", "alpha_theta_factor", "regularizer"}
+_TOP_KEYS = {
+    "name", "problem", "metric", "loss", "levels", "default_methods", "default_seeds",
+    "description", "data", "model", "train", "methods",
+}
+# TrainSettings fields a config may set per method (others are the runner's business).
+_METHOD_KEYS = {
+    "max_work", "max_iter", "max_krylov", "krylov_rtol", "subproblem", "lr", "batch_size",
+    "momentum", "nesterov", "keep_best_val", "lbfgs_memory", "extra",
+}
+_BUDGET_KEYS = ("max_work", "max_iter")
+
+
+class ExperimentError(ValueError):
+    """A user-facing configuration or input error (the CLI prints it and exits with code 2)."""
+
+
+def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment, as read from its TOML file (immutable)."""
+
+    name: str
+    problem: str
+    metric: str
+    loss: str
+    levels: int
+    data: Mapping[str, Any]
+    model: Mapping[str, Any]
+    alpha_w: float
+    alpha_theta: float
+    alpha_theta_factor: float = 0.5
+    regularizer: str = "identity"
+    methods: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
+    default_methods: tuple[str, ...] = ()
+    default_seeds: str = "0"
+    description: str = ""
+    source: str = ""
+
+    # ------------------------------------------------------------------------------------------
+    def method_settings(self, method: str, level: int, budget_scale: float = 1.0) -> dict:
+        """TrainSettings keyword arguments for ``method`` at ``level`` (1-based)."""
+        if method not in self.methods:
+            raise ExperimentError(
+                f"method {method!r} is not configured for experiment {self.name!r}; "
+                f"configured: {', '.join(self.methods)}"
+            )
+        kw = {
+            k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.methods[method].items()
+        }
+        if "max_work" in kw:
+            kw["max_work"] = float(kw["max_work"]) * budget_scale
+        if kw.get("max_iter") is not None:
+            kw["max_iter"] = max(1, round(int(kw["max_iter"]) * budget_scale))
+            kw.setdefault("max_work", 1e12)  # the iteration count is the budget
+        kw.update(
+            loss=self.loss,
+            alpha_w=self.alpha_w,
+            alpha_theta=self.alpha_theta * self.alpha_theta_factor ** (level - 1),
+        )
+        return kw
+
+    def with_levels(self, levels: int | None) -> ExperimentConfig:
+        if levels is None:
+            return self
+        if levels < 1:
+            raise ExperimentError(f"--levels must be >= 1, got {levels}")
+        if levels > 1 and self.model.get("kind") != "resnet":
+            raise ExperimentError(
+                f"experiment {self.name!r}: multilevel training needs a resnet model"
+            )
+        return dataclasses.replace(self, levels=int(levels))
+
+    def to_dict(self) -> dict:
+        """The TOML-shaped document: ``config_from_dict(cfg.to_dict())`` rebuilds ``cfg``."""
+        model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model.items()}
+        return {
+            "name": self.name, "problem": self.problem, "metric": self.metric, "loss": self.loss,
+            "levels": self.levels, "description": self.description,
+            "default_methods": list(self.default_methods), "default_seeds": self.default_seeds,
+            "data": dict(self.data), "model": model,
+            "train": {"alpha_w": self.alpha_w, "alpha_theta": self.alpha_theta,
+                      "alpha_theta_factor": self.alpha_theta_factor,
+                      "regularizer": self.regularizer},
+            "methods": {k: dict(v) for k, v in self.methods.items()},
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+def available_experiments() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def _check_keys(where: str, got: Mapping[str, Any], allowed: set[str], src: str) -> None:
+    bad = sorted(set(got) - allowed)
+    if bad:
+        raise ExperimentError(
+            f"{src}: unknown key(s) {', '.join(bad)} in {where}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _num(src: str, key: str, v: Any, *, positive: bool = False, integer: bool = False) -> Any:
+    ok = isinstance(v, int) if integer else isinstance(v, int | float)
+    if isinstance(v, bool) or not ok:
+        raise ExperimentError(f"{src}: {key} must be {'an integer' if integer else 'a number'}, "
+                              f"got {v!r}")
+    if positive and not v > 0:
+        raise ExperimentError(f"{src}: {key} must be > 0, got {v!r}")
+    if not positive and v < 0:
+        raise ExperimentError(f"{src}: {key} must be >= 0, got {v!r}")
+    return v
+
+
+def load_config(name_or_path: str | Path) -> ExperimentConfig:
+    """Load an experiment by name (``cdr``, ``dcr``, ``ellipse``) or from a TOML file path."""
+    s = str(name_or_path)
+    path = Path(s)
+    if not (s.endswith(".toml") or path.is_file()):
+        path = CONFIG_DIR / f"{s}.toml"
+        if not path.is_file():
+            raise ExperimentError(
+                f"unknown experiment {s!r}; available: {', '.join(available_experiments())} "
+                "(or give the path of a .toml file)"
+            )
+    elif not path.is_file():
+        raise ExperimentError(f"experiment config file not found: {path}")
+    if tomllib is None:  # pragma: no cover
+        raise ExperimentError("reading experiment configs needs Python >= 3.11 (tomllib)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ExperimentError(f"{path}: invalid TOML: {e}") from None
+    return config_from_dict(raw, str(path))
+
+
+def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentConfig:
+    """Validate a parsed TOML document and build the :class:`ExperimentConfig`."""
+    _check_keys("the top level", raw, _TOP_KEYS, src)
+    for key in ("name", "problem", "metric", "loss", "levels", "data", "model", "train", "methods"):
+        if key not in raw:
+            raise ExperimentError(f"{src}: missing required key {key!r}")
+    problem = raw["problem"]
+    if problem not in PROBLEMS:
+        raise ExperimentError(
+            f"{src}: problem must be one of {', '.join(PROBLEMS)}, got {problem!r}"
+        )
+    metric = raw["metric"]
+    if metric not in METRICS:
+        raise ExperimentError(f"{src}: metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    levels = _num(src, "levels", raw["levels"], positive=True, integer=True)
+
+    data = dict(raw["data"])
+    _check_keys("[data]", data, _DATA_KEYS[problem], src)
+    for k, v in data.items():
+        if k.startswith("n"):
+            _num(src, f"data.{k}", v, positive=True, integer=True)
+
+    model = dict(raw["model"])
+    kind = model.get("kind")
+    if kind not in _MODEL_KEYS:
+        raise ExperimentError(f"{src}: model.kind must be one of {', '.join(_MODEL_KEYS)}, "
+                              f"got {kind!r}")
+    _check_keys("[model]", model, _MODEL_KEYS[kind], src)
+    if kind == "resnet":
+        for k in ("width", "n_nodes", "n_steps"):
+            _num(src, f"model.{k}", model.get(k, 1), positive=True, integer=True)
+        _num(src, "model.T", model.get("T", 1.0), positive=True)
+    else:
+        hidden = model.get("hidden")
+        if not isinstance(hidden, list) or not hidden or not all(
+            isinstance(h, int) and h > 0 for h in hidden
+        ):
+            raise ExperimentError(f"{src}: model.hidden must be a list of positive integers")
+        model["hidden"] = tuple(hidden)
+        if levels > 1:
+            raise ExperimentError(f"{src}: multilevel training (levels > 1) needs a resnet model")
+
+    train = dict(raw["train"])
+    _check_keys("[train]", train, _TRAIN_KEYS, src)
+    alpha_w = float(_num(src, "train.alpha_w", train.get("alpha_w", 1e-10)))
+    alpha_theta = float(_num(src, "train.alpha_theta", train.get("alpha_theta", 1e-10)))
+    factor = float(_num(src, "train.alpha_theta_factor", train.get("alpha_theta_factor", 0.5),
+                        positive=True))
+    reg = train.get("regularizer", "identity")
+    if reg not in REGULARIZERS:
+        raise ExperimentError(f"{src}: train.regularizer must be one of {', '.join(REGULARIZERS)}")
+
+    methods_raw = raw["methods"]
+    if not isinstance(methods_raw, Mapping) or not methods_raw:
+        raise ExperimentError(f"{src}: [methods.NAME] tables are required")
+    methods: dict[str, Mapping[str, Any]] = {}
+    for m, settings in methods_raw.items():
+        if m not in KNOWN_METHODS:
+            raise ExperimentError(f"{src}: unknown method {m!r}; known: {', '.join(KNOWN_METHODS)}")
+        _check_keys(f"[methods.{m}]", settings, _METHOD_KEYS, src)
+        if not any(k in settings for k in _BUDGET_KEYS):
+            raise ExperimentError(f"{src}: [methods.{m}] needs max_work or max_iter (the budget)")
+        for k in _BUDGET_KEYS:
+            if k in settings:
+                _num(src, f"methods.{m}.{k}", settings[k], positive=True, integer=k == "max_iter")
+        methods[m] = _frozen(settings)
+
+    default_methods = tuple(raw.get("default_methods", list(methods)))
+    for m in default_methods:
+        if m not in methods:
+            raise ExperimentError(f"{src}: default method {m!r} has no [methods.{m}] table")
+    default_seeds = str(raw.get("default_seeds", "0"))
+    cfg = ExperimentConfig(
+        name=str(raw["name"]), problem=problem, metric=metric, loss=str(raw["loss"]),
+        levels=levels, data=_frozen(data), model=_frozen(model), alpha_w=alpha_w,
+        alpha_theta=alpha_theta, alpha_theta_factor=factor, regularizer=reg,
+        methods=_frozen(methods), default_methods=default_methods, default_seeds=default_seeds,
+        description=str(raw.get("description", "")), source=src,
+    )
+    parse_seeds(default_seeds, cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+def parse_methods(text: str | None, cfg: ExperimentConfig) -> list[str]:
+    """``"gnvpro,gn"`` → ["gnvpro", "gn"] (validated against the config); None → defaults."""
+    if text is None:
+        return list(cfg.default_methods)
+    out = [m.strip().lower() for m in text.split(",") if m.strip()]
+    if not out:
+        raise ExperimentError("--methods: give at least one method")
+    for m in out:
+        if m not in KNOWN_METHODS:
+            raise ExperimentError(f"unknown method {m!r}; known: {', '.join(KNOWN_METHODS)}")
+        if m not in cfg.methods:
+            raise ExperimentError(
+                f"method {m!r} is not configured for experiment {cfg.name!r}; "
+                f"configured: {', '.join(cfg.methods)}"
+            )
+    return list(dict.fromkeys(out))
+
+
+def parse_seeds(text: str | None, cfg: ExperimentConfig) -> list[int | str]:
+    """``"0-5"`` / ``"0,2,4"`` / ``"ref"`` / ``"ref,0-2"`` → seeds (ints, or "ref" for CDR)."""
+    if text is None:
+        text = cfg.default_seeds
+    seeds: list[int | str] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        if part == "ref":
+            if cfg.problem != "cdr":
+                raise ExperimentError(f"seed 'ref' (the reference split and θ0) exists only for "
+                                      f"the cdr experiment, not {cfg.name!r}")
+            seeds.append("ref")
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ExperimentError(
+                f"--seeds: cannot read {part!r}; use e.g. 0-5, 0,2,4 or ref"
+            ) from None
+    if not seeds:
+        raise ExperimentError("--seeds: give at least one seed")
+    if any(isinstance(s, int) and s < 0 for s in seeds):
+        raise ExperimentError("--seeds: seeds must be >= 0")
+    return list(dict.fromkeys(seeds))
