@@ -87,8 +87,9 @@ def train_stochastic(
     opt = make_optimizer([*feats.values(), *head])
     gen = torch.Generator().manual_seed(settings.seed)
     epochs = int(math.floor(settings.max_work / WORK_PER_EPOCH))
-    if settings.max_iter is not None:
-        epochs = min(epochs, settings.max_iter)
+    termination = "work budget spent"
+    if settings.max_iter is not None and settings.max_iter < epochs:
+        epochs, termination = settings.max_iter, "iteration limit reached"
 
     rec0 = make_record(
         method, 0, start.point.value, start.point.loss, START_WORK, time.perf_counter() - t0,
@@ -100,18 +101,15 @@ def train_stochastic(
         best_score, best_state = _score(rec0["metrics"], loss.classification), _snapshot(model)
         rec0["best_val"] = True
     seconds = rec0["seconds"]
-    termination = "work budget spent"
     with progress_bar(settings.progress, settings.max_work) as bar:
         for epoch in range(1, epochs + 1):
             te = time.perf_counter()
-            model.train()
             perm = torch.randperm(n, generator=gen).to(x.device)
             for i in range(0, n, settings.batch_size):
                 idx = perm[i : i + settings.batch_size]
                 opt.zero_grad(set_to_none=True)
                 objective(model(x[idx]), C[idx]).backward()
                 opt.step()
-            model.eval()
             seconds += time.perf_counter() - te
             with torch.no_grad():
                 S = model(x)
@@ -132,9 +130,6 @@ def train_stochastic(
             if not math.isfinite(float(phi)):
                 termination = "diverged (non-finite objective)"
                 break
-        else:
-            if settings.max_iter is not None and epochs == settings.max_iter:
-                termination = "iteration limit reached"
     if best_state is not None:
         model.load_state_dict(best_state)
     records[-1]["termination"] = termination
