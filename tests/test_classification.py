@@ -1,4 +1,4 @@
-"""Classification half of GNvpro: cross-entropy and logistic losses with an exact inner Newton solve.
+"""Classification half of GNvpro: cross-entropy and logistic losses, exact inner Newton solve.
 
 Float64, tiny models (mlp(3, [5, 4], c), 40 samples). Checks of method.md §7: Taylor tests of
 Φ_red and of the reduced predictions S(θ) = Ẑ(θ) W*(θ)ᵀ, adjoint tests of J_S and J_W, the
@@ -10,7 +10,9 @@ clear errors) and the ellipse toy of experiments.md §1.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from gnvpro.checks import adjoint_test, taylor_test
 from gnvpro.inner import dense_hessian, solve_newton
 from gnvpro.models import mlp
 from gnvpro.problems.ellipse import ellipse_data
+from gnvpro.problems.images import FASHION_MNIST_DIR
 from gnvpro.varpro import InnerOptions
 
 DT = torch.float64
@@ -33,6 +36,15 @@ IDS = [case[0] for case in CASES]
 
 
 # ------------------------------------------------------------------------------ helpers
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is fastest and immune to oversubscription on shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _labels(x: torch.Tensor, c: int, gen: torch.Generator, noise: float = 0.7) -> torch.Tensor:
     """Labels of a noisy linear model (not separable, so W* stays moderate); all classes occur."""
     k = max(c, 2)
@@ -157,6 +169,7 @@ def test_adjoints(loss, c, alpha_w, jacobian):
     pt = obj.evaluate(th)
     jac = obj.jacobian(pt)
     gen = torch.Generator().manual_seed(3)
+    zero = torch.zeros_like(pt.S)
     for _ in range(3):
         v = torch.randn(th.shape, generator=gen, dtype=DT)
         X = torch.randn(pt.S.shape, generator=gen, dtype=DT)
@@ -164,7 +177,6 @@ def test_adjoints(loss, c, alpha_w, jacobian):
         assert err_s < 1e-10
         if jacobian == "full":
             R = torch.randn(pt.W.shape, generator=gen, dtype=DT)
-            zero = torch.zeros_like(pt.S)
             err_w = adjoint_test(lambda u: jac.forward(u)[1], lambda Y: jac.adjoint(zero, Y), v, R)
             assert err_w < 1e-10
         else:
@@ -183,7 +195,7 @@ def test_envelope_gradient_equals_implicit_autograd(loss, c, alpha_w):
     phi = obj.loss.value(Zh @ W.T, obj.C) + 0.5 * alpha_w * W.square().sum()
     phi = phi + 0.5 * ALPHA_T * t.square().sum()
     (g_auto,) = torch.autograd.grad(phi, t)
-    assert abs(float(phi) - pt.value) < 1e-12 * max(1.0, abs(pt.value))
+    assert abs(phi.item() - pt.value) < 1e-12 * max(1.0, abs(pt.value))
     assert torch.allclose(W.detach(), pt.W, rtol=0, atol=1e-10)
     assert float((g_auto - g).norm()) <= 1e-8 * float(g.norm())
 
@@ -340,16 +352,7 @@ def test_clear_error_nonfinite_features(row):
 
 
 # ------------------------------------------------------------------------------ ellipse toy
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread is fastest and immune to oversubscription on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_ellipse_reaches_99_percent(one_thread):
+def test_ellipse_reaches_99_percent():
     """experiments.md §1 through the API, as examples/ellipse.py (seed 0): 5000 training points,
     2→4→4→2 tanh features + affine 1×3 head, logistic loss, α_θ = 1e-6, α_W = 1e-8, Krylov 10 /
     1e-3, 50 outer iterations. True accuracy = mean(pred == label)."""
@@ -367,3 +370,28 @@ def test_ellipse_reaches_99_percent(one_thread):
     acc = float((pred == data.y_test).double().mean())
     assert acc >= 0.99
     assert opt.evaluate(data.x_test, data.y_test)["accuracy"] == pytest.approx(acc)
+
+
+# ------------------------------------------------------------------------- example scripts
+def _load_example(name: str):
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ellipse_example_script_runs(tmp_path, capsys):
+    res = _load_example("ellipse").main(["--iters", "3", "--out", str(tmp_path)])
+    assert (tmp_path / "ellipse_boundary_seed0.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "test acc" in out and f"{res['test']:.4f}" in out
+    assert len(res["history"].records) == 3
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST is not installed")
+def test_fashion_mnist_example_script_runs(capsys):
+    res = _load_example("fashion_mnist_mlp").main(["--subset", "300", "--max-work", "20"])
+    assert res["work_units"] >= 20 and res["inner_not_converged"] == 0
+    assert res["test"] > 0.3  # 10 classes: well above chance after a couple of GN steps
+    assert "test acc" in capsys.readouterr().out
