@@ -209,3 +209,33 @@ def test_cli_errors(tmp_path, train_impl, capsys):
     with pytest.raises(SystemExit) as e:  # argparse usage errors also exit with 2
         cli.main(["run"])
     assert e.value.code == 2
+
+
+def test_cli_data_dcr_and_run_from_toml(tmp_path, train_impl, capsys):
+    """`gnvpro data dcr` writes a loadable file; a DCR config given by path runs on it."""
+    from gnvpro.experiments.config import CONFIG_DIR
+    from gnvpro.problems.dcr import load_dcr
+
+    npz = tmp_path / "dcr.npz"
+    assert cli.main(["data", "dcr", "--n", "30", "--seed", "3", "--out", str(npz)]) == 0
+    data = load_dcr(npz)
+    assert data["Y"].shape == (30, 3) and data["D"].shape == (30, 882) and data["seed"] == 3
+    assert str(npz) in capsys.readouterr().out
+
+    text = (CONFIG_DIR / "dcr.toml").read_text()
+    for old, new in (("n = 10000", "n = 30"), ("n_train = 8000", "n_train = 20"),
+                     ("n_val = 1000", "n_val = 5"), ("n_test = 1000", "n_test = 5")):
+        assert old in text
+        text = text.replace(old, new)
+    toml = tmp_path / "dcr_tiny.toml"
+    toml.write_text(text)
+    out = tmp_path / "dcr_run"
+    rc = cli.main(["run", str(toml), "--data", str(npz), "--methods", "gnvpro", "--seeds", "0",
+                   "--levels", "2", "--budget-scale", "0.02", "--out", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    _check_run_dir(out, ["gnvpro"], [0], "rel_err")
+    cfg = json.loads((out / "gnvpro/seed-0/config.json").read_text())
+    assert len(cfg["levels"]) == 2 and cfg["levels"][0]["max_work"] == pytest.approx(8.0)
+    sd = torch.load(out / "gnvpro/seed-0/model.pt", weights_only=True)
+    assert sd["0.theta"].shape == (3, 16, 16)  # width 16, 2 → 3 nodes

@@ -201,6 +201,9 @@ def trust_region_step(
     new = replace(new, iteration=state.iteration + 1, inner_seconds=inner_seconds,
                   seconds=state.seconds + time.perf_counter() - t0)
     status = "ok"
+    here = getattr(state.pt, "inner", None)
+    if here is not None and not here.converged:  # e.g. at the starting point
+        status = f"inner solve at the current point not converged: {here.message}"
     if inner is not None and not inner.converged:
         status = f"inner solve not converged: {inner.message}"
     info = StepInfo(
