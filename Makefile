@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/gnvpro demo --out out/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

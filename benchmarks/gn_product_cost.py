@@ -39,7 +39,8 @@ def bench(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, r
     for mode in ("jvp", "linearize"):
         obj = ReducedObjective(split, make_loss("least_squares"), x, y, 1e-10, 1e-10,
                                jvp_mode=mode)
-        theta = torch.cat([p.detach().reshape(-1).double() for p in split.feature_params().values()])
+        feats = split.feature_params().values()
+        theta = torch.cat([p.detach().reshape(-1).double() for p in feats])
         pt = obj.evaluate(theta)
         t_setup = _time(lambda obj=obj, pt=pt: obj.gn_operator(pt), max(2, repeats // 5))
         H = obj.gn_operator(pt)

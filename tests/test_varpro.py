@@ -51,7 +51,8 @@ def test_taylor_stacked_residual(tiny_regression):
     v = torch.randn(th.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     res = taylor_test(lambda t: StackedResidual(obj, obj.evaluate(t)).value(), th, v, r.forward(v))
     assert res.best_order() > 1.9
-    assert torch.allclose(0.5 * r.value().square().sum(), torch.tensor(pt.value, dtype=torch.float64), rtol=1e-12)
+    value = torch.tensor(pt.value, dtype=torch.float64)
+    assert torch.allclose(0.5 * r.value().square().sum(), value, rtol=1e-12)
 
 
 def test_adjoints(tiny_regression):
@@ -119,7 +120,8 @@ def test_time_smoothness_regulariser_derivatives():
     g = torch.Generator().manual_seed(5)
     model = paper_network(3, 2, width=4, n_nodes=3, n_steps=2, generator=g)
     with torch.no_grad():  # distinct weights at the nodes so that Bθ ≠ 0
-        model[0].theta.add_(0.1 * torch.randn(model[0].theta.shape, generator=g, dtype=torch.float64))
+        noise = torch.randn(model[0].theta.shape, generator=g, dtype=torch.float64)
+        model[0].theta.add_(0.1 * noise)
     x = torch.randn(16, 3, generator=g, dtype=torch.float64)
     y = torch.randn(16, 2, generator=g, dtype=torch.float64)
     split = split_model(model)
