@@ -3,7 +3,7 @@
     gnvpro demo [--out DIR]
     gnvpro run EXPERIMENT [--methods gnvpro,gn,lbfgs-vpro,adam] [--seeds 0-5 | 0,2,4 | ref]
                [--out DIR] [--data PATH] [--device cpu|cuda] [--budget-scale F] [--levels N]
-               [--no-progress]
+               [--subset N] [--epochs E] [--no-progress]
     gnvpro report DIR
     gnvpro data dcr --n N --seed S --out PATH
 
@@ -36,17 +36,25 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="a quick demonstration (table + figure)")
     d.add_argument("--out", default="gnvpro-demo", help="output directory (default gnvpro-demo)")
 
-    r = sub.add_parser("run", help="run an experiment of the paper (cdr, dcr, ellipse or a .toml)")
-    r.add_argument("experiment", help="cdr, dcr, ellipse, or the path of a config .toml")
+    r = sub.add_parser("run", help="run an experiment of the paper (cdr, dcr, ellipse, "
+                       "indian-pines, cifar10, fashion-mnist or a .toml)")
+    r.add_argument("experiment", help="cdr, dcr, ellipse, indian-pines, cifar10, fashion-mnist, "
+                   "or the path of a config .toml")
     r.add_argument("--methods", help="comma-separated, e.g. gnvpro,gn,lbfgs-vpro,adam "
                    "(default: the experiment's)")
     r.add_argument("--seeds", help="e.g. 0-5, 0,2,4, ref (CDR reference split and θ0), ref,0-2")
     r.add_argument("--out", help="output directory (default runs/EXPERIMENT)")
-    r.add_argument("--data", help="data file (CDR: CDR_Data.mat; DCR: a .npz from `gnvpro data`)")
+    r.add_argument("--data", help="data file (CDR: CDR_Data.mat; DCR: a .npz from `gnvpro data`; "
+                   "Indian Pines: indian_pines.npz; CIFAR-10: cifar10.npz or a "
+                   "cifar-10-batches-py directory; Fashion-MNIST: the IDX directory)")
     r.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     r.add_argument("--budget-scale", type=float, default=1.0,
                    help="multiply every work/iteration budget (default 1)")
     r.add_argument("--levels", type=int, help="number of multilevel levels (default: config)")
+    r.add_argument("--subset", type=int, help="image data sets: keep N training images "
+                   "(and proportionally fewer validation/test images)")
+    r.add_argument("--epochs", type=int, help="epochs of the stochastic methods "
+                   "(gnvpro-stochastic, SGD, ADAM)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     rep = sub.add_parser("report", help="tables and figures of a run directory")
@@ -77,7 +85,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .experiments.report import summary_table
     from .experiments.runner import run_experiment
 
-    cfg = load_config(args.experiment).with_levels(args.levels)
+    cfg = load_config(args.experiment).with_levels(args.levels).with_epochs(args.epochs)
+    cfg = cfg.with_data(subset=args.subset)
     methods = parse_methods(args.methods, cfg)
     seeds = parse_seeds(args.seeds, cfg)
     out = Path(args.out) if args.out else Path("runs") / cfg.name

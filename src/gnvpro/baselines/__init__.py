@@ -4,7 +4,8 @@
 
 Methods (method.md §5): "gnvpro" (trust-region GN on Φ_red), "gn" (trust-region GN on (θ, W),
 coupled GN matrix), "gn-blockdiag" (the reference's block-diagonal GN matrix), "lbfgs-vpro"
-(L-BFGS with strong Wolfe line search on Φ_red), "adam" and "sgd" (mini-batch, on (θ, W)).
+(L-BFGS with strong Wolfe line search on Φ_red), "adam" and "sgd" (mini-batch, on (θ, W)),
+"gnvpro-stochastic" (GNvpro on fixed sub-batches, radius carried over; experiments.md §5).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .base import TrainSettings
 from .joint_gn import JointProblem, train_gn, train_gn_blockdiag
 from .lbfgs_vpro import strong_wolfe, train_lbfgs_vpro
 from .stochastic import train_adam, train_sgd
+from .stochastic_gnvpro import train_gnvpro_stochastic
 from .train_gnvpro import train_gnvpro
 
 TrainFn = Callable[[nn.Module, Split, TrainSettings], list[dict]]
@@ -29,6 +31,7 @@ METHODS: dict[str, TrainFn] = {
     "lbfgs-vpro": train_lbfgs_vpro,
     "adam": train_adam,
     "sgd": train_sgd,
+    "gnvpro-stochastic": train_gnvpro_stochastic,
 }
 
 
@@ -54,6 +57,7 @@ __all__ = [
     "train_gn",
     "train_gn_blockdiag",
     "train_gnvpro",
+    "train_gnvpro_stochastic",
     "train_lbfgs_vpro",
     "train_sgd",
 ]

@@ -2,12 +2,15 @@
 
 A config file (``experiments/configs/NAME.toml``, or any path) has the top-level keys
 
-    name, problem ("cdr" | "dcr" | "ellipse"), metric ("rel_err" | "accuracy"), loss, levels,
+    name, problem ("cdr" | "dcr" | "ellipse" | "indian_pines" | "cifar10" | "fashion-mnist"),
+    metric ("rel_err" | "accuracy"), loss, levels,
     default_methods, default_seeds
 
 and the tables ``[data]``, ``[model]``, ``[train]`` (α_W, α_θ, α_θ factor per level, regulariser)
 and ``[methods.NAME]`` (TrainSettings fields per method; ``max_work`` is the work-unit budget of
-one level).  Unknown keys are errors, so a typo never silently falls back to a default.
+one level; a method may override levels, model, alpha_w, alpha_theta and, for stochastic
+methods, give epochs instead).  Unknown keys are errors, so a typo never silently falls back to
+a default.
 """
 
 from __future__ import annotations
@@ -35,8 +38,12 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-KNOWN_METHODS = ("gnvpro", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd")
-PROBLEMS = ("cdr", "dcr", "ellipse")
+KNOWN_METHODS = (
+    "gnvpro", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd", "gnvpro-stochastic",
+)
+STOCHASTIC_METHODS = ("adam", "sgd", "gnvpro-stochastic")
+PROBLEMS = ("cdr", "dcr", "ellipse", "indian_pines", "cifar10", "fashion-mnist")
+IMAGE_PROBLEMS = ("cifar10", "fashion-mnist")
 METRICS = ("rel_err", "accuracy")
 REGULARIZERS = ("identity", "time_smoothness")
 
@@ -44,10 +51,14 @@ _DATA_KEYS = {
     "cdr": {"n_train", "n_val", "n_test"},
     "dcr": {"n", "data_seed", "n_train", "n_val", "n_test", "cache_dir", "workers"},
     "ellipse": {"n_per_class", "n_train", "n_val"},
+    "indian_pines": {"n_max", "holdout", "test_fraction"},
+    "cifar10": {"n_train", "n_val", "subset"},
+    "fashion-mnist": {"n_train", "n_val", "subset"},
 }
 _MODEL_KEYS = {
     "resnet": {"kind", "width", "n_nodes", "T", "n_steps", "open_bias", "steps_follow_grid"},
     "mlp": {"kind", "hidden", "activation", "out_features"},
+    "cnn": {"kind", "dtype"},
 }
 _TRAIN_KEYS = {"alpha_w", "alpha_theta", "alpha_theta_factor", "regularizer"}
 _TOP_KEYS = {
@@ -59,7 +70,11 @@ _METHOD_KEYS = {
     "max_work", "max_iter", "max_krylov", "krylov_rtol", "subproblem", "lr", "batch_size",
     "momentum", "nesterov", "keep_best_val", "lbfgs_memory", "extra",
 }
-_BUDGET_KEYS = ("max_work", "max_iter")
+# per-method overrides of the experiment's settings ("one level with its own model settings"):
+# levels, model (a table of [model] keys), alpha_w, alpha_theta; epochs (stochastic methods:
+# ADAM/SGD max_work = 2 * epochs, gnvpro-stochastic extra.epochs)
+_OVERRIDE_KEYS = {"levels", "model", "alpha_w", "alpha_theta", "epochs"}
+_BUDGET_KEYS = ("max_work", "max_iter", "epochs")
 
 
 class ExperimentError(ValueError):
@@ -101,18 +116,76 @@ class ExperimentConfig:
             )
         kw = {
             k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.methods[method].items()
+            if k not in _OVERRIDE_KEYS
         }
+        over = self.methods[method]
+        if "epochs" in over:
+            epochs = int(over["epochs"])
+            if method == "gnvpro-stochastic":
+                extra = dict(kw.get("extra", {}))
+                extra["epochs"] = epochs
+                kw["extra"] = extra
+                kw.setdefault("max_work", 1e12)  # the epochs are the budget
+                if budget_scale != 1.0 and kw.get("max_iter") is None:
+                    # scale the number of outer iterations (epochs x batches x iterations)
+                    n_it = epochs * int(extra.get("n_batches", 4)) * int(
+                        extra.get("iters_per_batch", 3))
+                    kw["max_iter"] = max(1, round(n_it * budget_scale))
+                    budget_scale = 1.0  # already applied
+            else:
+                kw["max_work"] = 2.0 * epochs  # 2 work units per epoch (ADAM, SGD)
         if "max_work" in kw:
             kw["max_work"] = float(kw["max_work"]) * budget_scale
         if kw.get("max_iter") is not None:
             kw["max_iter"] = max(1, round(int(kw["max_iter"]) * budget_scale))
             kw.setdefault("max_work", 1e12)  # the iteration count is the budget
+        alpha_theta = float(over.get("alpha_theta", self.alpha_theta))
         kw.update(
             loss=self.loss,
-            alpha_w=self.alpha_w,
-            alpha_theta=self.alpha_theta * self.alpha_theta_factor ** (level - 1),
+            alpha_w=float(over.get("alpha_w", self.alpha_w)),
+            alpha_theta=alpha_theta * self.alpha_theta_factor ** (level - 1),
         )
         return kw
+
+    def method_levels(self, method: str) -> int:
+        """The number of levels of ``method`` (its own ``levels``, else the experiment's)."""
+        return int(self.methods.get(method, {}).get("levels", self.levels))
+
+    def method_model(self, method: str) -> dict:
+        """The [model] table of ``method`` (the experiment's, updated by its own ``model``)."""
+        return {**self.model, **dict(self.methods.get(method, {}).get("model", {}))}
+
+    def with_epochs(self, epochs: int | None) -> ExperimentConfig:
+        """Set ``epochs`` of every stochastic method (ADAM, SGD, gnvpro-stochastic)."""
+        if epochs is None:
+            return self
+        if epochs < 1:
+            raise ExperimentError(f"--epochs must be >= 1, got {epochs}")
+        methods = {}
+        for m, st in self.methods.items():
+            st = dict(st)
+            if m in STOCHASTIC_METHODS:
+                st.pop("max_work", None)
+                st.pop("max_iter", None)
+                st["epochs"] = int(epochs)
+            methods[m] = _frozen(st)
+        return dataclasses.replace(self, methods=_frozen(methods))
+
+    def with_data(self, **updates: Any) -> ExperimentConfig:
+        """Override [data] keys (None values are ignored), e.g. ``subset`` for image data."""
+        upd = {k: v for k, v in updates.items() if v is not None}
+        if not upd:
+            return self
+        bad = sorted(set(upd) - _DATA_KEYS[self.problem])
+        if bad:
+            raise ExperimentError(
+                f"experiment {self.name!r} has no data option {', '.join(bad)}"
+                + (" (--subset is for cifar10 and fashion-mnist)" if "subset" in bad else "")
+            )
+        for k, v in upd.items():
+            if k.startswith("n") or k == "subset":
+                _num("command line", k, v, positive=True, integer=True)
+        return dataclasses.replace(self, data=_frozen({**self.data, **upd}))
 
     def with_levels(self, levels: int | None) -> ExperimentConfig:
         if levels is None:
@@ -136,7 +209,8 @@ class ExperimentConfig:
             "train": {"alpha_w": self.alpha_w, "alpha_theta": self.alpha_theta,
                       "alpha_theta_factor": self.alpha_theta_factor,
                       "regularizer": self.regularizer},
-            "methods": {k: dict(v) for k, v in self.methods.items()},
+            "methods": {k: {kk: (dict(vv) if isinstance(vv, Mapping) else vv)
+                            for kk, vv in v.items()} for k, v in self.methods.items()},
         }
 
 
@@ -220,6 +294,11 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
         for k in ("width", "n_nodes", "n_steps"):
             _num(src, f"model.{k}", model.get(k, 1), positive=True, integer=True)
         _num(src, "model.T", model.get("T", 1.0), positive=True)
+    elif kind == "cnn":
+        if model.get("dtype", "float32") not in ("float32", "float64"):
+            raise ExperimentError(f"{src}: model.dtype must be float32 or float64")
+        if levels > 1:
+            raise ExperimentError(f"{src}: multilevel training (levels > 1) needs a resnet model")
     else:
         hidden = model.get("hidden")
         if not isinstance(hidden, list) or not hidden or not all(
@@ -247,7 +326,18 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
     for m, settings in methods_raw.items():
         if m not in KNOWN_METHODS:
             raise ExperimentError(f"{src}: unknown method {m!r}; known: {', '.join(KNOWN_METHODS)}")
-        _check_keys(f"[methods.{m}]", settings, _METHOD_KEYS, src)
+        _check_keys(f"[methods.{m}]", settings, _METHOD_KEYS | _OVERRIDE_KEYS, src)
+        if "model" in settings:
+            if not isinstance(settings["model"], Mapping):
+                raise ExperimentError(f"{src}: methods.{m}.model must be a table")
+            _check_keys(f"[methods.{m}.model]", settings["model"],
+                        _MODEL_KEYS[kind] - {"kind"}, src)
+            settings = {**settings, "model": _frozen(settings["model"])}
+        if "levels" in settings:
+            _num(src, f"methods.{m}.levels", settings["levels"], positive=True, integer=True)
+        if "epochs" in settings and m not in STOCHASTIC_METHODS:
+            raise ExperimentError(f"{src}: methods.{m}.epochs is only for "
+                                  f"{', '.join(STOCHASTIC_METHODS)}")
         if not any(k in settings for k in _BUDGET_KEYS):
             raise ExperimentError(f"{src}: [methods.{m}] needs max_work or max_iter (the budget)")
         for k in _BUDGET_KEYS:

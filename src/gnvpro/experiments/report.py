@@ -5,7 +5,10 @@
 Figures (PNG, matplotlib Agg) in DIR: ``loss_vs_work.png`` and ``loss_vs_seconds.png`` (training
 and validation loss, log y, each seed faint and the median bold, level starts dotted, the
 reference GNvpro trajectory dashed where ``reference_history.json`` exists) and, for the
-classification toy, ``decision_boundary.png``.
+classification toy, ``decision_boundary.png``; for Indian Pines ``segmentation.png`` (ground
+truth, predicted and error maps over all labelled pixels) and ``confusion.png`` (class-normalised
+confusion matrix) of the best-validation gnvpro run; for DCR ``dcr_patterns.png`` (true vs
+predicted 21 x 42 measurement patterns of 3 test samples, gnvpro, first seed).
 """
 
 from __future__ import annotations
@@ -182,6 +185,176 @@ def _decision_boundary_figure(root: Path, methods: list[str]) -> Path | None:
     return path
 
 
+def _problem_of(root: Path, methods: list[str]) -> str | None:
+    for m in methods:
+        for d in sorted((root / m).glob("seed-*")):
+            f = d / "config.json"
+            if f.is_file():
+                return json.loads(f.read_text())["experiment"].get("problem")
+    return None
+
+
+def _load_run(d: Path, method: str):
+    """(cfg, info, data split, final model with model.pt loaded) of one run directory."""
+    import torch
+
+    from .config import config_from_dict
+    from .runner import build_data, build_final_model, load_problem_data
+
+    info = json.loads((d / "config.json").read_text())
+    cfg = config_from_dict(info["experiment"], str(d / "config.json"))
+    raw = load_problem_data(cfg, info.get("data_path"), progress=False)
+    data = build_data(cfg, raw, info["seed"])
+    model = build_final_model(cfg, data, info["seed"], method)
+    model.load_state_dict(torch.load(d / "model.pt", weights_only=True))
+    model.eval()
+    return cfg, info, data, model
+
+
+def _best_run(root: Path, summary: dict) -> tuple[str, Path] | None:
+    """The gnvpro run (else the first method's) of the seed with the best validation metric."""
+    methods = list(summary.get("methods", {}))
+    order = (["gnvpro"] if "gnvpro" in methods else []) + [m for m in methods if m != "gnvpro"]
+    higher = summary.get("metric") == "accuracy"
+    for m in order:
+        rows = [r for r in summary["methods"][m]
+                if (root / m / f"seed-{r['seed']}" / "model.pt").is_file()]
+        if rows:
+            best = (max if higher else min)(rows, key=lambda r: r["val"])
+            return m, root / m / f"seed-{best['seed']}"
+    return None
+
+
+def _indian_pines_figures(root: Path, summary: dict) -> tuple[list[Path], str] | None:
+    """Ground truth, predicted and error maps over all labelled pixels; confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from ..problems.indian_pines import all_labelled_pixels
+    from .runner import predict
+
+    best = _best_run(root, summary)
+    if best is None:
+        return None
+    method, d = best
+    cfg, info, data, model = _load_run(d, method)
+    x, y, pix = all_labelled_pixels(info.get("data_path"))
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        pred = predict(model, x.to(dtype)).argmax(dim=1).numpy()
+    y = y.numpy()
+    shape = tuple(data.meta.get("image_shape", (145, 145)))
+    names = list(data.meta.get("class_names", [str(i) for i in range(int(y.max()) + 1)]))
+    k = len(names)
+    gt = np.zeros(shape[0] * shape[1], dtype=int)
+    pm = np.zeros_like(gt)
+    gt[pix], pm[pix] = y + 1, pred + 1
+    err = np.full(gt.shape, np.nan)
+    err[pix] = (pred != y).astype(float)
+    acc = float((pred == y).mean())
+    test_pix = set(np.asarray(info["split"].get("test_index", []), dtype=np.int64).tolist())
+
+    cmap = plt.get_cmap("tab20", k + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.4))
+    for ax, img, title in ((axes[0], gt, "ground truth"),
+                           (axes[1], pm, f"predicted ({method}, {d.name})")):
+        im = ax.imshow(np.ma.masked_equal(img.reshape(shape), 0), cmap=cmap, vmin=-0.5,
+                       vmax=k + 0.5, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    cb = fig.colorbar(im, ax=axes[:2], fraction=0.025, ticks=range(1, k + 1))
+    cb.ax.set_yticklabels(names, fontsize=6)
+    axes[2].imshow(err.reshape(shape), cmap="RdYlGn_r", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].set_title(f"errors (red) over all labelled pixels: accuracy {acc:.4f}")
+    axes[2].axis("off")
+    p1 = root / "segmentation.png"
+    fig.savefig(p1, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    cm = np.zeros((k, k))
+    np.add.at(cm, (y, pred), 1.0)
+    cmn = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1.0)
+    fig, ax = plt.subplots(figsize=(9, 8))
+    im = ax.imshow(cmn, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if cmn[i, j] >= 0.005:
+                ax.text(j, i, f"{cmn[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if cmn[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion matrix (rows normalised), all labelled pixels, {method} {d.name}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    p2 = root / "confusion.png"
+    fig.savefig(p2, dpi=110)
+    plt.close(fig)
+    in_test = np.isin(pix, np.fromiter(test_pix, dtype=np.int64)) if test_pix else None
+    test_acc = float((pred[in_test] == y[in_test]).mean()) if in_test is not None else math.nan
+    note = (f"Segmentation maps and confusion matrix: {method}, {d.name} (best validation "
+            f"accuracy); accuracy over all {len(y)} labelled pixels {acc:.4f} "
+            f"(test pixels {test_acc:.4f}).\n")
+    return [p1, p2], note
+
+
+def _dcr_pattern_figure(root: Path, methods: list[str]) -> tuple[Path, str] | None:
+    """True vs predicted measurement patterns (21 sources x 42 receivers) of 3 test samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .runner import predict
+
+    method = "gnvpro" if "gnvpro" in methods else (methods[0] if methods else None)
+    if method is None:
+        return None
+    seeds = sorted((root / method).glob("seed-*"))
+    seeds = [d for d in seeds if (d / "model.pt").is_file() and (d / "config.json").is_file()]
+    if not seeds:
+        return None
+    d = seeds[0]
+    try:
+        cfg, info, data, model = _load_run(d, method)
+    except (FileNotFoundError, ExperimentError):
+        return None  # the data cannot be rebuilt here: no pattern figure
+    with torch.no_grad():
+        S = predict(model, data.x_test[:3]).double().numpy()
+    T = data.y_test[:3].double().numpy()
+    mean = (data.meta or {}).get("target_mean")
+    centred = mean is None or not np.any(np.asarray(mean))
+    if not centred:
+        S, T = S + np.asarray(mean)[None], T + np.asarray(mean)[None]
+    n_meas = T.shape[1]
+    shape = (21, 42) if n_meas == 21 * 42 else (1, n_meas)
+    fig, axes = plt.subplots(3, 2, figsize=(10, 7.5), squeeze=False)
+    for i in range(min(3, len(T))):
+        lo, hi = float(min(T[i].min(), S[i].min())), float(max(T[i].max(), S[i].max()))
+        rel = float(np.linalg.norm(S[i] - T[i]) / max(np.linalg.norm(T[i]), 1e-300))
+        for j, (img, what) in enumerate(((T[i], "true"), (S[i], "predicted"))):
+            im = axes[i][j].imshow(img.reshape(shape), aspect="auto", cmap="viridis", vmin=lo,
+                                   vmax=hi, interpolation="nearest")
+            axes[i][j].set_title(f"test sample {i}: {what}" + (f" (rel. err {rel:.3g})"
+                                                               if j else ""), fontsize=9)
+            axes[i][j].set_xlabel("receiver")
+            axes[i][j].set_ylabel("source")
+        fig.colorbar(im, ax=axes[i].tolist(), fraction=0.03)
+    what = "centred measurements (training mean subtracted)" if centred else "measurements"
+    fig.suptitle(f"DCR {what}: true vs predicted, {method} {d.name}")
+    p = root / "dcr_patterns.png"
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    note = (f"DCR measurement patterns: 3 test samples of {method} {d.name}, 21 sources x 42 "
+            f"receivers, {what}.\n")
+    return p, note
+
+
 def report(dir: str | Path) -> str:
     """Write DIR/report.md and the PNG figures; return the markdown."""
     root = Path(dir).expanduser()
@@ -196,10 +369,22 @@ def report(dir: str | Path) -> str:
         ref = json.loads(rfile.read_text())
     figs = [_convergence_figure(root, methods, "work_units", ref),
             _convergence_figure(root, methods, "seconds", None)]
-    if summary.get("metric") == "accuracy":
+    problem = _problem_of(root, methods)
+    notes: list[str] = []
+    if problem == "ellipse":
         p = _decision_boundary_figure(root, methods)
         if p is not None:
             figs.append(p)
+    elif problem == "indian_pines":
+        got = _indian_pines_figures(root, summary)
+        if got is not None:
+            figs += got[0]
+            notes.append(got[1])
+    elif problem == "dcr":
+        got = _dcr_pattern_figure(root, methods)
+        if got is not None:
+            figs.append(got[0])
+            notes.append(got[1])
     parts = [f"# {summary.get('experiment', root.name)}: results\n",
              f"metric: {summary.get('metric')} (final model), mean ± std over seeds; work units "
              "and seconds cumulative over all levels.\n", summary_table(summary), ""]
@@ -208,6 +393,7 @@ def report(dir: str | Path) -> str:
         parts.append(f"Reference GNvpro (Meganet.m, seed ref): rel_err train {f['train']:.4g}, "
                      f"val {f['val']:.4g}, test {f['test']:.4g}, "
                      f"{ref['work_units'][-1]:.0f} work units.\n")
+    parts += notes
     parts.append("## Figures\n")
     parts += [f"![{p.stem}]({p.name})" for p in figs]
     md = "\n".join(parts) + "\n"

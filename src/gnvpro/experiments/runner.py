@@ -4,7 +4,8 @@ Layout of the output directory::
 
     DIR/summary.json                      final metrics per method and seed (schema below)
     DIR/reference_history.json            CDR with seed "ref": the reference GNvpro history
-    DIR/METHOD/seed-S/config.json         the resolved settings of the run
+    DIR/METHOD/seed-S/config.json         the resolved settings of the run (with data_path,
+                                          n_levels and the split's meta: sizes, indices, seed)
     DIR/METHOD/seed-S/history.jsonl       one training record per line (level, cumulative WU/s)
     DIR/METHOD/seed-S/final.json          train/val/test metrics of the final model
     DIR/METHOD/seed-S/model.pt            the final state_dict
@@ -33,7 +34,10 @@ from ..metrics import prediction_metrics
 from ..problems.base import Split
 from .config import ExperimentConfig, ExperimentError, parse_methods, parse_seeds
 
-__all__ = ["build_data", "build_model", "run_experiment", "seed_label", "to_jsonable"]
+__all__ = [
+    "build_data", "build_final_model", "build_model", "load_problem_data", "predict",
+    "run_experiment", "seed_label", "to_jsonable",
+]
 
 _CUMULATIVE = ("work_units", "seconds", "inner_seconds")
 
@@ -85,7 +89,19 @@ def _check_data_path(data_path: str | os.PathLike | None) -> Path | None:
 
 
 def load_problem_data(cfg: ExperimentConfig, data_path: str | None, progress: bool) -> Any:
-    """The raw data of the experiment, loaded once per run (not per seed)."""
+    """The raw data of the experiment, loaded once per run (not per seed).
+
+    Indian Pines and the image data sets: the checked path (None: the default location), the
+    split functions read the files per seed.
+    """
+    if cfg.problem == "indian_pines":
+        from ..problems.indian_pines import _HOW_TO_GET, FILE_NAME
+        from ..problems.paths import default_data_file, require_file
+
+        return require_file(data_path if data_path is not None else default_data_file(FILE_NAME),
+                            "Indian Pines data file", _HOW_TO_GET)
+    if cfg.problem in ("cifar10", "fashion-mnist"):
+        return _image_path(cfg, data_path)
     p = _check_data_path(data_path)
     if cfg.problem == "cdr":
         from ..problems.cdr import load_cdr_mat
@@ -109,6 +125,21 @@ def load_problem_data(cfg: ExperimentConfig, data_path: str | None, progress: bo
             raise ExperimentError("the ellipse experiment generates its data; --data is not used")
         return None
     raise ExperimentError(f"unknown problem {cfg.problem!r}")  # pragma: no cover
+
+
+def _image_path(cfg: ExperimentConfig, data_path: str | None) -> Path | None:
+    from ..problems import images
+    from ..problems.paths import default_data_file, require_dir, require_file
+
+    if cfg.problem == "cifar10":
+        if data_path is not None and Path(data_path).expanduser().is_dir():
+            return Path(data_path).expanduser()
+        p = data_path if data_path is not None else default_data_file("cifar10.npz")
+        return require_file(p, "CIFAR-10 data (cifar10.npz or a cifar-10-batches-py directory)",
+                            "It is the shared archive cifar10.npz (shared/data/README.md).")
+    d = data_path if data_path is not None else images.FASHION_MNIST_DIR
+    return require_dir(d, "Fashion-MNIST", "Install the Debian package dataset-fashion-mnist "
+                       "(files under /usr/share/datasets/fashion-mnist).")
 
 
 def _reference() -> dict:
@@ -137,6 +168,19 @@ def build_data(cfg: ExperimentConfig, raw: Any, seed: int | str) -> Split:
         perm = np.random.default_rng(int(seed)).permutation(len(data["Y"]))
         data["Y"], data["D"] = np.asarray(data["Y"])[perm], np.asarray(data["D"])[perm]
         return dcr_split(data, int(d["n_train"]), int(d["n_val"]), d.get("n_test"))
+    if cfg.problem == "indian_pines":
+        from ..problems.indian_pines import indian_pines_split
+
+        return indian_pines_split(raw, seed=int(seed), n_max=int(d.get("n_max", 312)),
+                                  holdout=int(d.get("holdout", 10)),
+                                  test_fraction=float(d.get("test_fraction", 0.2)))
+    if cfg.problem in ("cifar10", "fashion-mnist"):
+        from ..problems.images import image_split
+
+        dtype = torch.float64 if cfg.model.get("dtype") == "float64" else torch.float32
+        sub = d.get("subset")
+        return image_split(cfg.problem, raw, n_train=d.get("n_train"), n_val=d.get("n_val"),
+                           subset=None if sub is None else int(sub), seed=int(seed), dtype=dtype)
     if cfg.problem == "ellipse":
         from ..problems.ellipse import ellipse_data
 
@@ -145,19 +189,36 @@ def build_data(cfg: ExperimentConfig, raw: Any, seed: int | str) -> Split:
     raise ExperimentError(f"unknown problem {cfg.problem!r}")  # pragma: no cover
 
 
-def build_model(cfg: ExperimentConfig, data: Split, seed: int | str) -> nn.Sequential:
-    """θ0 of ``seed`` (head last): the reference network for CDR seed "ref", else seeded init."""
-    m = cfg.model
+def _n_outputs(data: Split) -> int:
+    y = data.y_train
+    if y.dim() == 1 and not y.is_floating_point():  # class indices
+        n = (data.meta or {}).get("n_classes")
+        return int(n) if n is not None else int(y.max()) + 1
+    return int(y.shape[1])
+
+
+def build_model(cfg: ExperimentConfig, data: Split, seed: int | str,
+                method: str | None = None) -> nn.Sequential:
+    """θ0 of ``seed`` (head last): the reference network for CDR seed "ref", else seeded init.
+
+    ``method``: use that method's own model settings (``[methods.NAME] model = {...}``).
+    """
+    m = cfg.model if method is None else cfg.method_model(method)
     if cfg.problem == "cdr" and seed == "ref":
         from ..problems.cdr import reference_network
 
         return reference_network(_reference())
     g = torch.Generator().manual_seed(int(seed))
     n_in = int(data.x_train.shape[1])
+    if m["kind"] == "cnn":
+        from ..models.cnn import paper_cnn
+
+        dtype = torch.float64 if m.get("dtype") == "float64" else torch.float32
+        return paper_cnn(n_in, _n_outputs(data), generator=g, dtype=dtype)
     if m["kind"] == "resnet":
         from ..models.resnet import paper_network
 
-        n_out = int(data.y_train.shape[1])
+        n_out = _n_outputs(data)
         return paper_network(
             n_in, n_out, int(m["width"]), n_nodes=int(m.get("n_nodes", 2)),
             T=float(m.get("T", 1.0)), n_steps=int(m.get("n_steps", 1)),
@@ -167,6 +228,28 @@ def build_model(cfg: ExperimentConfig, data: Split, seed: int | str) -> nn.Seque
 
     return mlp(n_in, list(m["hidden"]), int(m.get("out_features", 1)),
                activation=str(m.get("activation", "tanh")), generator=g)
+
+
+def build_final_model(cfg: ExperimentConfig, data: Split, seed: int | str,
+                      method: str) -> nn.Sequential:
+    """An empty network with the architecture of ``method``'s final model (after its levels'
+    refinements), to load a saved ``model.pt`` into."""
+    model = build_model(cfg, data, seed, method)
+    if cfg.method_levels(method) > 1:
+        from ..models.resnet import refine_network
+
+        follow = bool(cfg.method_model(method).get("steps_follow_grid", False))
+        for _ in range(cfg.method_levels(method) - 1):
+            model = refine_network(model, follow)
+    return model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """model(x) in chunks (big image sets)."""
+    if len(x) <= chunk:
+        return model(x)
+    return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
 def _to_device(data: Split, device: str) -> Split:
@@ -191,7 +274,7 @@ def final_metrics(cfg: ExperimentConfig, model: nn.Module, data: Split) -> dict:
     out = {}
     for part in ("train", "val", "test"):
         x, y = getattr(data, f"x_{part}"), getattr(data, f"y_{part}")
-        out[part] = prediction_metrics(loss, model(x), y, n_out)
+        out[part] = prediction_metrics(loss, predict(model, x), y, n_out)
     return out
 
 
@@ -206,7 +289,8 @@ def _train_fn():
 
 
 def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, seed: int | str,
-            run_dir: Path, budget_scale: float, device: str, progress: bool) -> dict:
+            run_dir: Path, budget_scale: float, device: str, progress: bool,
+            data_path: str | None = None) -> dict:
     """Train one method from θ0 through all levels; write the run's files; return its summary."""
     from ..baselines.base import TrainSettings
 
@@ -218,7 +302,8 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
     level_cfgs = []
     t_start = time.perf_counter()
     with (run_dir / "history.jsonl").open("w") as fh:
-        for level in range(1, cfg.levels + 1):
+        n_levels = cfg.method_levels(method)
+        for level in range(1, n_levels + 1):
             kw = cfg.method_settings(method, level, budget_scale)
             kw.update(seed=int(seed) if isinstance(seed, int) else 0, progress=progress,
                       regularizer=_regularizer(cfg, model))
@@ -240,10 +325,11 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
             fh.flush()
             for k in _CUMULATIVE:
                 offset[k] += last[k]
-            if level < cfg.levels:
+            if level < n_levels:
                 from ..models.resnet import refine_network
 
-                model = refine_network(model, bool(cfg.model.get("steps_follow_grid", False)))
+                follow = bool(cfg.method_model(method).get("steps_follow_grid", False))
+                model = refine_network(model, follow)
     wall = time.perf_counter() - t_start
     fin = final_metrics(cfg, model, data)
     _write_json(run_dir / "final.json", {**fin, "work_units": offset["work_units"],
@@ -254,6 +340,10 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
         "experiment": cfg.to_dict(), "method": method, "seed": seed, "device": device,
         "budget_scale": budget_scale, "levels": level_cfgs,
         "architecture": repr(model),
+        # what the report needs to rebuild the split and the network
+        "data_path": None if data_path is None else str(Path(data_path).expanduser().resolve()),
+        "n_levels": cfg.method_levels(method),
+        "split": _split_info(data),
     })
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, run_dir / "model.pt")
     metric = cfg.metric
@@ -266,6 +356,16 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
         "seconds": offset["seconds"],
         "inner_seconds": offset["inner_seconds"],
     }
+
+
+def _split_info(data: Split) -> dict:
+    """Split sizes and the JSON-able meta (index arrays, target mean, seed) of a split."""
+    info: dict = {"n_train": len(data.x_train), "n_val": len(data.x_val),
+                  "n_test": len(data.x_test)}
+    for k, v in (data.meta or {}).items():
+        if isinstance(v, np.ndarray | torch.Tensor | list | tuple | str | int | float | bool):
+            info[k] = v
+    return info
 
 
 def reference_history(levels: int) -> dict:
@@ -335,8 +435,12 @@ def run_experiment(
             for method in mlist:
                 if bar is not None:
                     bar.set_postfix(method=method, seed=seed)
-                row = run_one(cfg, method, model0, data_dev, seed,
-                              out / method / seed_label(seed), budget_scale, device, progress)
+                m0 = model0
+                if "model" in cfg.methods[method]:  # the method's own network settings
+                    m0 = build_model(cfg, data, seed, method)
+                row = run_one(cfg, method, m0, data_dev, seed,
+                              out / method / seed_label(seed), budget_scale, device, progress,
+                              data_path)
                 summary["methods"][method].append(row)
                 _write_json(out / "summary.json", summary)  # partial results survive a crash
                 if bar is not None:

@@ -1,0 +1,177 @@
+"""Indian Pines and image-classification experiments, and the stochastic GNvpro, on tiny budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gnvpro import cli
+from gnvpro.baselines import TrainSettings, train
+from gnvpro.experiments.config import load_config
+from gnvpro.problems.base import Split
+from gnvpro.problems.images import FASHION_MNIST_DIR
+from gnvpro.problems.paths import default_data_file
+
+HAVE_IP = default_data_file("indian_pines.npz").is_file()
+HAVE_CIFAR = default_data_file("cifar10.npz").is_file()
+HAVE_FMNIST = FASHION_MNIST_DIR.is_dir() and any(FASHION_MNIST_DIR.glob("train-images*"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+# ------------------------------------------------------------------------------------ configs
+def test_configs_paper_settings():
+    ip = load_config("indian-pines")
+    assert ip.problem == "indian_pines" and ip.metric == "accuracy" and ip.levels == 3
+    assert ip.model["width"] == 32 and ip.model["n_nodes"] == 4 and ip.model["T"] == 4.0
+    g = ip.method_settings("gnvpro", 1)
+    assert (g["max_krylov"], g["krylov_rtol"], g["max_work"]) == (50, 1e-2, 500)
+    assert g["alpha_w"] == g["alpha_theta"] == 1e-3
+    assert ip.method_settings("gnvpro", 3)["alpha_theta"] == pytest.approx(2.5e-4)
+    a = ip.method_settings("adam", 1)
+    assert ip.method_levels("adam") == 1 and ip.method_model("adam")["n_nodes"] == 16
+    assert a["alpha_theta"] == pytest.approx(1e-3 / 8) and a["max_work"] == 3000
+    assert a["batch_size"] == 32 and a["keep_best_val"]
+    for name in ("cifar10", "fashion-mnist"):
+        c = load_config(name)
+        s = c.method_settings("gnvpro-stochastic", 1)
+        assert s["extra"] == {"n_batches": 4, "iters_per_batch": 3, "inner_max_iter": 400,
+                              "epochs": 2}
+        assert (s["max_krylov"], s["alpha_w"], s["alpha_theta"]) == (30, 5e-3, 1e-4)
+        sgd = c.method_settings("sgd", 1)
+        assert (sgd["lr"], sgd["batch_size"], sgd["alpha_w"], sgd["max_work"]) == (
+            5e-3, 128, 1e-2, 400.0)
+        e = c.with_epochs(3)
+        assert e.method_settings("sgd", 1)["max_work"] == 6.0
+        assert e.method_settings("gnvpro-stochastic", 1)["extra"]["epochs"] == 3
+        assert c.with_data(subset=500).data["subset"] == 500
+
+
+@pytest.mark.skipif(not HAVE_IP, reason="indian_pines.npz not found")
+def test_indian_pines_steps_follow_grid():
+    from gnvpro.experiments.runner import build_data, build_final_model, build_model
+    from gnvpro.models.resnet import AntisymmetricResNet
+
+    cfg = load_config("indian-pines")
+    data = build_data(cfg, default_data_file("indian_pines.npz"), 0)
+    m1 = build_model(cfg, data, 0)[0]
+    m3 = build_final_model(cfg, data, 0, "gnvpro")[0]
+    assert isinstance(m1, AntisymmetricResNet)
+    assert (m1.n_nodes, m1.n_steps) == (4, 3)
+    assert (m3.n_nodes, m3.n_steps) == (13, 12)
+    assert build_model(cfg, data, 0, "adam")[0].n_nodes == 16
+
+
+def test_missing_image_data_is_a_usage_error(tmp_path, capsys):
+    rc = cli.main(["run", "fashion-mnist", "--data", str(tmp_path / "nope"), "--out",
+                   str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "Fashion-MNIST not found" in err and "\n" not in err
+    rc = cli.main(["run", "indian-pines", "--subset", "5", "--out", str(tmp_path / "o")])
+    assert rc == 2
+
+
+# ------------------------------------------------------------------------ stochastic GNvpro
+def _blobs(n: int, seed: int = 0) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]], dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = centres[y] + 0.9 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def test_stochastic_gnvpro_carries_radius_and_decreases_loss(monkeypatch):
+    import gnvpro.optim as optim_mod
+    from gnvpro.models.mlp import mlp
+
+    xt, yt = _blobs(240)
+    xv, yv = _blobs(60, seed=1)
+    data = Split(xt, yt, xv, yv, xv, yv, meta={"n_classes": 3})
+    model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
+    seen = []  # (radius going in, radius coming out) of every trust-region step
+    real = optim_mod.trust_region_step
+
+    def spy(problem, state, cfg):
+        new, info = real(problem, state, cfg)
+        seen.append((state.radius, new.radius, len(problem.x) if hasattr(problem, "x") else 0))
+        return new, info
+
+    monkeypatch.setattr(optim_mod, "trust_region_step", spy)
+    settings = TrainSettings(loss="cross_entropy", alpha_w=1e-4, alpha_theta=1e-4,
+                             max_krylov=10, extra={"epochs": 2, "n_batches": 4,
+                                                   "iters_per_batch": 3})
+    recs = train("gnvpro-stochastic", model, data, settings)
+    assert len(recs) == 1 + 2 * 4 * 3 and len(seen) == 24
+    # the radius the first step on a new sub-batch starts from is the previous step's radius
+    for k in range(3, 24, 3):
+        assert seen[k][0] == seen[k - 1][1]
+        assert recs[k + 1]["radius_in"] == recs[k]["radius"]
+        assert recs[k + 1]["batch"] != recs[k]["batch"]
+    # work units are passes over the training set: each sub-batch's work scaled by 1/4
+    wu = [r["work_units"] for r in recs]
+    assert wu[0] == pytest.approx(2.0 / 4) and all(b > a for a, b in zip(wu, wu[1:], strict=False))
+    # training on the sub-batches decreases the loss on the whole training set and val
+    assert recs[-1]["metrics"]["val"]["loss"] < 0.5 * recs[0]["metrics"]["val"]["loss"]
+    assert recs[-1]["metrics"]["val"]["accuracy"] > 0.85
+    for r in recs:
+        assert set(r["metrics"]) == {"train", "val"}
+
+
+# --------------------------------------------------------------------------- CLI smoke runs
+@pytest.mark.skipif(not HAVE_IP, reason="indian_pines.npz not found")
+def test_indian_pines_cli_and_report(tmp_path):
+    out = tmp_path / "ip"
+    rc = cli.main(["run", "indian-pines", "--seeds", "0", "--methods", "gnvpro,adam",
+                   "--budget-scale", "0.001", "--levels", "2", "--out", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    s = _summary(out)
+    assert s["metric"] == "accuracy" and set(s["methods"]) == {"gnvpro", "adam"}
+    for rows in s["methods"].values():
+        assert 0.0 <= rows[0]["test"] <= 1.0
+    g = [json.loads(x) for x in (out / "gnvpro/seed-0/history.jsonl").read_text().splitlines()]
+    assert {r["level"] for r in g} == {1, 2}
+    assert cli.main(["report", str(out)]) == 0
+    for f in ("segmentation.png", "confusion.png", "loss_vs_work.png", "report.md"):
+        assert (out / f).stat().st_size > 0
+    assert "segmentation.png" in (out / "report.md").read_text()
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST files not installed")
+def test_fashion_mnist_cli_and_report(tmp_path):
+    out = tmp_path / "fm"
+    rc = cli.main(["run", "fashion-mnist", "--subset", "600", "--epochs", "1", "--methods",
+                   "gnvpro-stochastic,sgd", "--budget-scale", "0.1", "--seeds", "0",
+                   "--out", str(out), "--no-progress"])
+    assert rc == 0
+    s = _summary(out)
+    assert set(s["methods"]) == {"gnvpro-stochastic", "sgd"}
+    info = json.loads((out / "gnvpro-stochastic/seed-0/config.json").read_text())
+    assert info["split"]["n_train"] == 600 and info["experiment"]["data"]["subset"] == 600
+    recs = (out / "gnvpro-stochastic/seed-0/history.jsonl").read_text().splitlines()
+    assert len(recs) == 2  # record 0 + round(12 * 0.1) = 1 outer iteration
+    assert cli.main(["report", str(out)]) == 0
+    assert (out / "loss_vs_work.png").is_file()
+
+
+@pytest.mark.skipif(not HAVE_CIFAR, reason="cifar10.npz not found")
+def test_cifar10_cli(tmp_path):
+    out = tmp_path / "c"
+    rc = cli.main(["run", "cifar10", "--subset", "400", "--epochs", "1", "--methods",
+                   "gnvpro-stochastic", "--budget-scale", "0.1", "--out", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    row = _summary(out)["methods"]["gnvpro-stochastic"][0]
+    assert 0.0 <= row["test"] <= 1.0 and row["work_units"] > 0
