@@ -4,6 +4,15 @@ import torch
 from gnvpro.models import mlp
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The test models are tiny: one thread avoids oversubscribing the 2 CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_regression():
     """A tiny tanh MLP 3→5→4 with an affine head 4→2 and smooth targets (float64)."""
