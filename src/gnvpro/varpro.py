@@ -45,10 +45,6 @@ class Point:
     inner: InnerSolution
     vjp_fn: Callable[[Tensor], Tensor] | None
 
-    @property
-    def finite(self) -> bool:
-        return bool(torch.isfinite(torch.tensor(self.value)))
-
 
 @dataclass
 class WarmStart:
@@ -154,10 +150,10 @@ class ReducedObjective:
             )
         Zh = self.augment(Z)
         if not torch.isfinite(Zh).all():
-            nan = torch.full((), float("inf"))
+            inf = torch.full((), float("inf"))
             empty = InnerSolution(W=torch.empty(0), hess_inv=lambda v: v, converged=False,
-                                  message="non-finite features")
-            return Point(theta, float("inf"), float("inf"), Zh, nan, nan, nan, empty, None)
+                                  message="non-finite features (the step is rejected)")
+            return Point(theta, float("inf"), float("inf"), Zh, inf, inf, inf, empty, None)
         sol = self.solve_inner(Zh, W0)
         S = Zh @ sol.W.T
         L = self.loss.value(S, self.C)
