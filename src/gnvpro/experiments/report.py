@@ -257,18 +257,18 @@ def _indian_pines_figures(root: Path, summary: dict) -> tuple[list[Path], str] |
     acc = float((pred == y).mean())
     test_pix = set(np.asarray(info["split"].get("test_index", []), dtype=np.int64).tolist())
 
-    cmap = plt.get_cmap("tab20", k + 1)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.4))
+    cmap = plt.get_cmap("tab20", k)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.4), constrained_layout=True)
     for ax, img, title in ((axes[0], gt, "ground truth"),
                            (axes[1], pm, f"predicted ({method}, {d.name})")):
-        im = ax.imshow(np.ma.masked_equal(img.reshape(shape), 0), cmap=cmap, vmin=-0.5,
+        im = ax.imshow(np.ma.masked_equal(img.reshape(shape), 0), cmap=cmap, vmin=0.5,
                        vmax=k + 0.5, interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
-    cb = fig.colorbar(im, ax=axes[:2], fraction=0.025, ticks=range(1, k + 1))
+    cb = fig.colorbar(im, ax=axes[1], fraction=0.05, ticks=range(1, k + 1))
     cb.ax.set_yticklabels(names, fontsize=6)
     axes[2].imshow(err.reshape(shape), cmap="RdYlGn_r", vmin=0, vmax=1, interpolation="nearest")
-    axes[2].set_title(f"errors (red) over all labelled pixels: accuracy {acc:.4f}")
+    axes[2].set_title(f"errors (red), all labelled pixels: accuracy {acc:.4f}")
     axes[2].axis("off")
     p1 = root / "segmentation.png"
     fig.savefig(p1, dpi=110, bbox_inches="tight")
