@@ -67,17 +67,8 @@ def settings_for(task: str, **kw) -> TrainSettings:
     return TrainSettings(**base)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny problems: intra-op threads only cost time (badly so on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def runs(one_thread) -> dict:
+def runs() -> dict:
     """Every method on both tiny problems, from the same θ0: {(task, method): (records, model)}."""
     out = {}
     for task, data in (("regression", regression_data()), ("classification",

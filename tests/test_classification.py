@@ -36,15 +36,6 @@ IDS = [case[0] for case in CASES]
 
 
 # ------------------------------------------------------------------------------ helpers
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest and immune to oversubscription on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _labels(x: torch.Tensor, c: int, gen: torch.Generator, noise: float = 0.7) -> torch.Tensor:
     """Labels of a noisy linear model (not separable, so W* stays moderate); all classes occur."""
     k = max(c, 2)

@@ -19,14 +19,6 @@ HAVE_CIFAR = default_data_file("cifar10.npz").is_file()
 HAVE_FMNIST = FASHION_MNIST_DIR.is_dir() and any(FASHION_MNIST_DIR.glob("train-images*"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _summary(out):
     return json.loads((out / "summary.json").read_text())
 
