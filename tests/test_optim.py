@@ -115,3 +115,20 @@ def test_split_finds_features(tiny_regression):
     split = split_model(model, probe=x)
     assert split.n_features == 4 and split.n_outputs == 2 and split.has_bias
     assert all(not k.startswith(split.head_name + ".") for k in split.feature_params())
+
+
+def test_bad_batch_loses_nothing(tiny_regression):
+    model, x, y = tiny_regression
+    opt = GNvpro(model, alpha_w=1e-6, alpha_theta=1e-6)
+    opt.run(x, y, max_iter=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = opt.state
+    bad = x.clone()
+    bad[3, 1] = float("inf")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        opt.step(bad, y)
+    assert opt.state is state
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    rec = opt.step(x, y)  # continues where it was
+    assert rec.iteration == 4

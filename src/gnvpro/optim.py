@@ -124,7 +124,7 @@ class GNvpro:
             check_head_is_last(self.split, x[: min(len(x), 16)])
             self._checked = True
         c = self.config
-        self.objective = ReducedObjective(
+        objective = ReducedObjective(
             self.split, self.loss, x, y, self.alpha_w, self.alpha_theta, B=self.regularizer,
             jacobian=c.jacobian, gn_alpha_w=c.gn_alpha_w, jvp_mode=c.jvp_mode,
             inner=InnerOptions(c.inner_rtol, c.inner_atol, c.inner_max_iter),
@@ -133,7 +133,7 @@ class GNvpro:
         prev = old.pt if old is not None and old.pt.W.shape[0] == self.split.n_outputs else None
         if prev is None:  # warm-start the first inner solve from the model's head
             prev = WarmStart(self.split.head_weights().to(torch.float64))
-        fresh = initial_state(self.objective, self.theta(), prev)
+        fresh = initial_state(objective, self.theta(), prev)
         if old is not None:  # a new batch: carry radius, work and time over
             fresh = replace(fresh, radius=old.radius, work=old.work + fresh.work,
                             iteration=old.iteration, seconds=old.seconds + fresh.seconds,
@@ -142,8 +142,8 @@ class GNvpro:
             radius, work, iteration = self._resume
             fresh = replace(fresh, radius=radius, work=work + fresh.work, iteration=iteration)
             self._resume = None
-        self.state = fresh
-        self._batch = (x, y)
+        # commit only now: a bad batch raises above and leaves the optimiser as it was
+        self.objective, self.state, self._batch = objective, fresh, (x, y)
         self._write_back()
 
     # ------------------------------------------------------------------- API
