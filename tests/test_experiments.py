@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
 
-from gnvpro import baselines, cli
+from gnvpro import cli
 from gnvpro.experiments.config import (
     ExperimentError,
     available_experiments,
@@ -25,58 +24,9 @@ needs_cdr = pytest.mark.skipif(not HAVE_CDR, reason="CDR_Data.mat / cdr_parity.n
 SUMMARY_KEYS = {"seed", "train", "val", "test", "work_units", "seconds", "inner_seconds"}
 
 
-# ---------------------------------------------------------------------------------------------
-# a stand-in for gnvpro.baselines.train while that module is being written (tests only)
-def _shim_train(method, model, data, settings):
-    from gnvpro.metrics import prediction_metrics
-    from gnvpro.optim import GNvpro, GNvproConfig
-
-    t0 = time.perf_counter()
-    if method == "gnvpro":
-        opt = GNvpro(model, settings.loss, settings.alpha_w, settings.alpha_theta,
-                     config=GNvproConfig(max_krylov=settings.max_krylov,
-                                         krylov_rtol=settings.krylov_rtol),
-                     regularizer=settings.regularizer)
-        hist = opt.run(data.x_train, data.y_train, max_work=settings.max_work,
-                       max_iter=settings.max_iter, val=(data.x_val, data.y_val))
-        return [r.to_dict() for r in hist.records]
-    if method == "adam":
-        from gnvpro.losses import make_loss
-
-        loss = make_loss(settings.loss)
-        n_out = model[-1].out_features
-        opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-        recs = []
-        n = len(data.x_train)
-        for epoch in range(max(1, int(settings.max_work // 2))):
-            for i in range(0, n, max(settings.batch_size, 50)):
-                xb, yb = data.x_train[i : i + 50], data.y_train[i : i + 50]
-                opt.zero_grad()
-                val = loss.value(model(xb), loss.prepare_targets(yb, n_out))
-                val.backward()
-                opt.step()
-            with torch.no_grad():
-                tr = prediction_metrics(loss, model(data.x_train), data.y_train, n_out)
-                va = prediction_metrics(loss, model(data.x_val), data.y_val, n_out)
-            recs.append({"iteration": epoch, "loss": tr["loss"], "work_units": 2.0 * (epoch + 1),
-                         "seconds": time.perf_counter() - t0, "inner_seconds": 0.0,
-                         "metrics": {"train": tr, "val": va}})
-        return recs
-    raise ValueError(f"shim: unknown method {method}")
-
-
-@pytest.fixture
-def train_impl(monkeypatch):
-    """The real baselines.train where it exists, else the shim (and only the methods it has)."""
-    if getattr(baselines, "train", None) is None:
-        monkeypatch.setattr(baselines, "train", _shim_train, raising=False)
-        return "shim"
-    return "real"
-
-
 def _check_run_dir(out, methods, seeds, metric):
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"experiment", "metric", "methods"}
+    assert set(summary) == {"experiment", "metric", "settings", "methods"}
     assert summary["metric"] == metric
     assert list(summary["methods"]) == methods
     for m in methods:
@@ -143,7 +93,7 @@ def test_configs_load_and_validate():
 
 
 @needs_cdr
-def test_cli_run_cdr_and_report(tmp_path, train_impl, capsys):
+def test_cli_run_cdr_and_report(tmp_path, capsys):
     out = tmp_path / "cdr"
     rc = cli.main(["run", "cdr", "--seeds", "ref,0", "--methods", "gnvpro,adam",
                    "--budget-scale", "0.05", "--out", str(out), "--no-progress"])
@@ -172,10 +122,28 @@ def test_cli_run_cdr_and_report(tmp_path, train_impl, capsys):
         assert (out / png).stat().st_size > 10_000
     assert md in capsys.readouterr().out
 
+    # a later run into the same DIR adds to its table (a rerun pair replaces its row) ...
+    before = json.loads((out / "summary.json").read_text())
+    rc = cli.main(["run", "cdr", "--seeds", "0", "--methods", "adam,gn", "--budget-scale",
+                   "0.05", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert after["methods"]["gnvpro"] == before["methods"]["gnvpro"]
+    assert [r["seed"] for r in after["methods"]["adam"]] == ["ref", 0]
+    assert after["methods"]["adam"][0] == before["methods"]["adam"][0]
+    assert [r["seed"] for r in after["methods"]["gn"]] == [0]
+    # ... and a run of other settings is refused before it computes anything
+    capsys.readouterr()
+    rc = cli.main(["run", "cdr", "--seeds", "1", "--methods", "adam", "--budget-scale", "0.1",
+                   "--out", str(out), "--no-progress"])
+    assert rc == 2 and "other settings" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text()) == after
+    assert not (out / "adam/seed-1").exists()
 
-def test_cli_run_ellipse_and_report(tmp_path, train_impl):
+
+def test_cli_run_ellipse_and_report(tmp_path):
     out = tmp_path / "ell"
-    methods = "gnvpro,gn" if train_impl == "real" else "gnvpro"
+    methods = "gnvpro,gn"
     rc = cli.main(["run", "ellipse", "--methods", methods, "--seeds", "1",
                    "--budget-scale", "0.1", "--out", str(out), "--no-progress"])
     assert rc == 0
@@ -188,7 +156,7 @@ def test_cli_run_ellipse_and_report(tmp_path, train_impl):
     assert (out / "report.md").read_text().startswith("# ellipse")
 
 
-def test_cli_errors(tmp_path, train_impl, capsys):
+def test_cli_errors(tmp_path, capsys):
     rc = cli.main(["run", "cdr", "--data", "/nonexistent.mat", "--out", str(tmp_path / "x"),
                    "--budget-scale", "0.01", "--no-progress"])
     assert rc == 2
@@ -211,7 +179,7 @@ def test_cli_errors(tmp_path, train_impl, capsys):
     assert e.value.code == 2
 
 
-def test_cli_data_dcr_and_run_from_toml(tmp_path, train_impl, capsys):
+def test_cli_data_dcr_and_run_from_toml(tmp_path, capsys):
     """`gnvpro data dcr` writes a loadable file; a DCR config given by path runs on it."""
     from gnvpro.experiments.config import CONFIG_DIR
     from gnvpro.problems.dcr import load_dcr

@@ -126,6 +126,95 @@ def test_stochastic_gnvpro_carries_radius_and_decreases_loss(monkeypatch):
         assert set(r["metrics"]) == {"train", "val"}
 
 
+def _blob_split() -> Split:
+    xt, yt = _blobs(240)
+    xv, yv = _blobs(60, seed=1)
+    return Split(xt, yt, xv, yv, xv, yv, meta={"n_classes": 3})
+
+
+def test_stochastic_gn_carries_radius_and_matches_full_batch_start(monkeypatch):
+    import gnvpro.baselines.sub_batch as sb
+    from gnvpro.models.mlp import mlp
+
+    data = _blob_split()
+    model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
+    seen = []  # (radius in, radius out, batch size) of every trust-region step
+    real = sb.trust_region_step
+
+    def spy(problem, state, cfg):
+        new, info = real(problem, state, cfg)
+        seen.append((state.radius, new.radius, problem.C.shape[0]))
+        return new, info
+
+    monkeypatch.setattr(sb, "trust_region_step", spy)
+    settings = TrainSettings(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
+                             max_krylov=10, extra={"epochs": 2, "n_batches": 4,
+                                                   "iters_per_batch": 3})
+    recs = train("gn-stochastic", model, data, settings)
+    assert len(recs) == 1 + 24 and len(seen) == 24
+    assert {b for _, _, b in seen} == {60}  # every step on a sub-batch of 240 / 4
+    for k in range(3, 24, 3):  # the radius carries over to the next sub-batch
+        assert seen[k][0] == seen[k - 1][1]
+        assert recs[k + 1]["radius_in"] == recs[k]["radius"]
+    wu = [r["work_units"] for r in recs]
+    assert wu[0] == pytest.approx(2.0 / 4)
+    assert all(b > a for a, b in zip(wu, wu[1:], strict=False))
+    for k in range(0, 24, 3):  # monotone within a sub-batch (trust region)
+        losses = [recs[k + j]["loss"] for j in range(1, 4)]
+        assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:], strict=False))
+    assert recs[-1]["metrics"]["val"]["accuracy"] > 0.85
+    # the model holds the last iterate (θ, W): its predictions give the last batch's loss
+    xb, yb = sb.fixed_batches(data.x_train, data.y_train, 4, 0)[3]
+    with torch.no_grad():
+        S = model(xb).double()
+    data_loss = torch.nn.functional.cross_entropy(S, yb, reduction="sum") / len(xb)
+    assert float(data_loss) == pytest.approx(recs[-1]["data_loss"], rel=1e-8)
+
+
+def test_stochastic_lbfgs_vpro_wolfe_steps_and_fresh_memory_per_batch(monkeypatch):
+    import gnvpro.baselines.lbfgs_vpro as lb
+    from gnvpro.models.mlp import mlp
+
+    data = _blob_split()
+    model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
+    starts = []  # number of curvature pairs dropped at each (re)start
+    real_start = lb.LBFGSVarPro.start
+
+    def spy(self, obj, pt):
+        starts.append((len(self.pairs), obj.n))
+        real_start(self, obj, pt)
+        assert len(self.pairs) == 0
+
+    monkeypatch.setattr(lb.LBFGSVarPro, "start", spy)
+    settings = TrainSettings(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
+                             extra={"epochs": 2, "n_batches": 3, "iters_per_batch": 5})
+    recs = train("lbfgs-vpro-stochastic", model, data, settings)
+    assert [n for _, n in starts] == [80] * 6  # one start per visit of a sub-batch
+    assert starts[0][0] == 0 and all(k > 0 for k, _ in starts[1:])
+    steps = recs[1:]
+    assert len(steps) == 30
+    assert all(r["wolfe"] and r["line_search_evals"] <= 30 for r in steps)
+    for k in range(0, 30, 5):  # L-BFGS with a Wolfe line search descends on its batch
+        losses = [steps[k + j]["loss"] for j in range(5)]
+        assert all(b < a for a, b in zip(losses, losses[1:], strict=False))
+    wu = [r["work_units"] for r in recs]
+    assert wu[0] == pytest.approx(2.0 / 3)
+    assert all(b > a for a, b in zip(wu, wu[1:], strict=False))
+    assert recs[-1]["metrics"]["val"]["accuracy"] > 0.85
+
+
+def test_sub_batch_settings_in_the_image_configs():
+    for name in ("cifar10", "fashion-mnist"):
+        c = load_config(name)
+        g = c.method_settings("gn-stochastic", 1)
+        assert g["alpha_w"] == 1e-2 and g["extra"]["iters_per_batch"] == 3
+        lbs = c.method_settings("lbfgs-vpro-stochastic", 1)
+        assert lbs["extra"]["iters_per_batch"] == 30 and lbs["extra"]["max_line_search"] == 30
+        assert c.with_epochs(1).method_settings("gn-stochastic", 1)["extra"]["epochs"] == 1
+        scaled = c.method_settings("lbfgs-vpro-stochastic", 1, budget_scale=0.1)
+        assert scaled["max_iter"] == round(2 * 4 * 30 * 0.1)
+
+
 # --------------------------------------------------------------------------- CLI smoke runs
 @pytest.mark.skipif(not HAVE_IP, reason="indian_pines.npz not found")
 def test_indian_pines_cli_and_report(tmp_path):

@@ -354,11 +354,14 @@ def test_solvers_on_cuda() -> None:
     for name in ("least_squares", "cross_entropy", "logistic"):
         loss, Zh, C = _problem(name, seed=12)
         ref = solve_inner(loss, Zh, C, 1e-3)
-        sol = solve_inner(loss, Zh.cuda().float(), C.cuda().float(), 1e-3)
+        Z32 = Zh.cuda().float()
+        sol = solve_inner(loss, Z32, C.cuda().float(), 1e-3)
         assert sol.W.is_cuda and sol.W.dtype == DT
         torch.testing.assert_close(sol.W.cpu(), ref.W, rtol=1e-4, atol=1e-5)
+        # H_W⁻¹ is the inverse of the Hessian of the problem solved: float32 Ẑ, in float64
+        Zs = Z32.to(DT)
         V = torch.randn(sol.W.shape, dtype=DT, device="cuda")
-        back = hessian_apply(loss, Zh.cuda() @ sol.W.T, C.cuda(), Zh.cuda(), sol.hess_inv(V), 1e-3)
+        back = hessian_apply(loss, Zs @ sol.W.T, C.cuda(), Zs, sol.hess_inv(V), 1e-3)
         assert float((back - V).norm() / V.norm()) < 1e-8
         cg = solve_newton(loss, Zh.cuda(), C.cuda(), 1e-3, dense_max=0)
         torch.testing.assert_close(cg.W.cpu(), ref.W, rtol=1e-7, atol=1e-8)

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--subset", type=int, help="image data sets: keep N training images "
                    "(and proportionally fewer validation/test images)")
     r.add_argument("--epochs", type=int, help="epochs of the stochastic methods "
-                   "(gnvpro-stochastic, SGD, ADAM)")
+                   "(the sub-batch methods *-stochastic, SGD, ADAM)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     rep = sub.add_parser("report", help="tables and figures of a run directory")

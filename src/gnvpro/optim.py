@@ -116,7 +116,10 @@ class GNvpro:
             p.copy_(named[name].to(p))
         self.split.set_head_weights(self.state.pt.W)
 
-    def _prepare(self, x: Tensor, y: Tensor) -> None:
+    def set_batch(self, x: Tensor, y: Tensor) -> None:
+        """Evaluate Φ_red, W* and ∇Φ_red at the current θ on (x, y) (2 work units; nothing
+        if (x, y) is already the batch). The trust-region radius and the counters carry over,
+        so step() on a sequence of batches is the paper's stochastic variant."""
         if self._batch is not None and self._batch[0] is x and self._batch[1] is y:
             return
         check_finite("x", x)
@@ -149,7 +152,7 @@ class GNvpro:
     # ------------------------------------------------------------------- API
     def step(self, x: Tensor, y: Tensor) -> StepInfo:
         """One outer iteration on the batch (x, y); the model holds the result."""
-        self._prepare(x, y)
+        self.set_batch(x, y)
         assert self.objective is not None and self.state is not None
         self.state, info = trust_region_step(self.objective, self.state, self.solver_config)
         self._write_back()
@@ -176,7 +179,7 @@ class GNvpro:
         record.metrics["val"]."""
         if max_work is None and max_iter is None and self.config.grad_rtol <= 0:
             raise ValueError("give max_work or max_iter (or a positive grad_rtol) to stop the run")
-        self._prepare(x, y)
+        self.set_batch(x, y)
         assert self.state is not None
         records: list[StepInfo] = []
         start_iter, start_work = self.state.iteration, self.state.work

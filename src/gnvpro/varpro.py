@@ -66,6 +66,26 @@ def check_finite(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} contains {bad} NaN/Inf entries: clean or impute them first")
 
 
+def batch_targets(split: HeadSplit, loss: Loss, x: Tensor, y: Tensor) -> Tensor:
+    """Check a batch (x, y) against the model and the loss; return the float64 targets C."""
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError("x and y must be torch tensors")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x has {x.shape[0]} samples but y has {y.shape[0]}: they must match in dim 0"
+        )
+    if x.shape[0] == 0:
+        raise ValueError("the batch is empty")
+    check_finite("x", x)
+    C = loss.prepare_targets(y, split.n_outputs).to(torch.float64)
+    if C.shape[1] != split.n_outputs:
+        raise ValueError(
+            f"targets have {C.shape[1]} columns but the head has {split.n_outputs} "
+            "outputs: make nn.Linear's out_features match the targets"
+        )
+    return C
+
+
 class ReducedObjective:
     """Φ_red on one batch (x, C) for the model described by `split`."""
 
@@ -89,23 +109,9 @@ class ReducedObjective:
             raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
         if alpha_w == 0 and not loss.is_quadratic:
             raise ValueError("alpha_w must be > 0 for classification losses (W* must be unique)")
-        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-            raise TypeError("x and y must be torch tensors")
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"x has {x.shape[0]} samples but y has {y.shape[0]}: they must match in dim 0"
-            )
-        if x.shape[0] == 0:
-            raise ValueError("the batch is empty")
-        check_finite("x", x)
         self.split = split
         self.loss = loss
-        self.C = loss.prepare_targets(y, split.n_outputs).to(torch.float64)
-        if self.C.shape[1] != split.n_outputs:
-            raise ValueError(
-                f"targets have {self.C.shape[1]} columns but the head has {split.n_outputs} "
-                "outputs: make nn.Linear's out_features match the targets"
-            )
+        self.C = batch_targets(split, loss, x, y)
         self.n = x.shape[0]
         self.alpha_w = float(alpha_w)
         self.features = FeatureMap(split, x, jvp_mode)

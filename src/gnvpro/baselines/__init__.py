@@ -5,7 +5,9 @@
 Methods (method.md §5): "gnvpro" (trust-region GN on Φ_red), "gn" (trust-region GN on (θ, W),
 coupled GN matrix), "gn-blockdiag" (the reference's block-diagonal GN matrix), "lbfgs-vpro"
 (L-BFGS with strong Wolfe line search on Φ_red), "adam" and "sgd" (mini-batch, on (θ, W)),
-"gnvpro-stochastic" (GNvpro on fixed sub-batches, radius carried over; experiments.md §5).
+and the paper's stochastic scheme (experiments.md §5, gnvpro.baselines.sub_batch):
+"gnvpro-stochastic", "gn-stochastic" and "lbfgs-vpro-stochastic" (the deterministic method on
+fixed sub-batches).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from .base import TrainSettings
 from .joint_gn import JointProblem, train_gn, train_gn_blockdiag
 from .lbfgs_vpro import strong_wolfe, train_lbfgs_vpro
 from .stochastic import train_adam, train_sgd
-from .stochastic_gnvpro import train_gnvpro_stochastic
+from .sub_batch import (
+    train_gn_stochastic,
+    train_gnvpro_stochastic,
+    train_lbfgs_vpro_stochastic,
+)
 from .train_gnvpro import train_gnvpro
 
 TrainFn = Callable[[nn.Module, Split, TrainSettings], list[dict]]
@@ -32,6 +38,8 @@ METHODS: dict[str, TrainFn] = {
     "adam": train_adam,
     "sgd": train_sgd,
     "gnvpro-stochastic": train_gnvpro_stochastic,
+    "gn-stochastic": train_gn_stochastic,
+    "lbfgs-vpro-stochastic": train_lbfgs_vpro_stochastic,
 }
 
 
@@ -57,7 +65,9 @@ __all__ = [
     "train_gn",
     "train_gn_blockdiag",
     "train_gnvpro",
+    "train_gn_stochastic",
     "train_gnvpro_stochastic",
     "train_lbfgs_vpro",
+    "train_lbfgs_vpro_stochastic",
     "train_sgd",
 ]

@@ -36,6 +36,7 @@ from ..solver import (
     initial_state,
     trust_region_step,
 )
+from ..varpro import batch_targets
 from .base import TrainSettings
 from .train_gnvpro import (
     START_WORK,
@@ -84,7 +85,7 @@ class JointProblem:
             raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
         self.split = split
         self.loss = loss
-        self.C = loss.prepare_targets(y, split.n_outputs).to(torch.float64)
+        self.C = batch_targets(split, loss, x, y)
         self.features = FeatureMap(split, x, jvp_mode)
         self.reg = Regularizer(alpha_theta, self.features.layout, B)
         self.alpha_w = float(alpha_w)

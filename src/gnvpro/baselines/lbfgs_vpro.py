@@ -25,13 +25,18 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
+from ..head import HeadSplit
+from ..losses import Loss
 from ..problems.base import Split
+from ..varpro import InnerOptions, Point, ReducedObjective, WarmStart
 from .base import TrainSettings
 from .train_gnvpro import (
     START_WORK,
     advance,
+    flat_theta,
     make_record,
     make_start,
     metrics_of,
@@ -39,7 +44,7 @@ from .train_gnvpro import (
     write_back,
 )
 
-__all__ = ["LineSearchResult", "strong_wolfe", "two_loop", "train_lbfgs_vpro"]
+__all__ = ["LBFGSVarPro", "LineSearchResult", "strong_wolfe", "two_loop", "train_lbfgs_vpro"]
 
 
 # ------------------------------------------------------------------------------ line search
@@ -184,89 +189,154 @@ def two_loop(g: Tensor, pairs: deque[tuple[Tensor, Tensor, float]]) -> Tensor:
     return q
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.work = START_WORK
+class LBFGSVarPro:
+    """L-BFGS-VarPro iterations on one objective Φ_red at a time (a batch, or the training set).
+
+    start(obj, pt) takes the gradient at pt (the 2 work units of an evaluation with gradient) and
+    clears the curvature pairs; step() takes one iteration and returns its record fields, or
+    None when no step can be taken (``stop_reason`` says why). The model follows the iterate.
+    """
+
+    def __init__(self, split: HeadSplit, loss: Loss, settings: TrainSettings,
+                 inner: InnerOptions | None = None) -> None:
+        self.split, self.loss_fn, self.settings, self.inner = split, loss, settings, inner
+        self.max_line_search = int(settings.extra.get("max_line_search", 25))
+        self.c1, self.c2 = 1e-4, 0.9
+        self.pairs: deque[tuple[Tensor, Tensor, float]] = deque(maxlen=settings.lbfgs_memory)
+        self.work = 0.0
         self.inner_seconds = 0.0
+        self.obj: ReducedObjective | None = None
+        self.pt: Point | None = None
+        self.g: Tensor | None = None
+        self.stop_reason = ""
+
+    # ----------------------------------------------------------------------- the iterate
+    @property
+    def value(self) -> float:
+        assert self.pt is not None
+        return self.pt.value
+
+    @property
+    def data_loss(self) -> float:
+        assert self.pt is not None
+        return self.pt.loss
+
+    @property
+    def S(self) -> Tensor:
+        assert self.pt is not None
+        return self.pt.S
+
+    @property
+    def radius(self) -> None:
+        return None
+
+    @property
+    def grad_norm(self) -> float:
+        assert self.g is not None
+        return float(self.g.norm())
+
+    def start(self, obj: ReducedObjective, pt: Point) -> None:
+        """Continue from pt on obj: gradient there (1 backward pass; 2 WU with the value)."""
+        self.obj, self.pt = obj, pt
+        self.g = obj.gradient(pt)
+        self.work += START_WORK
+        self.pairs.clear()
+        write_back(self.split, obj, pt.theta, pt.W)
+
+    def set_batch(self, x: Tensor, y: Tensor) -> None:
+        """Φ_red on (x, y) at the current θ (W* warm-started from the current W)."""
+        s = self.settings
+        obj = ReducedObjective(self.split, self.loss_fn, x, y, s.alpha_w, s.alpha_theta,
+                               B=s.regularizer, inner=self.inner)
+        prev = self.pt if self.pt is not None else WarmStart(
+            self.split.head_weights().to(torch.float64))
+        pt = obj.evaluate(flat_theta(self.split), prev)
+        self.inner_seconds += pt.inner.seconds
+        if not math.isfinite(pt.value):
+            raise ValueError("the objective is not finite at the current weights on this batch")
+        self.start(obj, pt)
+
+    def step(self) -> dict | None:
+        """d = −H∇Φ_red (two-loop), strong Wolfe line search along d, update the pairs."""
+        obj, pt, g = self.obj, self.pt, self.g
+        assert obj is not None and pt is not None and g is not None
+        if not float(g.norm()) > 0:
+            self.stop_reason = "gradient is zero"
+            return None
+        d = -two_loop(g, self.pairs)
+        dg = float(g @ d)
+        if not dg < 0:  # lost positive definiteness numerically: restart from −g
+            self.pairs.clear()
+            d, dg = -g, -float(g @ g)
+        alpha1 = 1.0 if self.pairs else min(1.0, 1.0 / float(g.abs().sum()))
+        trials: dict[float, list] = {}
+
+        def phi(a: float) -> float:
+            trial = obj.evaluate(pt.theta + a * d, pt)
+            self.work += 1
+            self.inner_seconds += trial.inner.seconds
+            trials[a] = [trial, None]
+            return trial.value
+
+        def dphi(a: float) -> float:
+            entry = trials[a]
+            entry[1] = obj.gradient(entry[0])
+            self.work += 1
+            return float(entry[1] @ d)
+
+        ls = strong_wolfe(phi, dphi, pt.value, dg, alpha1, self.c1, self.c2,
+                          self.max_line_search)
+        if ls.alpha is None:
+            self.stop_reason = f"line search failed ({ls.message})"
+            return None
+        new, g_new = trials[ls.alpha]
+        s, y = new.theta - pt.theta, g_new - g
+        sy = float(s @ y)
+        if sy > 1e-12 * float(s.norm()) * float(y.norm()):
+            self.pairs.append((s, y, 1.0 / sy))
+        self.pt, self.g = new, g_new
+        write_back(self.split, obj, new.theta, new.W)
+        return {
+            "loss": new.value, "data_loss": new.loss, "grad_norm": float(g_new.norm()),
+            "step_length": float(ls.alpha), "step_norm": float(s.norm()),
+            "line_search_evals": ls.evals, "wolfe": ls.wolfe, "line_search": ls.message,
+            "inner_iterations": new.inner.iterations, "inner_converged": new.inner.converged,
+        }
 
 
 def train_lbfgs_vpro(model: nn.Module, data: Split, settings: TrainSettings) -> list[dict]:
     """L-BFGS with a strong Wolfe line search on Φ_red; the model ends at the last iterate."""
     method = "lbfgs-vpro"
-    c1, c2 = 1e-4, 0.9
-    max_ls = int(settings.extra.get("max_line_search", 25))
     t0 = time.perf_counter()
     start = make_start(model, data, settings)
-    split, obj = start.split, start.objective
-    pt = start.point
-    g = obj.gradient(pt)
-    count = _Counter()
-    count.inner_seconds = start.inner_seconds
+    lb = LBFGSVarPro(start.split, start.loss, settings)
+    lb.inner_seconds = start.inner_seconds
+    lb.start(start.objective, start.point)
     records = [make_record(
-        method, 0, pt.value, pt.loss, count.work, time.perf_counter() - t0, count.inner_seconds,
-        metrics_of(pt.S, model, start.loss, split, data), grad_norm=float(g.norm()),
+        method, 0, lb.value, lb.data_loss, lb.work, time.perf_counter() - t0, lb.inner_seconds,
+        metrics_of(lb.S, model, start.loss, start.split, data), grad_norm=lb.grad_norm,
     )]
     t_metrics = 0.0
-    pairs: deque[tuple[Tensor, Tensor, float]] = deque(maxlen=settings.lbfgs_memory)
     max_work = START_WORK + settings.max_work
     k, termination = 0, "work budget spent"
     with progress_bar(settings.progress, settings.max_work) as bar:
-        while True:
-            if count.work >= max_work:
-                break
+        while lb.work < max_work:
             if settings.max_iter is not None and k >= settings.max_iter:
                 termination = "iteration limit reached"
                 break
-            if not float(g.norm()) > 0:
-                termination = "gradient is zero"
+            fields = lb.step()
+            if fields is None:
+                termination = lb.stop_reason
                 break
-            d = -two_loop(g, pairs)
-            dg = float(g @ d)
-            if not dg < 0:  # lost positive definiteness numerically: restart from −g
-                pairs.clear()
-                d, dg = -g, -float(g @ g)
-            alpha1 = 1.0 if pairs else min(1.0, 1.0 / float(g.abs().sum()))
-            trials: dict[float, list] = {}
-            base = pt
-
-            def phi(a: float, base=base, d=d, trials=trials) -> float:
-                trial = obj.evaluate(base.theta + a * d, base)
-                count.work += 1
-                count.inner_seconds += trial.inner.seconds
-                trials[a] = [trial, None]
-                return trial.value
-
-            def dphi(a: float, d=d, trials=trials) -> float:
-                entry = trials[a]
-                entry[1] = obj.gradient(entry[0])
-                count.work += 1
-                return float(entry[1] @ d)
-
-            ls = strong_wolfe(phi, dphi, pt.value, dg, alpha1, c1, c2, max_ls)
-            if ls.alpha is None:
-                termination = f"line search failed ({ls.message})"
-                break
-            new, g_new = trials[ls.alpha]
-            s, y = new.theta - pt.theta, g_new - g
-            sy = float(s @ y)
-            if sy > 1e-12 * float(s.norm()) * float(y.norm()):
-                pairs.append((s, y, 1.0 / sy))
-            pt, g = new, g_new
             k += 1
-            write_back(split, obj, pt.theta, pt.W)
             seconds = time.perf_counter() - t0 - t_metrics
             tm = time.perf_counter()
-            metrics = metrics_of(pt.S, model, start.loss, split, data)
+            metrics = metrics_of(lb.S, model, start.loss, start.split, data)
             t_metrics += time.perf_counter() - tm
-            rec = make_record(
-                method, k, pt.value, pt.loss, count.work, seconds, count.inner_seconds, metrics,
-                grad_norm=float(g.norm()), step_length=float(ls.alpha),
-                step_norm=float(s.norm()), line_search_evals=ls.evals, wolfe=ls.wolfe,
-                line_search=ls.message, inner_iterations=pt.inner.iterations,
-                inner_converged=pt.inner.converged,
-            )
+            loss, data_loss = fields.pop("loss"), fields.pop("data_loss")
+            rec = make_record(method, k, loss, data_loss, lb.work, seconds, lb.inner_seconds,
+                              metrics, **fields)
             records.append(rec)
             advance(bar, rec)
-    write_back(split, obj, pt.theta, pt.W)
     records[-1]["termination"] = termination
     return records

@@ -151,14 +151,14 @@ def start_record(method: str, start: Start, model: nn.Module, data: Split, **ext
 
 
 @contextmanager
-def progress_bar(enabled: bool, total: float) -> Iterator[object | None]:
-    """A tqdm bar over work units (or None when disabled)."""
+def progress_bar(enabled: bool, total: float, unit: str = "WU") -> Iterator[object | None]:
+    """A tqdm bar over work units, or another unit (None when disabled)."""
     if not enabled:
         yield None
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, unit="WU", leave=False)
+    bar = tqdm(total=total, unit=unit, leave=False)
     try:
         yield bar
     finally:

@@ -38,10 +38,9 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-KNOWN_METHODS = (
-    "gnvpro", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd", "gnvpro-stochastic",
-)
-STOCHASTIC_METHODS = ("adam", "sgd", "gnvpro-stochastic")
+SUB_BATCH_METHODS = ("gnvpro-stochastic", "gn-stochastic", "lbfgs-vpro-stochastic")
+KNOWN_METHODS = ("gnvpro", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd", *SUB_BATCH_METHODS)
+STOCHASTIC_METHODS = ("adam", "sgd", *SUB_BATCH_METHODS)
 PROBLEMS = ("cdr", "dcr", "ellipse", "indian_pines", "cifar10", "fashion-mnist")
 IMAGE_PROBLEMS = ("cifar10", "fashion-mnist")
 METRICS = ("rel_err", "accuracy")
@@ -72,7 +71,7 @@ _METHOD_KEYS = {
 }
 # per-method overrides of the experiment's settings ("one level with its own model settings"):
 # levels, model (a table of [model] keys), alpha_w, alpha_theta; epochs (stochastic methods:
-# ADAM/SGD max_work = 2 * epochs, gnvpro-stochastic extra.epochs)
+# ADAM/SGD max_work = 2 * epochs, the sub-batch methods' extra.epochs)
 _OVERRIDE_KEYS = {"levels", "model", "alpha_w", "alpha_theta", "epochs"}
 _BUDGET_KEYS = ("max_work", "max_iter", "epochs")
 
@@ -121,15 +120,16 @@ class ExperimentConfig:
         over = self.methods[method]
         if "epochs" in over:
             epochs = int(over["epochs"])
-            if method == "gnvpro-stochastic":
+            if method in SUB_BATCH_METHODS:
                 extra = dict(kw.get("extra", {}))
                 extra["epochs"] = epochs
                 kw["extra"] = extra
                 kw.setdefault("max_work", 1e12)  # the epochs are the budget
                 if budget_scale != 1.0 and kw.get("max_iter") is None:
                     # scale the number of outer iterations (epochs x batches x iterations)
+                    default_iters = 30 if method == "lbfgs-vpro-stochastic" else 3
                     n_it = epochs * int(extra.get("n_batches", 4)) * int(
-                        extra.get("iters_per_batch", 3))
+                        extra.get("iters_per_batch", default_iters))
                     kw["max_iter"] = max(1, round(n_it * budget_scale))
                     budget_scale = 1.0  # already applied
             else:
@@ -156,7 +156,7 @@ class ExperimentConfig:
         return {**self.model, **dict(self.methods.get(method, {}).get("model", {}))}
 
     def with_epochs(self, epochs: int | None) -> ExperimentConfig:
-        """Set ``epochs`` of every stochastic method (ADAM, SGD, gnvpro-stochastic)."""
+        """Set ``epochs`` of every stochastic method (ADAM, SGD, the sub-batch methods)."""
         if epochs is None:
             return self
         if epochs < 1:

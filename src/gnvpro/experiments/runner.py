@@ -10,8 +10,11 @@ Layout of the output directory::
     DIR/METHOD/seed-S/final.json          train/val/test metrics of the final model
     DIR/METHOD/seed-S/model.pt            the final state_dict
 
-summary.json: {"experiment", "metric", "methods": {METHOD: [{"seed", "train", "val", "test",
-"work_units", "seconds", "inner_seconds"}, ...]}}.
+summary.json: {"experiment", "metric", "settings", "methods": {METHOD: [{"seed", "train", "val",
+"test", "work_units", "seconds", "inner_seconds"}, ...]}}. Runs into a DIR that already holds a
+summary.json add to it: the rows of (method, seed) pairs not rerun are kept, so methods can run
+one after another (or in separate processes) into one table. "settings" (the resolved config,
+budget scale, device and data path) must match, so that the table never mixes settings.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from .config import ExperimentConfig, ExperimentError, parse_methods, parse_seed
 
 __all__ = [
     "build_data", "build_final_model", "build_model", "load_problem_data", "predict",
-    "run_experiment", "seed_label", "to_jsonable",
+    "earlier_summary", "run_experiment", "seed_label", "to_device", "to_jsonable",
+    "write_summary",
 ]
 
 _CUMULATIVE = ("work_units", "seconds", "inner_seconds")
@@ -252,7 +256,8 @@ def predict(model: nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch.Tenso
     return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
-def _to_device(data: Split, device: str) -> Split:
+def to_device(data: Split, device: str) -> Split:
+    """The split with every tensor on `device`."""
     if device == "cpu":
         return data
     return Split(*(getattr(data, f.name).to(device) for f in fields(Split) if f.name != "meta"),
@@ -394,6 +399,38 @@ def reference_history(levels: int) -> dict:
     return out
 
 
+def earlier_summary(path: Path, settings: dict) -> dict | None:
+    """The summary.json at path (None if there is none); an error if its settings differ."""
+    try:
+        old = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExperimentError(f"{path} is unreadable ({e}): move it away or choose another "
+                              "--out") from None
+    if old.get("settings") != settings:
+        raise ExperimentError(
+            f"{path.parent} holds results of a run with other settings (config, --budget-scale, "
+            "--device, --data, --subset, --epochs or --levels differ); choose another --out"
+        )
+    return old
+
+
+def write_summary(path: Path, summary: dict) -> dict:
+    """Write summary merged with the rows of earlier runs in the same DIR (other (method, seed)
+    pairs); atomic, so a concurrent run into the same DIR reads a whole file."""
+    old = earlier_summary(path, summary["settings"]) or {"methods": {}}
+    methods = {m: list(rows) for m, rows in old["methods"].items()}
+    for m, rows in summary["methods"].items():
+        seeds = {json.dumps(r["seed"]) for r in rows}
+        methods[m] = [r for r in methods.get(m, []) if json.dumps(r["seed"]) not in seeds] + rows
+    merged = {**summary, "methods": methods}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _write_json(tmp, merged)
+    os.replace(tmp, path)
+    return merged
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     out: str | os.PathLike,
@@ -416,9 +453,15 @@ def run_experiment(
     _train_fn()
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"config": cfg.to_dict(), "budget_scale": budget_scale, "device": device,
+                "data_path": None if data_path is None
+                else str(Path(data_path).expanduser().resolve())}
+    settings = json.loads(json.dumps(to_jsonable(settings)))
+    earlier_summary(out / "summary.json", settings)  # refuse a DIR of other settings up front
     raw = load_problem_data(cfg, data_path, progress)
-    summary: dict = {"experiment": cfg.name, "metric": cfg.metric,
+    summary: dict = {"experiment": cfg.name, "metric": cfg.metric, "settings": settings,
                      "methods": {m: [] for m in mlist}}
+    write_summary(out / "summary.json", summary)  # the DIR is a run directory from now on
     if "ref" in slist:
         _write_json(out / "reference_history.json", reference_history(cfg.levels))
 
@@ -431,7 +474,7 @@ def run_experiment(
         for seed in slist:
             data = build_data(cfg, raw, seed)
             model0 = build_model(cfg, data, seed)
-            data_dev = _to_device(data, device)
+            data_dev = to_device(data, device)
             for method in mlist:
                 if bar is not None:
                     bar.set_postfix(method=method, seed=seed)
@@ -442,11 +485,10 @@ def run_experiment(
                               out / method / seed_label(seed), budget_scale, device, progress,
                               data_path)
                 summary["methods"][method].append(row)
-                _write_json(out / "summary.json", summary)  # partial results survive a crash
+                write_summary(out / "summary.json", summary)  # partial results survive a crash
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    _write_json(out / "summary.json", summary)
-    return summary
+    return write_summary(out / "summary.json", summary)
