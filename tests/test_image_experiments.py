@@ -238,12 +238,15 @@ def test_indian_pines_cli_and_report(tmp_path):
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST files not installed")
 def test_fashion_mnist_cli_and_report(tmp_path):
     out = tmp_path / "fm"
+    methods = "gnvpro-stochastic,sgd,gn-stochastic,lbfgs-vpro-stochastic"
     rc = cli.main(["run", "fashion-mnist", "--subset", "600", "--epochs", "1", "--methods",
-                   "gnvpro-stochastic,sgd", "--budget-scale", "0.1", "--seeds", "0",
+                   methods, "--budget-scale", "0.1", "--seeds", "0",
                    "--out", str(out), "--no-progress"])
     assert rc == 0
     s = _summary(out)
-    assert set(s["methods"]) == {"gnvpro-stochastic", "sgd"}
+    assert list(s["methods"]) == methods.split(",")
+    for rows in s["methods"].values():
+        assert 0.0 <= rows[0]["test"] <= 1.0 and rows[0]["work_units"] > 0
     info = json.loads((out / "gnvpro-stochastic/seed-0/config.json").read_text())
     assert info["split"]["n_train"] == 600 and info["experiment"]["data"]["subset"] == 600
     recs = (out / "gnvpro-stochastic/seed-0/history.jsonl").read_text().splitlines()

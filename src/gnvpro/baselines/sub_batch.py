@@ -23,7 +23,9 @@ it on its sub-batch, the re-evaluation on a new batch included) is scaled by len
 Record 0 is the start on the first batch (2 WU scaled the same way). Every record carries the
 metrics of the current sub-batch as ``metrics["train"]`` (from the predictions at hand) and the
 validation metrics, plus ``epoch``, ``batch`` and ``batch_size``; the trust-region methods add
-``radius`` (after the step) and ``radius_in`` (the radius the step started from).
+``radius`` (after the step) and ``radius_in`` (the radius the step started from). A sub-batch on
+which the method cannot progress (L-BFGS: the line search failed) is left for the next one; the
+last record lists those as ``batch_stops``.
 """
 
 from __future__ import annotations
@@ -80,7 +82,34 @@ class BatchMethod(Protocol):
 
 
 # ------------------------------------------------------------------------------ the methods
-class GNvproOnBatches:
+class _TrustRegionIterate:
+    """The BatchMethod view of a trust-region SolverState (work, value, S, radius)."""
+
+    def _state(self) -> SolverState:
+        raise NotImplementedError
+
+    @property
+    def work(self) -> float:
+        return self._state().work
+
+    @property
+    def value(self) -> float:
+        return self._state().pt.value
+
+    @property
+    def data_loss(self) -> float:
+        return self._state().pt.loss
+
+    @property
+    def S(self) -> Tensor:
+        return self._state().pt.S
+
+    @property
+    def radius(self) -> float | None:
+        return self._state().radius
+
+
+class GNvproOnBatches(_TrustRegionIterate):
     """GNvpro.step on the current batch; GNvpro.set_batch carries the radius over."""
 
     def __init__(self, model: nn.Module, settings: TrainSettings) -> None:
@@ -101,12 +130,9 @@ class GNvproOnBatches:
         assert self.opt.state is not None
         return self.opt.state
 
-    work = property(lambda self: self._state().work)
-    inner_seconds = property(lambda self: self._state().inner_seconds)
-    value = property(lambda self: self._state().pt.value)
-    data_loss = property(lambda self: self._state().pt.loss)
-    S = property(lambda self: self._state().pt.S)
-    radius = property(lambda self: self._state().radius)
+    @property
+    def inner_seconds(self) -> float:
+        return self._state().inner_seconds
 
     def set_batch(self, x: Tensor, y: Tensor) -> None:
         self.opt.set_batch(x, y)
@@ -119,7 +145,7 @@ class GNvproOnBatches:
         return rec
 
 
-class JointGNOnBatches:
+class JointGNOnBatches(_TrustRegionIterate):
     """Trust-region GN on (θ, W) per batch: a JointProblem per batch, the radius carried over.
 
     W starts at W*(θ0) on the first batch; later batches continue from the current (θ, W).
@@ -136,11 +162,9 @@ class JointGNOnBatches:
         self.state: SolverState | None = None
         self.inner_seconds = 0.0
 
-    work = property(lambda self: 0.0 if self.state is None else self.state.work)
-    value = property(lambda self: self.state.pt.value)
-    data_loss = property(lambda self: self.state.pt.loss)
-    S = property(lambda self: self.state.pt.S)
-    radius = property(lambda self: self.state.radius)
+    def _state(self) -> SolverState:
+        assert self.state is not None
+        return self.state
 
     def set_batch(self, x: Tensor, y: Tensor) -> None:
         s = self.settings
@@ -217,6 +241,7 @@ def train_on_sub_batches(
                            method.inner_seconds, metrics(yb), epoch=0, batch=0,
                            radius=method.radius, batch_size=len(xb))]
     termination, it, current = "epochs done", 0, 0
+    stops: list[dict] = []  # sub-batches left early (L-BFGS: line search failed)
     with progress_bar(settings.progress, epochs * n_batches * iters, unit="it") as bar:
         for epoch in range(1, epochs + 1):
             for b, (xb, yb) in enumerate(batches):
@@ -233,7 +258,8 @@ def train_on_sub_batches(
                     seconds += time.perf_counter() - ts
                     work += (method.work - work_in) * len(xb) / n
                     if fields is None:  # no progress possible on this batch: the next one
-                        records[-1].setdefault("batch_stop", getattr(method, "stop_reason", ""))
+                        stops.append({"epoch": epoch, "batch": b,
+                                      "reason": getattr(method, "stop_reason", "")})
                         break
                     it += 1
                     rec = make_record(
@@ -254,6 +280,8 @@ def train_on_sub_batches(
             if termination != "epochs done":
                 break
     records[-1]["termination"] = termination
+    if stops:
+        records[-1]["batch_stops"] = stops
     return records
 
 
