@@ -257,6 +257,24 @@ def test_joint_value_at_w_star_is_the_reduced_objective() -> None:
     assert float(g[prob.n_theta :].norm()) < 1e-8  # ∇_W Φ(θ, W*) = 0
 
 
+def test_joint_problem_rejects_bad_batches() -> None:
+    prob, _, split, data = _joint("cross_entropy")
+    x, y = data.x_train.clone(), data.y_train
+
+    def make(x_, y_):
+        return JointProblem(split, prob.loss, x_, y_, 1e-3, 1e-3)
+
+    x[2, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        make(x, y)
+    with pytest.raises(ValueError, match="must match in dim 0"):
+        make(data.x_train, y[:-1])
+    bad = y.clone()
+    bad[0] = 99
+    with pytest.raises(ValueError, match="out of range|class"):
+        make(data.x_train, bad)
+
+
 # ----------------------------------------------------------------------------- L-BFGS
 def test_strong_wolfe_on_a_one_dimensional_function() -> None:
     f = lambda a: (a - 3.0) ** 4 - 2.0 * a  # noqa: E731
