@@ -15,7 +15,7 @@ import time
 import torch
 
 from gnvpro import ReducedObjective, make_loss, split_model
-from gnvpro.models import mlp, paper_network
+from gnvpro.models import mlp, paper_cnn, paper_network
 
 
 def _time(fn, repeats: int) -> float:
@@ -58,6 +58,8 @@ def bench(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, r
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--cnn", action="store_true",
+                    help="also the paper CNN on 500 28x28 images (slow on a CPU)")
     args = ap.parse_args()
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -69,6 +71,12 @@ def main() -> None:
     y = torch.randn(4000, 10, dtype=torch.float32)
     bench("wide MLP (64→256→256 tanh, head 10), float32",
           mlp(64, [256, 256], 10, dtype=torch.float32, generator=g), x, y, args.repeats)
+    if args.cnn:  # timing only: random images of Fashion-MNIST's shape
+        x = torch.randn(500, 1, 28, 28, dtype=torch.float32)
+        y = torch.randn(500, 10, dtype=torch.float32)
+        bench("paper CNN (conv 5x5 1→32, pool, conv 5x5 32→64, head 10), float32",
+              paper_cnn(1, 10, generator=g, dtype=torch.float32), x, y,
+              max(2, args.repeats // 5))
 
 
 if __name__ == "__main__":

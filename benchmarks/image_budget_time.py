@@ -12,7 +12,7 @@ rest from it (the prefix and the projection are printed side by side):
     sgd / adam: the first ``--epochs`` epochs are timed (per-epoch cost constant).
     lbfgs-vpro-stochastic: the first ``--iters`` iterations; a sub-batch = 30 of them.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/image_budget_time.py cifar10 [--device cuda]
+    .venv/bin/python benchmarks/image_budget_time.py cifar10 [--jvp-mode linearize] [--device cuda]
 
 Seconds are the methods' own clocks (training only; the validation metrics taken after every
 record are timed separately and added to the projected wall time).
@@ -80,13 +80,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=1, help="SGD/ADAM epochs to time")
     ap.add_argument("--iters", type=int, default=1, help="sub-batch iterations to time")
     ap.add_argument("--subset", type=int, default=None, help="fewer images (a smoke test)")
+    ap.add_argument("--jvp-mode", choices=["jvp", "linearize"], default=None)
     args = ap.parse_args(argv)
     cfg = load_config(args.experiment).with_data(subset=args.subset)
+    cfg = cfg.with_jvp_mode(args.jvp_mode)
     data = build_data(cfg, load_problem_data(cfg, args.data, False), 0)
     data_dev = to_device(data, args.device)
     model0 = build_model(cfg, data, 0)
     print(f"{args.experiment}: {len(data.x_train)} train / {len(data.x_val)} val images, "
-          f"device {args.device}, {torch.get_num_threads()} threads")
+          f"device {args.device}, {torch.get_num_threads()} threads, "
+          f"jvp_mode {args.jvp_mode or 'jvp'}")
     print("| method | measured | measured s | projected training s | projected wall s |")
     print("|---|---|---|---|---|")
     for method in args.methods.split(","):

@@ -264,3 +264,28 @@ def test_cifar10_cli(tmp_path):
     assert rc == 0
     row = _summary(out)["methods"]["gnvpro-stochastic"][0]
     assert 0.0 <= row["test"] <= 1.0 and row["work_units"] > 0
+
+
+def test_jvp_mode_reaches_the_gauss_newton_methods(tmp_path):
+    """--jvp-mode linearize: same iterates as jvp (same products, traced once per step)."""
+    from gnvpro.experiments.config import ExperimentError
+    from gnvpro.models.mlp import mlp
+
+    c = load_config("fashion-mnist").with_jvp_mode("linearize")
+    assert c.method_settings("gnvpro-stochastic", 1)["jvp_mode"] == "linearize"
+    assert c.method_settings("gn-stochastic", 1)["jvp_mode"] == "linearize"
+    assert "jvp_mode" not in c.method_settings("sgd", 1)
+    with pytest.raises(ExperimentError, match="jvp or linearize"):
+        c.with_jvp_mode("forward")
+    data = _blob_split()
+    recs = {}
+    for mode in ("jvp", "linearize"):
+        for method in ("gnvpro-stochastic", "gn-stochastic"):
+            model = mlp(2, [6], 3, activation="tanh", dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0))
+            settings = TrainSettings(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
+                                     max_krylov=10, jvp_mode=mode,
+                                     extra={"epochs": 1, "n_batches": 2, "iters_per_batch": 2})
+            recs[mode, method] = [r["loss"] for r in train(method, model, data, settings)]
+    for method in ("gnvpro-stochastic", "gn-stochastic"):
+        assert recs["linearize", method] == pytest.approx(recs["jvp", method], rel=1e-10)

@@ -32,6 +32,7 @@ class TrainSettings:
     max_krylov: int = 20
     krylov_rtol: float = 1e-2
     subproblem: str = "lanczos"
+    jvp_mode: str = "jvp"  # J_Z products: "jvp" (torch.func.jvp) or "linearize" (traced once/step)
     # stochastic methods (ADAM, SGD)
     lr: float = 1e-3
     batch_size: int = 32

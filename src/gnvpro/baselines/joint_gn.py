@@ -178,7 +178,7 @@ def train_joint_gn(
     split, obj = start.split, start.objective
     problem = JointProblem(
         split, start.loss, data.x_train, data.y_train, settings.alpha_w, settings.alpha_theta,
-        B=settings.regularizer, coupled=coupled,
+        B=settings.regularizer, coupled=coupled, jvp_mode=settings.jvp_mode,
     )
     cfg = SolverConfig(max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
                        subproblem=settings.subproblem)

@@ -118,7 +118,7 @@ class GNvproOnBatches(_TrustRegionIterate):
             head=settings.extra.get("head"),
             config=GNvproConfig(
                 max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
-                subproblem=settings.subproblem,
+                subproblem=settings.subproblem, jvp_mode=settings.jvp_mode,
                 inner_max_iter=int(settings.extra.get("inner_max_iter", 400)),
             ),
             regularizer=settings.regularizer,
@@ -169,7 +169,7 @@ class JointGNOnBatches(_TrustRegionIterate):
     def set_batch(self, x: Tensor, y: Tensor) -> None:
         s = self.settings
         problem = JointProblem(self.split, self.loss_fn, x, y, s.alpha_w, s.alpha_theta,
-                               B=s.regularizer, coupled=True)
+                               B=s.regularizer, coupled=True, jvp_mode=s.jvp_mode)
         old = self.state
         if old is None:  # θ0 with W*(θ0) on this batch
             obj = ReducedObjective(self.split, self.loss_fn, x, y, s.alpha_w, s.alpha_theta,

@@ -183,7 +183,7 @@ def train_gnvpro(model: nn.Module, data: Split, settings: TrainSettings) -> list
         head=settings.extra.get("head"),
         config=GNvproConfig(
             max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
-            subproblem=settings.subproblem,
+            subproblem=settings.subproblem, jvp_mode=settings.jvp_mode,
         ),
         regularizer=settings.regularizer,
     )

@@ -39,6 +39,8 @@ __all__ = [
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SUB_BATCH_METHODS = ("gnvpro-stochastic", "gn-stochastic", "lbfgs-vpro-stochastic")
+# the methods that take Jacobian-vector products J_Z v (Gauss-Newton products)
+GN_METHODS = ("gnvpro", "gn", "gn-blockdiag", "gnvpro-stochastic", "gn-stochastic")
 KNOWN_METHODS = ("gnvpro", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd", *SUB_BATCH_METHODS)
 STOCHASTIC_METHODS = ("adam", "sgd", *SUB_BATCH_METHODS)
 PROBLEMS = ("cdr", "dcr", "ellipse", "indian_pines", "cifar10", "fashion-mnist")
@@ -66,8 +68,8 @@ _TOP_KEYS = {
 }
 # TrainSettings fields a config may set per method (others are the runner's business).
 _METHOD_KEYS = {
-    "max_work", "max_iter", "max_krylov", "krylov_rtol", "subproblem", "lr", "batch_size",
-    "momentum", "nesterov", "keep_best_val", "lbfgs_memory", "extra",
+    "max_work", "max_iter", "max_krylov", "krylov_rtol", "subproblem", "jvp_mode", "lr",
+    "batch_size", "momentum", "nesterov", "keep_best_val", "lbfgs_memory", "extra",
 }
 # per-method overrides of the experiment's settings ("one level with its own model settings"):
 # levels, model (a table of [model] keys), alpha_w, alpha_theta; epochs (stochastic methods:
@@ -169,6 +171,16 @@ class ExperimentConfig:
                 st.pop("max_iter", None)
                 st["epochs"] = int(epochs)
             methods[m] = _frozen(st)
+        return dataclasses.replace(self, methods=_frozen(methods))
+
+    def with_jvp_mode(self, mode: str | None) -> ExperimentConfig:
+        """Set ``jvp_mode`` ("jvp" or "linearize") of every Gauss-Newton method."""
+        if mode is None:
+            return self
+        if mode not in ("jvp", "linearize"):
+            raise ExperimentError(f"--jvp-mode must be jvp or linearize, got {mode!r}")
+        methods = {m: _frozen({**st, "jvp_mode": mode}) if m in GN_METHODS else st
+                   for m, st in self.methods.items()}
         return dataclasses.replace(self, methods=_frozen(methods))
 
     def with_data(self, **updates: Any) -> ExperimentConfig:
@@ -338,6 +350,10 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
         if "epochs" in settings and m not in STOCHASTIC_METHODS:
             raise ExperimentError(f"{src}: methods.{m}.epochs is only for "
                                   f"{', '.join(STOCHASTIC_METHODS)}")
+        if "jvp_mode" in settings and (m not in GN_METHODS
+                                       or settings["jvp_mode"] not in ("jvp", "linearize")):
+            raise ExperimentError(f"{src}: methods.{m}.jvp_mode must be jvp or linearize, for "
+                                  f"{', '.join(GN_METHODS)} only")
         if not any(k in settings for k in _BUDGET_KEYS):
             raise ExperimentError(f"{src}: [methods.{m}] needs max_work or max_iter (the budget)")
         for k in _BUDGET_KEYS:
