@@ -84,28 +84,36 @@ def _blobs(n: int, seed: int = 0) -> Split:
     return x, y
 
 
-def test_stochastic_gnvpro_carries_radius_and_decreases_loss(monkeypatch):
+def _blob_split() -> Split:
+    xt, yt = _blobs(240)
+    xv, yv = _blobs(60, seed=1)
+    return Split(xt, yt, xv, yv, xv, yv, meta={"n_classes": 3})
+
+
+@pytest.mark.parametrize("method", ["gnvpro-stochastic", "gn-stochastic"])
+def test_trust_region_sub_batches_carry_radius_and_decrease_loss(monkeypatch, method):
+    import gnvpro.baselines.sub_batch as sb
     import gnvpro.optim as optim_mod
     from gnvpro.models.mlp import mlp
 
-    xt, yt = _blobs(240)
-    xv, yv = _blobs(60, seed=1)
-    data = Split(xt, yt, xv, yv, xv, yv, meta={"n_classes": 3})
+    data = _blob_split()
     model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
-    seen = []  # (radius going in, radius coming out) of every trust-region step
-    real = optim_mod.trust_region_step
+    seen = []  # (radius in, radius out, batch size) of every trust-region step
+    module = optim_mod if method == "gnvpro-stochastic" else sb
+    real = module.trust_region_step
 
     def spy(problem, state, cfg):
         new, info = real(problem, state, cfg)
-        seen.append((state.radius, new.radius, len(problem.x) if hasattr(problem, "x") else 0))
+        seen.append((state.radius, new.radius, problem.C.shape[0]))
         return new, info
 
-    monkeypatch.setattr(optim_mod, "trust_region_step", spy)
+    monkeypatch.setattr(module, "trust_region_step", spy)
     settings = TrainSettings(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
                              max_krylov=10, extra={"epochs": 2, "n_batches": 4,
                                                    "iters_per_batch": 3})
-    recs = train("gnvpro-stochastic", model, data, settings)
+    recs = train(method, model, data, settings)
     assert len(recs) == 1 + 2 * 4 * 3 and len(seen) == 24
+    assert {b for _, _, b in seen} == {60}  # every step on a sub-batch of 240 / 4
     # the radius the first step on a new sub-batch starts from is the previous step's radius
     for k in range(3, 24, 3):
         assert seen[k][0] == seen[k - 1][1]
@@ -115,60 +123,21 @@ def test_stochastic_gnvpro_carries_radius_and_decreases_loss(monkeypatch):
     wu = [r["work_units"] for r in recs]
     assert wu[0] == pytest.approx(2.0 / 4)
     assert all(b > a for a, b in zip(wu, wu[1:], strict=False))
-    # within a sub-batch the trust-region objective never increases; the second visit to
-    # batch 0 starts lower than the first
+    # within a sub-batch the trust-region objective never increases
     for k in range(0, 24, 3):
         losses = [recs[k + j]["loss"] for j in range(1, 4)]
         assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:], strict=False))
-    assert recs[13]["batch"] == 0 and recs[13]["loss"] < recs[0]["loss"]
     assert recs[-1]["metrics"]["val"]["accuracy"] > 0.85
     for r in recs:
         assert set(r["metrics"]) == {"train", "val"}
-
-
-def _blob_split() -> Split:
-    xt, yt = _blobs(240)
-    xv, yv = _blobs(60, seed=1)
-    return Split(xt, yt, xv, yv, xv, yv, meta={"n_classes": 3})
-
-
-def test_stochastic_gn_carries_radius_and_matches_full_batch_start(monkeypatch):
-    import gnvpro.baselines.sub_batch as sb
-    from gnvpro.models.mlp import mlp
-
-    data = _blob_split()
-    model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
-    seen = []  # (radius in, radius out, batch size) of every trust-region step
-    real = sb.trust_region_step
-
-    def spy(problem, state, cfg):
-        new, info = real(problem, state, cfg)
-        seen.append((state.radius, new.radius, problem.C.shape[0]))
-        return new, info
-
-    monkeypatch.setattr(sb, "trust_region_step", spy)
-    settings = TrainSettings(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
-                             max_krylov=10, extra={"epochs": 2, "n_batches": 4,
-                                                   "iters_per_batch": 3})
-    recs = train("gn-stochastic", model, data, settings)
-    assert len(recs) == 1 + 24 and len(seen) == 24
-    assert {b for _, _, b in seen} == {60}  # every step on a sub-batch of 240 / 4
-    for k in range(3, 24, 3):  # the radius carries over to the next sub-batch
-        assert seen[k][0] == seen[k - 1][1]
-        assert recs[k + 1]["radius_in"] == recs[k]["radius"]
-    wu = [r["work_units"] for r in recs]
-    assert wu[0] == pytest.approx(2.0 / 4)
-    assert all(b > a for a, b in zip(wu, wu[1:], strict=False))
-    for k in range(0, 24, 3):  # monotone within a sub-batch (trust region)
-        losses = [recs[k + j]["loss"] for j in range(1, 4)]
-        assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:], strict=False))
-    assert recs[-1]["metrics"]["val"]["accuracy"] > 0.85
-    # the model holds the last iterate (θ, W): its predictions give the last batch's loss
+    # the model holds the last iterate: its predictions give the last batch's data loss
     xb, yb = sb.fixed_batches(data.x_train, data.y_train, 4, 0)[3]
     with torch.no_grad():
         S = model(xb).double()
     data_loss = torch.nn.functional.cross_entropy(S, yb, reduction="sum") / len(xb)
     assert float(data_loss) == pytest.approx(recs[-1]["data_loss"], rel=1e-8)
+    if method == "gnvpro-stochastic":  # the second visit to batch 0 starts lower
+        assert recs[13]["batch"] == 0 and recs[13]["loss"] < recs[0]["loss"]
 
 
 def test_stochastic_lbfgs_vpro_wolfe_steps_and_fresh_memory_per_batch(monkeypatch):
