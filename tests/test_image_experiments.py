@@ -244,11 +244,11 @@ def test_jvp_mode_reaches_the_gauss_newton_methods(tmp_path):
     assert c.method_settings("gnvpro-stochastic", 1)["jvp_mode"] == "linearize"
     assert c.method_settings("gn-stochastic", 1)["jvp_mode"] == "linearize"
     assert "jvp_mode" not in c.method_settings("sgd", 1)
-    with pytest.raises(ExperimentError, match="jvp or linearize"):
+    with pytest.raises(ExperimentError, match="jvp-mode must be one of auto"):
         c.with_jvp_mode("forward")
     data = _blob_split()
     recs = {}
-    for mode in ("jvp", "linearize"):
+    for mode in ("jvp", "linearize", "double-backward"):
         for method in ("gnvpro-stochastic", "gn-stochastic"):
             model = mlp(2, [6], 3, activation="tanh", dtype=torch.float64,
                         generator=torch.Generator().manual_seed(0))
@@ -258,3 +258,4 @@ def test_jvp_mode_reaches_the_gauss_newton_methods(tmp_path):
             recs[mode, method] = [r["loss"] for r in train(method, model, data, settings)]
     for method in ("gnvpro-stochastic", "gn-stochastic"):
         assert recs["linearize", method] == pytest.approx(recs["jvp", method], rel=1e-10)
+        assert recs["double-backward", method] == pytest.approx(recs["jvp", method], rel=1e-10)

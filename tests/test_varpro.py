@@ -31,7 +31,7 @@ def _closed_form_phi(obj, theta):
     return r
 
 
-@pytest.mark.parametrize("jvp_mode", ["jvp", "linearize"])
+@pytest.mark.parametrize("jvp_mode", ["double-backward", "jvp", "linearize"])
 def test_taylor_reduced_objective(tiny_regression, jvp_mode):
     obj = _objective(*tiny_regression, jvp_mode=jvp_mode)
     th = _theta(obj)
@@ -88,7 +88,7 @@ def test_envelope_gradient_equals_autograd_through_closed_form(tiny_regression):
     assert torch.allclose(g, g_auto, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("jvp_mode", ["jvp", "linearize"])
+@pytest.mark.parametrize("jvp_mode", ["double-backward", "jvp", "linearize"])
 def test_gauss_newton_equals_dense_jtj(tiny_regression, jvp_mode):
     obj = _objective(*tiny_regression, jvp_mode=jvp_mode)
     th = _theta(obj)

@@ -3,7 +3,7 @@
     gnvpro demo [--out DIR]
     gnvpro run EXPERIMENT [--methods gnvpro,gn,lbfgs-vpro,adam] [--seeds 0-5 | 0,2,4 | ref]
                [--out DIR] [--data PATH] [--device cpu|cuda] [--budget-scale F] [--levels N]
-               [--subset N] [--epochs E] [--no-progress]
+               [--subset N] [--epochs E] [--no-progress] [--resume]
     gnvpro report DIR
     gnvpro data dcr --n N --seed S --out PATH
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,8 +26,15 @@ class _Usage(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit code 2, like every other user error)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="gnvpro",
         description="GNvpro (Gauss-Newton variable projection): demo, experiments and reports.",
     )
@@ -35,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="a quick demonstration (table + figure)")
     d.add_argument("--out", default="gnvpro-demo", help="output directory (default gnvpro-demo)")
+    d.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
 
     r = sub.add_parser("run", help="run an experiment of the paper (cdr, dcr, ellipse, "
                        "indian-pines, cifar10, fashion-mnist or a .toml)")
@@ -55,10 +64,16 @@ def _parser() -> argparse.ArgumentParser:
                    "(and proportionally fewer validation/test images)")
     r.add_argument("--epochs", type=int, help="epochs of the stochastic methods "
                    "(the sub-batch methods *-stochastic, SGD, ADAM)")
-    r.add_argument("--jvp-mode", choices=["jvp", "linearize"],
-                   help="J_Z products of the Gauss-Newton methods: jvp (default) or linearize "
-                   "(traced once per outer step; ~3x cheaper products on the paper CNN)")
+    r.add_argument("--jvp-mode", choices=["auto", "double-backward", "jvp", "linearize"],
+                   help="J_Z products of the Gauss-Newton methods (default auto: linearize for "
+                   "convolutional networks, double-backward otherwise; gnvpro.autodiff)")
+    r.add_argument("--max-seconds", type=float, help="give every run this many seconds of "
+                   "training (equal shares per level) instead of its work budget")
+    r.add_argument("--threads", type=int, help="torch intra-op threads (default 1: these "
+                   "networks are small, and more threads oversubscribe a shared machine)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--resume", action="store_true", help="continue killed runs in --out from "
+                   "their last level checkpoint (finished runs are always kept)")
 
     rep = sub.add_parser("report", help="tables and figures of a run directory")
     rep.add_argument("dir", help="the --out directory of `gnvpro run`")
@@ -79,8 +94,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from .demo import run_demo
     except ImportError as e:
         raise _Usage(f"the demo is not available in this installation ({e})") from None
+    _set_threads(args.threads)
     run_demo(Path(args.out), progress=True)
     return 0
+
+
+def _set_threads(n: int | None) -> None:
+    """torch intra-op threads: n, or 1 by default (gnvpro.threads explains why)."""
+    import torch
+
+    if n is not None and n < 1:
+        raise _Usage(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(1 if n is None else n)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -90,11 +115,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.experiment).with_levels(args.levels).with_epochs(args.epochs)
     cfg = cfg.with_data(subset=args.subset).with_jvp_mode(args.jvp_mode)
+    cfg = cfg.with_max_seconds(args.max_seconds)
+    _set_threads(args.threads)
     methods = parse_methods(args.methods, cfg)
     seeds = parse_seeds(args.seeds, cfg)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     summary = run_experiment(cfg, out, methods, seeds, data_path=args.data, device=args.device,
-                             budget_scale=args.budget_scale, progress=not args.no_progress)
+                             budget_scale=args.budget_scale, progress=not args.no_progress,
+                             resume=args.resume)
     print(summary_table(summary))
     print(f"\nresults in {out}  (tables and figures: gnvpro report {out})")
     return 0
@@ -112,6 +140,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise _Usage(f"--n must be >= 1, got {args.n}")
+    if args.seed < 0:
+        raise _Usage(f"--seed must be >= 0, got {args.seed}")
+    if Path(args.out).is_dir():
+        raise _Usage(f"--out {args.out} is a directory; give the path of the .npz file to write")
     path = save_dcr(args.out, generate_dcr(args.n, args.seed, progress=True,
                                            workers=max(1, args.workers)))
     print(f"wrote {path}")
@@ -126,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"demo": _cmd_demo, "run": _cmd_run, "report": _cmd_report, "data": _cmd_data}
     try:
         return handler[args.command](args)
-    except (ExperimentError, _Usage, FileNotFoundError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (ExperimentError, _Usage, OSError) as e:  # OSError: missing, unreadable, read-only
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"gnvpro {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

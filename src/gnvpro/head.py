@@ -97,6 +97,9 @@ def split_model(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if head is not None and not isinstance(head, str):
+        raise TypeError(f"head must be the dotted name of an nn.Linear submodule (a str) or None, "
+                        f"got {head!r} ({type(head).__name__})")
     if head is None:
         if not isinstance(model, nn.Sequential) or len(model) == 0:
             raise TypeError(
@@ -126,13 +129,30 @@ def check_head_is_last(split: HeadSplit, probe: Tensor) -> None:
     """Verify model(x) == head(features(x)) on a probe batch, else raise ValueError."""
     params = dict(split.model.named_parameters())
     params = {k: v for k, v in params.items() if k in split.feature_params()}
-    z = split.features(params, probe)
+    try:
+        out = split.model(probe)
+        z = split.features(params, probe)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"the model fails on x of shape {tuple(probe.shape)} and dtype {probe.dtype} "
+            f"({first}): check that x has the shape and dtype the model's input layer expects"
+        ) from e
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            "model(x) is not finite (NaN/Inf) on the first samples of x: check the model's "
+            "weights and the scale of x"
+        )
+    if not torch.allclose(out, split.model(probe), rtol=1e-5, atol=1e-6):
+        raise ValueError(
+            "model(x) differs between two calls on the same x: GNvpro needs a deterministic "
+            "model. Call model.eval() (dropout, batch norm) and remove random layers"
+        )
     if z.ndim != 2 or z.shape[1] != split.n_features:
         raise ValueError(
             f"the features feeding the head {split.head_name!r} have shape {tuple(z.shape)}; "
             f"GNvpro needs (n, {split.n_features}): flatten them before the head"
         )
-    out = split.model(probe)
     again = split.head(z)
     if out.shape != again.shape or not torch.allclose(out, again, rtol=1e-5, atol=1e-6):
         raise ValueError(

@@ -97,6 +97,10 @@ class Loss(ABC):
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
         """H_S[U]: the Hessian of L in S applied to U (n, c)."""
 
+    def scalar_hessian(self, n: int) -> float | None:
+        """h when H_S[U] = h·U for every S (the GN product then needs no n×c temporary)."""
+        return None
+
     def predict_labels(self, S: Tensor) -> Tensor:
         """Predicted labels (classifiers only): int64 tensor of shape (n,)."""
         raise TypeError(f"the {self.name} loss is not a classification loss; it has no labels")
@@ -145,6 +149,9 @@ class LeastSquaresLoss(Loss):
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
         n = _check_pair(S, C)
         return U / n
+
+    def scalar_hessian(self, n: int) -> float | None:
+        return 1.0 / n
 
 
 class CrossEntropyLoss(Loss):

@@ -12,7 +12,7 @@ carries the trust-region radius over (the paper's stochastic variant for CIFAR-1
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -30,8 +30,17 @@ from .solver import (
     initial_state,
     trust_region_step,
 )
+from .threads import auto_threads, intra_op_threads
 from .trust_region import RadiusRule
-from .varpro import InnerOptions, ReducedObjective, WarmStart, check_finite
+from .validate import (
+    check_batch,
+    check_model,
+    check_real,
+    config_from_dict,
+    describe,
+    validate_config,
+)
+from .varpro import InnerOptions, ReducedObjective, WarmStart
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class GNvproConfig:
 
     max_krylov: int = 20
     krylov_rtol: float = 1e-2
-    subproblem: str = "lanczos"  # or "steihaug"
+    subproblem: str = "lanczos"  # or "steihaug", "tn" (truncated GN + line search; solver.py)
     jacobian: str = "full"  # or "kaufman" (drops dW*/dθ; ablation)
     gn_alpha_w: bool = True  # include α_W J_Wᵀ J_W in H_GN (the least-squares GN matrix)
     grad_rtol: float = 1e-10
@@ -48,14 +57,20 @@ class GNvproConfig:
     inner_rtol: float = 1e-10
     inner_atol: float = 1e-10
     inner_max_iter: int = 100
-    jvp_mode: str = "jvp"  # or "linearize" (trace once per outer step; pays off for big nets)
+    jvp_mode: str = "auto"  # "double-backward", "jvp" or "linearize" (gnvpro.autodiff)
     radius_rule: RadiusRule = field(default_factory=RadiusRule)
+    min_radius: float = 1e-14
+    tn_memory: int = 10  # subproblem "tn": L-BFGS pairs in the CG preconditioner
+    max_line_search: int = 25  # subproblem "tn": evaluations per line search
+    extrapolate: bool = False  # trust region: also try 2s after a very successful step
+    threads: int | None = None  # torch intra-op threads in step(); None: gnvpro.threads.auto
+
+    def __post_init__(self) -> None:
+        validate_config(self)  # every field, by its type and range (TypeError / ValueError)
 
     def solver(self) -> SolverConfig:
-        return SolverConfig(
-            max_krylov=self.max_krylov, krylov_rtol=self.krylov_rtol, subproblem=self.subproblem,
-            radius_rule=self.radius_rule, grad_rtol=self.grad_rtol, grad_atol=self.grad_atol,
-        )
+        """The outer solver's settings (the fields both configs share)."""
+        return SolverConfig(**{f.name: getattr(self, f.name) for f in fields(SolverConfig)})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,20 +101,33 @@ class GNvpro:
         config: GNvproConfig | None = None,
         regularizer: LinearMap | None = None,
     ) -> None:
+        if not isinstance(loss, str | Loss):
+            raise TypeError(f"loss must be a name (least_squares, cross_entropy, logistic) or a "
+                            f"gnvpro.losses.Loss, got {describe(loss)}")
+        alpha_w = check_real("alpha_w", alpha_w, low=0.0)
+        alpha_theta = check_real("alpha_theta", alpha_theta, low=0.0)
+        if config is not None and not isinstance(config, GNvproConfig):
+            raise TypeError(f"config must be a gnvpro.GNvproConfig or None, got {describe(config)}")
+        if regularizer is not None and not callable(regularizer):
+            raise TypeError(f"regularizer must be a callable (a linear map of the named "
+                            f"parameters) or None, got {describe(regularizer)}")
         self.split: HeadSplit = split_model(model, head)
+        check_model(self.split)
         self.model = model
         self.loss = make_loss(loss) if isinstance(loss, str) else loss
-        if not isinstance(self.loss, Loss):
-            raise TypeError("loss must be a name or a gnvpro.losses.Loss")
-        self.alpha_w = float(alpha_w)
-        self.alpha_theta = float(alpha_theta)
+        if alpha_w == 0 and not self.loss.is_quadratic:
+            raise ValueError(f"alpha_w must be > 0 for the {self.loss.name} loss (W* must be "
+                             "unique), got 0")
+        self.alpha_w = alpha_w
+        self.alpha_theta = alpha_theta
         self.config = config or GNvproConfig()
         self.solver_config = self.config.solver()
         self.regularizer = regularizer
         self.objective: ReducedObjective | None = None
         self.state: SolverState | None = None
         self._batch: tuple[Tensor, Tensor] | None = None
-        self._checked = False
+        self._batch_versions: tuple[int | None, int | None] = (None, None)
+        self._param_versions: tuple[int | None, ...] = ()
         self._resume: tuple[float | None, float, int] | None = None
 
     # ------------------------------------------------------------------ state
@@ -115,17 +143,17 @@ class GNvpro:
         for name, p in self.split.feature_params().items():
             p.copy_(named[name].to(p))
         self.split.set_head_weights(self.state.pt.W)
+        self._param_versions = self._current_param_versions()
 
     def set_batch(self, x: Tensor, y: Tensor) -> None:
         """Evaluate Φ_red, W* and ∇Φ_red at the current θ on (x, y) (2 work units; nothing
         if (x, y) is already the batch). The trust-region radius and the counters carry over,
         so step() on a sequence of batches is the paper's stochastic variant."""
-        if self._batch is not None and self._batch[0] is x and self._batch[1] is y:
+        check_model(self.split)  # cheap; the model may have changed since the last call
+        if self._is_batch(x, y):
             return
-        check_finite("x", x)
-        if not self._checked:
-            check_head_is_last(self.split, x[: min(len(x), 16)])
-            self._checked = True
+        check_batch(self.split, x, y)
+        check_head_is_last(self.split, x[: min(len(x), 16)])
         c = self.config
         objective = ReducedObjective(
             self.split, self.loss, x, y, self.alpha_w, self.alpha_theta, B=self.regularizer,
@@ -136,7 +164,12 @@ class GNvpro:
         prev = old.pt if old is not None and old.pt.W.shape[0] == self.split.n_outputs else None
         if prev is None:  # warm-start the first inner solve from the model's head
             prev = WarmStart(self.split.head_weights().to(torch.float64))
-        fresh = initial_state(objective, self.theta(), prev)
+        try:
+            fresh = initial_state(objective, self.theta(), prev)
+        except (torch.linalg.LinAlgError, ArithmeticError) as e:
+            raise ValueError(f"the starting point cannot be evaluated ({type(e).__name__}: {e}):"
+                             " the data or the weights are badly scaled; standardise x and y"
+                             ) from e
         if old is not None:  # a new batch: carry radius, work and time over
             fresh = replace(fresh, radius=old.radius, work=old.work + fresh.work,
                             iteration=old.iteration, seconds=old.seconds + fresh.seconds,
@@ -147,19 +180,49 @@ class GNvpro:
             self._resume = None
         # commit only now: a bad batch raises above and leaves the optimiser as it was
         self.objective, self.state, self._batch = objective, fresh, (x, y)
+        self._batch_versions = (_version(x), _version(y))
         self._write_back()
+
+    def _is_batch(self, x: Tensor, y: Tensor) -> bool:
+        """(x, y) is the current batch: the same tensors, unchanged since (no in-place edit),
+        and the model's weights are still the optimiser's (nobody wrote into them)."""
+        b = self._batch
+        return (b is not None and b[0] is x and b[1] is y
+                and self._batch_versions == (_version(x), _version(y))
+                and self._param_versions == self._current_param_versions())
+
+    def _current_param_versions(self) -> tuple[int | None, ...]:
+        return tuple(_version(p) for p in self.model.parameters())
 
     # ------------------------------------------------------------------- API
     def step(self, x: Tensor, y: Tensor) -> StepInfo:
         """One outer iteration on the batch (x, y); the model holds the result."""
-        self.set_batch(x, y)
-        assert self.objective is not None and self.state is not None
-        self.state, info = trust_region_step(self.objective, self.state, self.solver_config)
+        with intra_op_threads(self._threads(x)):
+            self.set_batch(x, y)
+            assert self.objective is not None and self.state is not None
+            try:
+                state, info = trust_region_step(self.objective, self.state, self.solver_config)
+            except (torch.linalg.LinAlgError, ArithmeticError) as e:
+                raise ValueError(f"the outer step failed numerically ({type(e).__name__}: {e}); "
+                                 "the model and the optimiser are unchanged. The data or the "
+                                 "weights are badly scaled: standardise x and y") from e
+        self.state = state
         self._write_back()
         return info
 
+    def _threads(self, x: Tensor) -> int | None:
+        """config.threads, or one thread for a small CPU problem (gnvpro.threads)."""
+        if self.config.threads is not None:
+            return self.config.threads
+        n_params = sum(p.numel() for p in self.split.feature_params().values())
+        n = x.shape[0] if isinstance(x, Tensor) and x.ndim > 0 else 1  # x is checked later
+        return auto_threads(n, n_params, self.split.head.weight.device)
+
     def evaluate(self, x: Tensor, y: Tensor) -> dict:
         """Metrics of the current model on (x, y) (loss, relative error or accuracy)."""
+        check_batch(self.split, x, y)
+        check_model(self.split)
+        self.loss.prepare_targets(y, self.split.n_outputs)
         with torch.no_grad():
             S = self.model(x)
         return prediction_metrics(self.loss, S, y, self.split.n_outputs)
@@ -177,8 +240,17 @@ class GNvpro:
         """Iterate until a gradient tolerance, max_iter or max_work (cumulative work units) is
         reached. callback(record) may return True to stop. Validation metrics go in
         record.metrics["val"]."""
-        if max_work is None and max_iter is None and self.config.grad_rtol <= 0:
-            raise ValueError("give max_work or max_iter (or a positive grad_rtol) to stop the run")
+        if max_work is not None:
+            max_work = check_real("max_work", max_work, low=0.0, finite=False)
+        if max_iter is not None:
+            max_iter = check_real("max_iter", max_iter, integer=True, low=0)
+        if (max_work is None or max_work == float("inf")) and max_iter is None:
+            raise ValueError("run() needs a budget: give max_work or max_iter (work units or "
+                             "iterations; the gradient tolerance alone rarely stops a run)")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None, got {describe(callback)}")
+        if val is not None:
+            self._check_val(x, val)
         self.set_batch(x, y)
         assert self.state is not None
         records: list[StepInfo] = []
@@ -209,12 +281,25 @@ class GNvpro:
                 bar.close()
         return History(records, term)
 
+    def _check_val(self, x: Tensor, val: object) -> None:
+        if not isinstance(val, tuple | list) or len(val) != 2:
+            raise TypeError(f"val must be a pair (x_val, y_val) of tensors, got {describe(val)}")
+        xv, yv = val
+        check_batch(self.split, xv, yv, "val[0] (x_val)", "val[1] (y_val)")
+        if isinstance(x, Tensor) and xv.shape[1:] != x.shape[1:]:
+            raise ValueError(f"val[0] (x_val) has samples of shape {tuple(xv.shape[1:])} but x "
+                             f"has {tuple(x.shape[1:])}: they must match")
+        try:
+            self.loss.prepare_targets(yv, self.split.n_outputs)
+        except ValueError as e:
+            raise ValueError(f"val[1] (y_val): {e}") from None
+
     # ---------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """Model weights, settings and the trust-region radius/work counters."""
+        """Model weights (copies), settings and the trust-region radius/work counters."""
         s = self.state
         return {
-            "model": self.model.state_dict(),
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "config": self.config.to_dict(),
             "loss": self.loss.name,
             "alpha_w": self.alpha_w,
@@ -225,13 +310,72 @@ class GNvpro:
         }
 
     def load_state_dict(self, sd: dict) -> None:
+        """Restore a state_dict(): model weights, α, config, radius and counters (the loss must
+        be the same). Everything is checked first; a refused dict changes nothing."""
+        if not isinstance(sd, dict):
+            raise TypeError(f"load_state_dict expects the dict of GNvpro.state_dict(), got "
+                            f"{describe(sd)}")
         missing = {"model", "radius", "work", "iteration"} - set(sd)
         if missing:
             raise ValueError(f"not a GNvpro state dict: missing {sorted(missing)}")
-        self.model.load_state_dict(sd["model"])
+        _check_model_state(self.model, sd["model"])
+        radius = sd["radius"]
+        if radius is not None:
+            radius = check_real("state_dict['radius']", radius, low=0.0, low_inclusive=False)
+        work = check_real("state_dict['work']", sd["work"], low=0.0)
+        iteration = check_real("state_dict['iteration']", sd["iteration"], integer=True, low=0)
+        if "loss" in sd and sd["loss"] != self.loss.name:
+            raise ValueError(f"the state dict was saved with loss {sd['loss']!r} but this "
+                             f"optimiser uses {self.loss.name!r}: create GNvpro(model, "
+                             f"loss={sd['loss']!r}) to load it")
+        alpha_w = check_real("state_dict['alpha_w']", sd.get("alpha_w", self.alpha_w), low=0.0)
+        alpha_theta = check_real("state_dict['alpha_theta']",
+                                 sd.get("alpha_theta", self.alpha_theta), low=0.0)
+        if alpha_w == 0 and not self.loss.is_quadratic:
+            raise ValueError(f"state_dict['alpha_w'] must be > 0 for the {self.loss.name} loss")
+        config = self.config
+        if "config" in sd:
+            config = config_from_dict(GNvproConfig, sd["config"], "state_dict['config']")
+        solver_config = config.solver()
+        backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        try:
+            self.model.load_state_dict(sd["model"])
+        except Exception:
+            self.model.load_state_dict(backup)
+            raise
+        self.alpha_w, self.alpha_theta = alpha_w, alpha_theta
+        self.config, self.solver_config = config, solver_config
+        self.objective = None
         self.state = None
         self._batch = None
-        self._resume = (sd["radius"], float(sd["work"]), int(sd["iteration"]))
+        self._resume = (radius, work, iteration)
+
+
+def _version(t: Tensor) -> int | None:
+    """The in-place version counter of t (None for inference tensors, which have none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def _check_model_state(model: nn.Module, msd: object) -> None:
+    """state_dict['model'] fits `model` exactly: same keys, tensors of the same shapes, finite."""
+    if not isinstance(msd, dict):
+        raise TypeError(f"state_dict['model'] must be a dict of tensors, got {describe(msd)}")
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(msd)), sorted(set(msd) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"state_dict['model'] does not fit this model: missing keys {missing}, "
+                         f"unexpected keys {unexpected}")
+    for k, v in msd.items():
+        if not isinstance(v, Tensor):
+            raise TypeError(f"state_dict['model'][{k!r}] must be a tensor, got {describe(v)}")
+        if v.shape != own[k].shape:
+            raise ValueError(f"state_dict['model'][{k!r}] has shape {tuple(v.shape)} but the "
+                             f"model's is {tuple(own[k].shape)}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"state_dict['model'][{k!r}] contains NaN/Inf values")
 
 
 def _train_metrics(opt: GNvpro, y: Tensor) -> dict:

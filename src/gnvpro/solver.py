@@ -7,6 +7,12 @@ ratio ρ (gnvpro.trust_region). After a rejection the same basis is reused (no n
 first radius is the length of the first Gauss-Newton step. subproblem="steihaug" replaces the
 basis by Steihaug-Toint truncated CG.
 
+subproblem="tn" (truncated Gauss-Newton with a line search instead of a trust region):
+    d ≈ −H⁻¹g by ≤ max_krylov preconditioned CG products (relative tolerance krylov_rtol), the
+    preconditioner M⁻¹ the L-BFGS(tn_memory) inverse built from the accepted steps (s, y = Δg);
+    θ ← θ + α d, α by a strong Wolfe line search (c1 = 1e-4, c2 = 0.9) starting at α = 1.
+Each line-search value costs 1 work unit and each gradient there 1, as in L-BFGS-VarPro.
+
 Work units (method.md §4): initial objective + gradient 2, each H v 2, each trial value 1, the
 gradient at an accepted point 1 (its forward pass is the trial's; the reference re-evaluates the
 objective and gradient there, 2). The inner solve is not counted in work units; its seconds are
@@ -33,6 +39,9 @@ from .linalg import (
     steihaug_cg,
     tr_step_in_subspace,
 )
+from .linalg.cg import pcg
+from .linalg.lbfgs import curvature_pair, newest, two_loop
+from .linalg.line_search import strong_wolfe
 from .trust_region import RadiusRule, StepOutcome
 
 
@@ -49,7 +58,12 @@ class Termination(str, Enum):
     MAX_ITER = "iteration limit reached"
     MAX_WORK = "work budget spent"
     RADIUS = "trust region collapsed (no further progress possible)"
+    LINE_SEARCH = "line search found no decrease along the Gauss-Newton direction"
     STOPPED = "stopped by callback"
+    MAX_SECONDS = "time budget spent"
+
+
+SUBPROBLEMS = ("lanczos", "steihaug", "tn")
 
 
 @dataclass(frozen=True)
@@ -63,10 +77,13 @@ class SolverConfig:
     grad_rtol: float = 1e-10
     grad_atol: float = 0.0
     min_radius: float = 1e-14
+    tn_memory: int = 10
+    max_line_search: int = 25
+    extrapolate: bool = False  # trust region: after a very successful step also try 2s (+1 WU)
 
     def __post_init__(self) -> None:
-        if self.subproblem not in ("lanczos", "steihaug"):
-            raise ValueError(f"subproblem must be 'lanczos' or 'steihaug', got {self.subproblem!r}")
+        if self.subproblem not in SUBPROBLEMS:
+            raise ValueError(f"subproblem must be one of {SUBPROBLEMS}, got {self.subproblem!r}")
         if self.max_krylov < 1:
             raise ValueError("max_krylov must be >= 1")
 
@@ -82,6 +99,8 @@ class SolverState:
     iteration: int = 0
     inner_seconds: float = 0.0
     seconds: float = 0.0
+    pairs: tuple = ()  # subproblem "tn": L-BFGS pairs (s, y, 1/sᵀy) of the accepted steps
+    stalled: bool = False  # subproblem "tn": the last line search found no decrease
 
     @property
     def grad_norm(self) -> float:
@@ -109,6 +128,8 @@ class StepInfo:
     inner_grad_norm: float = 0.0
     inner_seconds: float = 0.0
     inner_converged: bool = True
+    step_length: float = 1.0
+    line_search_evals: int = 0
     status: str = "ok"
     metrics: dict = field(default_factory=dict)
 
@@ -146,6 +167,8 @@ def check_termination(
         return Termination.MAX_WORK
     if state.radius is not None and state.radius < cfg.min_radius:
         return Termination.RADIUS
+    if state.stalled:
+        return Termination.LINE_SEARCH
     return Termination.RUNNING
 
 
@@ -179,7 +202,10 @@ def _subproblem_step(
 def trust_region_step(
     problem: Problem, state: SolverState, cfg: SolverConfig
 ) -> tuple[SolverState, StepInfo]:
-    """One outer iteration: subproblem, trial evaluation, ratio test, radius update."""
+    """One outer iteration: subproblem, trial evaluation, ratio test, radius update
+    (or, for subproblem="tn", a truncated Gauss-Newton step with a line search)."""
+    if cfg.subproblem == "tn":
+        return truncated_newton_step(problem, state, cfg)
     t0 = time.perf_counter()
     state, s, pred, on_boundary, k_iters, relres = _subproblem_step(problem, state, cfg)
     step_norm = float(s.norm())
@@ -196,6 +222,13 @@ def trust_region_step(
         keep = state.basis if cfg.subproblem == "lanczos" else None
         new = replace(state, radius=radius, basis=keep, work=work)
     else:
+        if cfg.extrapolate and rho > cfg.radius_rule.eta_expand:  # ablation: try the step 2s
+            far = problem.evaluate(state.pt.theta + 2 * s.to(state.pt.theta), trial)
+            work += 1
+            far_inner = getattr(far, "inner", None)
+            inner_seconds += far_inner.seconds if far_inner else 0.0
+            if far.value < trial.value:
+                trial, step_norm = far, 2 * step_norm
         g = problem.gradient(trial)
         new = replace(state, pt=trial, g=g, radius=radius, basis=None, work=work + 1)
     new = replace(new, iteration=state.iteration + 1, inner_seconds=inner_seconds,
@@ -225,5 +258,82 @@ def trust_region_step(
         inner_seconds=inner_seconds,
         inner_converged=inner.converged if inner else True,
         status=status,
+    )
+    return new, info
+
+
+def _inner_status(state: SolverState, trial: Any) -> str:
+    here = getattr(state.pt, "inner", None)
+    inner = getattr(trial, "inner", None)
+    if inner is not None and not inner.converged:
+        return f"inner solve not converged: {inner.message}"
+    if here is not None and not here.converged:
+        return f"inner solve at the current point not converged: {here.message}"
+    return "ok"
+
+
+def truncated_newton_step(
+    problem: Problem, state: SolverState, cfg: SolverConfig
+) -> tuple[SolverState, StepInfo]:
+    """One truncated Gauss-Newton iteration: d by L-BFGS-preconditioned CG on H_GN d = −g
+    (≤ max_krylov products), then a strong Wolfe line search from α = 1."""
+    t0 = time.perf_counter()
+    pt, g = state.pt, state.g
+    pairs = state.pairs
+
+    def precond(r: Tensor) -> Tensor:
+        return two_loop(r, pairs)
+
+    gnorm = state.grad_norm
+    cg = pcg(problem.gn_operator(pt), -g, cfg.krylov_rtol * gnorm, cfg.max_krylov, precond)
+    work = state.work + 2 * cg.iterations
+    d = cg.x
+    dg = float(g @ d)
+    if not dg < 0:  # round-off: fall back to the preconditioned (or plain) gradient
+        d = -precond(g)
+        dg = float(g @ d)
+        if not dg < 0:
+            pairs, d, dg = (), -g, -gnorm**2
+    trials: dict[float, list] = {}
+    inner_seconds = state.inner_seconds
+
+    def phi(a: float) -> float:
+        nonlocal work, inner_seconds
+        trial = problem.evaluate(pt.theta + a * d, pt)
+        work += 1
+        inner = getattr(trial, "inner", None)
+        inner_seconds += inner.seconds if inner else 0.0
+        trials[a] = [trial, None]
+        return trial.value
+
+    def dphi(a: float) -> float:
+        nonlocal work
+        entry = trials[a]
+        entry[1] = problem.gradient(entry[0])
+        work += 1
+        return float(entry[1] @ d)
+
+    ls = strong_wolfe(phi, dphi, pt.value, dg, 1.0, 1e-4, 0.9, cfg.max_line_search)
+    if ls.alpha is None:  # no decrease: drop the curvature pairs; stop if there were none
+        new = replace(state, work=work, pairs=(), stalled=not state.pairs)
+        trial, alpha, step_norm, outcome = None, 0.0, 0.0, "rejected (line search failed)"
+    else:
+        trial, g_new = trials[ls.alpha]
+        s = trial.theta - pt.theta
+        pairs = newest(pairs, curvature_pair(s, g_new - g), cfg.tn_memory)
+        new = replace(state, pt=trial, g=g_new, work=work, pairs=pairs, stalled=False)
+        alpha, step_norm, outcome = float(ls.alpha), float(s.norm()), "accepted (line search)"
+    new = replace(new, iteration=state.iteration + 1, inner_seconds=inner_seconds,
+                  seconds=state.seconds + time.perf_counter() - t0)
+    inner = getattr(trial, "inner", None)
+    info = StepInfo(
+        iteration=new.iteration, loss=new.pt.value, data_loss=new.pt.loss,
+        grad_norm=new.grad_norm, radius=float("nan"), rho=float("nan"), outcome=outcome,
+        accepted=trial is not None, step_norm=step_norm, krylov_iters=cg.iterations,
+        krylov_relres=cg.residual / gnorm if gnorm > 0 else 0.0, work_units=new.work,
+        seconds=new.seconds, inner_iterations=inner.iterations if inner else 0,
+        inner_grad_norm=inner.grad_norm if inner else 0.0, inner_seconds=inner_seconds,
+        inner_converged=inner.converged if inner else True, step_length=alpha,
+        line_search_evals=ls.evals, status=_inner_status(state, trial),
     )
     return new, info

@@ -32,6 +32,7 @@ TrainFn = Callable[[nn.Module, Split, TrainSettings], list[dict]]
 
 METHODS: dict[str, TrainFn] = {
     "gnvpro": train_gnvpro,
+    "gnvpro-tn": train_gnvpro,  # GNvpro with subproblem = "tn" (its config says so)
     "gn": train_gn,
     "gn-blockdiag": train_gn_blockdiag,
     "lbfgs-vpro": train_lbfgs_vpro,

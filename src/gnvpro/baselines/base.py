@@ -17,6 +17,7 @@ from the same θ0 with W = W*(θ0).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..regularizer import LinearMap
 
@@ -28,11 +29,14 @@ class TrainSettings:
     alpha_theta: float = 1e-10
     max_work: float = 200.0  # work-unit budget of this call (method.md §4)
     max_iter: int | None = None
+    max_seconds: float | None = None  # wall-time budget of this call (records' "seconds")
     # trust-region methods (GNvpro, GN)
     max_krylov: int = 20
     krylov_rtol: float = 1e-2
-    subproblem: str = "lanczos"
-    jvp_mode: str = "jvp"  # J_Z products: "jvp" (torch.func.jvp) or "linearize" (traced once/step)
+    subproblem: str = "lanczos"  # or "steihaug", "tn" (GNvpro only)
+    tn_memory: int = 10
+    extrapolate: bool = False
+    jvp_mode: str = "auto"  # J_Z products (gnvpro.autodiff.JVP_MODES)
     # stochastic methods (ADAM, SGD)
     lr: float = 1e-3
     batch_size: int = 32
@@ -45,3 +49,7 @@ class TrainSettings:
     regularizer: LinearMap | None = None
     progress: bool = False
     extra: dict = field(default_factory=dict)
+
+    def out_of_time(self, record: dict[str, Any]) -> bool:
+        """Whether a record's cumulative seconds reached max_seconds."""
+        return self.max_seconds is not None and float(record["seconds"]) >= self.max_seconds

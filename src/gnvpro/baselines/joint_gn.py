@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..autodiff import FeatureMap
+from ..autodiff import FeatureMap, Linearisation
 from ..head import HeadSplit
 from ..losses import Loss
 from ..problems.base import Split
@@ -62,7 +62,7 @@ class JointPoint:
     Zh: Tensor
     S: Tensor
     G: Tensor
-    vjp_fn: Callable[[Tensor], Tensor] | None
+    vjp_fn: Linearisation | None
     inner: None = None
 
 
@@ -79,7 +79,7 @@ class JointProblem:
         alpha_theta: float,
         B: LinearMap | None = None,
         coupled: bool = True,
-        jvp_mode: str = "jvp",
+        jvp_mode: str = "auto",
     ) -> None:
         if alpha_w < 0:
             raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
@@ -144,10 +144,9 @@ class JointProblem:
     def gn_operator(self, pt: JointPoint) -> Callable[[Tensor], Tensor]:
         """dz ↦ H_GN dz, coupled or block-diagonal (one JVP + one VJP per product)."""
         theta, W = self.unpack(pt.theta)
-        jvp = self.features.jvp_fn(theta)
         if pt.vjp_fn is None:
             pt.vjp_fn = self.features.with_vjp(theta)[1]
-        vjp = pt.vjp_fn
+        vjp, jvp = pt.vjp_fn, pt.vjp_fn.jvp  # both through the point's recorded graph
         Wt = W[:, : self.m]
 
         def coupled(v: Tensor) -> Tensor:
@@ -209,6 +208,9 @@ def train_joint_gn(
             rec["metrics"] = metrics_of(state.pt.S, model, start.loss, split, data)
             records.append({"method": method, **rec})
             advance(bar, rec)
+            if settings.out_of_time(rec):
+                term = Termination.MAX_SECONDS
+                break
     write(state.pt.theta)
     records[-1]["termination"] = term.value
     return records

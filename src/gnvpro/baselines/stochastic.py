@@ -130,6 +130,9 @@ def train_stochastic(
             if not math.isfinite(float(phi)):
                 termination = "diverged (non-finite objective)"
                 break
+            if settings.out_of_time(rec):
+                termination = "time budget spent"
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
     records[-1]["termination"] = termination

@@ -119,6 +119,7 @@ class GNvproOnBatches(_TrustRegionIterate):
             config=GNvproConfig(
                 max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
                 subproblem=settings.subproblem, jvp_mode=settings.jvp_mode,
+                tn_memory=settings.tn_memory, extrapolate=settings.extrapolate,
                 inner_max_iter=int(settings.extra.get("inner_max_iter", 400)),
             ),
             regularizer=settings.regularizer,
@@ -274,6 +275,9 @@ def train_on_sub_batches(
                         bar.set_postfix(loss=f"{rec['loss']:.4g}")  # type: ignore[attr-defined]
                     if not math.isfinite(rec["loss"]):
                         termination = "diverged (non-finite objective)"
+                        break
+                    if settings.out_of_time(rec):
+                        termination = "time budget spent"
                         break
                 if termination != "epochs done":
                     break

@@ -26,6 +26,7 @@ from ..losses import Loss, make_loss
 from ..metrics import prediction_metrics
 from ..optim import GNvpro, GNvproConfig
 from ..problems.base import Split
+from ..solver import Termination
 from ..varpro import Point, ReducedObjective, WarmStart
 from .base import TrainSettings
 
@@ -184,6 +185,7 @@ def train_gnvpro(model: nn.Module, data: Split, settings: TrainSettings) -> list
         config=GNvproConfig(
             max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
             subproblem=settings.subproblem, jvp_mode=settings.jvp_mode,
+            tn_memory=settings.tn_memory, extrapolate=settings.extrapolate,
         ),
         regularizer=settings.regularizer,
     )
@@ -198,11 +200,14 @@ def train_gnvpro(model: nn.Module, data: Split, settings: TrainSettings) -> list
     )]
     val = (data.x_val, data.y_val) if has_val(data) else None
     hist = opt.run(x, y, max_work=settings.max_work, max_iter=settings.max_iter, val=val,
-                   progress=settings.progress)
+                   progress=settings.progress,
+                   callback=lambda info: settings.out_of_time({"seconds": info.seconds}))
     for info in hist.records:
         rec = info.to_dict()
         metrics = rec.pop("metrics")
         records.append({"method": "gnvpro", **rec, "metrics": metrics})
-    if records:
-        records[-1]["termination"] = hist.termination.value
+    term = hist.termination
+    if term is Termination.STOPPED:  # the only callback is the time budget
+        term = Termination.MAX_SECONDS
+    records[-1]["termination"] = term.value
     return records

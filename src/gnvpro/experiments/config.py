@@ -22,6 +22,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ..autodiff import JVP_MODES
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -40,8 +42,9 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SUB_BATCH_METHODS = ("gnvpro-stochastic", "gn-stochastic", "lbfgs-vpro-stochastic")
 # the methods that take Jacobian-vector products J_Z v (Gauss-Newton products)
-GN_METHODS = ("gnvpro", "gn", "gn-blockdiag", "gnvpro-stochastic", "gn-stochastic")
-KNOWN_METHODS = ("gnvpro", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd", *SUB_BATCH_METHODS)
+GN_METHODS = ("gnvpro", "gnvpro-tn", "gn", "gn-blockdiag", "gnvpro-stochastic", "gn-stochastic")
+KNOWN_METHODS = ("gnvpro", "gnvpro-tn", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd",
+                 *SUB_BATCH_METHODS)
 STOCHASTIC_METHODS = ("adam", "sgd", *SUB_BATCH_METHODS)
 PROBLEMS = ("cdr", "dcr", "ellipse", "indian_pines", "cifar10", "fashion-mnist")
 IMAGE_PROBLEMS = ("cifar10", "fashion-mnist")
@@ -64,18 +67,20 @@ _MODEL_KEYS = {
 _TRAIN_KEYS = {"alpha_w", "alpha_theta", "alpha_theta_factor", "regularizer"}
 _TOP_KEYS = {
     "name", "problem", "metric", "loss", "levels", "default_methods", "default_seeds",
-    "description", "data", "model", "train", "methods",
+    "description", "data", "model", "train", "methods", "max_seconds",
 }
 # TrainSettings fields a config may set per method (others are the runner's business).
 _METHOD_KEYS = {
     "max_work", "max_iter", "max_krylov", "krylov_rtol", "subproblem", "jvp_mode", "lr",
     "batch_size", "momentum", "nesterov", "keep_best_val", "lbfgs_memory", "extra",
+    "tn_memory", "extrapolate",
 }
 # per-method overrides of the experiment's settings ("one level with its own model settings"):
 # levels, model (a table of [model] keys), alpha_w, alpha_theta; epochs (stochastic methods:
 # ADAM/SGD max_work = 2 * epochs, the sub-batch methods' extra.epochs)
 _OVERRIDE_KEYS = {"levels", "model", "alpha_w", "alpha_theta", "epochs"}
 _BUDGET_KEYS = ("max_work", "max_iter", "epochs")
+MAX_SEEDS = 1000  # one invocation runs at most this many seeds (a typo must not run forever)
 
 
 class ExperimentError(ValueError):
@@ -105,11 +110,13 @@ class ExperimentConfig:
     default_methods: tuple[str, ...] = ()
     default_seeds: str = "0"
     description: str = ""
+    max_seconds: float | None = None  # equal-wall-time runs: seconds per run, split over levels
     source: str = ""
 
     # ------------------------------------------------------------------------------------------
     def method_settings(self, method: str, level: int, budget_scale: float = 1.0) -> dict:
-        """TrainSettings keyword arguments for ``method`` at ``level`` (1-based)."""
+        """TrainSettings keyword arguments for ``method`` at ``level`` (1-based). With
+        max_seconds set, each level's budget is its share of those seconds, not work."""
         if method not in self.methods:
             raise ExperimentError(
                 f"method {method!r} is not configured for experiment {self.name!r}; "
@@ -141,6 +148,11 @@ class ExperimentConfig:
         if kw.get("max_iter") is not None:
             kw["max_iter"] = max(1, round(int(kw["max_iter"]) * budget_scale))
             kw.setdefault("max_work", 1e12)  # the iteration count is the budget
+        if self.max_seconds is not None:  # equal wall time: seconds replace the other budgets
+            share = self.max_seconds / self.method_levels(method)
+            kw.update(max_seconds=share, max_work=1e12, max_iter=None)
+            if method in SUB_BATCH_METHODS:
+                kw["extra"] = {**kw.get("extra", {}), "epochs": 10**6}
         alpha_theta = float(over.get("alpha_theta", self.alpha_theta))
         kw.update(
             loss=self.loss,
@@ -174,11 +186,12 @@ class ExperimentConfig:
         return dataclasses.replace(self, methods=_frozen(methods))
 
     def with_jvp_mode(self, mode: str | None) -> ExperimentConfig:
-        """Set ``jvp_mode`` ("jvp" or "linearize") of every Gauss-Newton method."""
+        """Set ``jvp_mode`` (gnvpro.autodiff.JVP_MODES) of every Gauss-Newton method."""
         if mode is None:
             return self
-        if mode not in ("jvp", "linearize"):
-            raise ExperimentError(f"--jvp-mode must be jvp or linearize, got {mode!r}")
+        if mode not in JVP_MODES:
+            raise ExperimentError(f"--jvp-mode must be one of {', '.join(JVP_MODES)}, got "
+                                  f"{mode!r}")
         methods = {m: _frozen({**st, "jvp_mode": mode}) if m in GN_METHODS else st
                    for m, st in self.methods.items()}
         return dataclasses.replace(self, methods=_frozen(methods))
@@ -223,7 +236,17 @@ class ExperimentConfig:
                       "regularizer": self.regularizer},
             "methods": {k: {kk: (dict(vv) if isinstance(vv, Mapping) else vv)
                             for kk, vv in v.items()} for k, v in self.methods.items()},
+            **({} if self.max_seconds is None else {"max_seconds": self.max_seconds}),
         }
+
+    def with_max_seconds(self, seconds: float | None) -> ExperimentConfig:
+        """Every run gets `seconds` of training (equal shares per level) instead of its work
+        budget: the equal-wall-time comparison."""
+        if seconds is None:
+            return self
+        if not (isinstance(seconds, int | float) and 0 < seconds < float("inf")):
+            raise ExperimentError(f"--max-seconds must be a positive number, got {seconds!r}")
+        return dataclasses.replace(self, max_seconds=float(seconds))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,9 +374,9 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
             raise ExperimentError(f"{src}: methods.{m}.epochs is only for "
                                   f"{', '.join(STOCHASTIC_METHODS)}")
         if "jvp_mode" in settings and (m not in GN_METHODS
-                                       or settings["jvp_mode"] not in ("jvp", "linearize")):
-            raise ExperimentError(f"{src}: methods.{m}.jvp_mode must be jvp or linearize, for "
-                                  f"{', '.join(GN_METHODS)} only")
+                                       or settings["jvp_mode"] not in JVP_MODES):
+            raise ExperimentError(f"{src}: methods.{m}.jvp_mode must be one of "
+                                  f"{', '.join(JVP_MODES)}, for {', '.join(GN_METHODS)} only")
         if not any(k in settings for k in _BUDGET_KEYS):
             raise ExperimentError(f"{src}: [methods.{m}] needs max_work or max_iter (the budget)")
         for k in _BUDGET_KEYS:
@@ -373,6 +396,8 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
         methods=_frozen(methods), default_methods=default_methods, default_seeds=default_seeds,
         description=str(raw.get("description", "")), source=src,
     )
+    if raw.get("max_seconds") is not None:
+        cfg = cfg.with_max_seconds(_num(src, "max_seconds", raw["max_seconds"], positive=True))
     parse_seeds(default_seeds, cfg)
     return cfg
 
@@ -416,13 +441,21 @@ def parse_seeds(text: str | None, cfg: ExperimentConfig) -> list[int | str]:
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise ValueError
+                if hi - lo + 1 > MAX_SEEDS:
+                    raise ExperimentError(f"--seeds: {part} is {hi - lo + 1} seeds; at most "
+                                          f"{MAX_SEEDS} per invocation")
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
+        except ExperimentError:
+            raise
         except ValueError:
             raise ExperimentError(
                 f"--seeds: cannot read {part!r}; use e.g. 0-5, 0,2,4 or ref"
             ) from None
+        if len(seeds) > MAX_SEEDS:
+            raise ExperimentError(f"--seeds: more than {MAX_SEEDS} seeds; at most {MAX_SEEDS} "
+                                  "per invocation")
     if not seeds:
         raise ExperimentError("--seeds: give at least one seed")
     if any(isinstance(s, int) and s < 0 for s in seeds):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,32 @@ def _fmt(vals: list[float], metric: bool) -> str:
     return f"{f(a.mean())} ± {f(a.std(ddof=1))}"
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON document at path; ExperimentError (one line) if it is unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExperimentError(f"{path}: unreadable {what} ({e}); rerun the experiment or move "
+                              "the file away") from None
+
+
+def _check_summary(summary: Any, path: Path) -> dict:
+    """summary.json has the runner's schema: {"methods": {METHOD: [row, ...]}, ...}."""
+    bad = None
+    if not isinstance(summary, dict) or not isinstance(summary.get("methods"), dict):
+        bad = 'it has no "methods" table'
+    else:
+        for m, rows in summary["methods"].items():
+            if not isinstance(rows, list) or not all(
+                isinstance(r, dict) and {"seed", *_COLUMNS} <= set(r) for r in rows
+            ):
+                bad = f"the rows of method {m!r} are not runs (seed, {', '.join(_COLUMNS)})"
+                break
+    if bad is not None:
+        raise ExperimentError(f"{path} is not a gnvpro summary: {bad}; rerun the experiment")
+    return summary
+
+
 def summary_table(summary: dict) -> str:
     """Markdown table: mean ± std over seeds of every method's finals, WU, seconds."""
     metric = summary.get("metric", "metric")
@@ -54,8 +81,35 @@ def load_histories(root: Path, method: str) -> dict[str, list[dict]]:
     for d in sorted((root / method).glob("seed-*")):
         f = d / "history.jsonl"
         if f.is_file():
-            out[d.name] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            out[d.name] = _read_history(f)
     return out
+
+
+def _read_history(f: Path) -> list[dict]:
+    recs = []
+    for i, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ExperimentError(f"{f}, line {i}: corrupt record ({e}); rerun that run or "
+                                  "move its directory away") from None
+        if not isinstance(rec, dict):
+            raise ExperimentError(f"{f}, line {i}: not a training record")
+        recs.append(rec)
+    return recs
+
+
+def _load_model_file(model: Any, path: Path) -> None:
+    """model.load_state_dict(torch.load(path, weights_only=True)), with one-line errors."""
+    import torch
+
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True))
+    except Exception as e:  # corrupt, truncated, unsafe or of another architecture
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExperimentError(f"{path}: cannot load the model ({msg}); rerun that run") from None
 
 
 def _series(recs: list[dict], xkey: str, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -157,12 +211,12 @@ def _decision_boundary_figure(root: Path, methods: list[str]) -> Path | None:
     gx, gy = np.meshgrid(np.linspace(-2.2, 2.2, 220), np.linspace(-1.0, 1.0, 120))
     grid = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=torch.float64)
     for ax, (method, d) in zip(axes[0], runs, strict=True):
-        info = json.loads((d / "config.json").read_text())
+        info = _read_json(d / "config.json", "run config")
         cfg = config_from_dict(info["experiment"], str(d / "config.json"))
         seed = info["seed"]
         data = build_data(cfg, None, seed)
         model = build_model(cfg, data, seed)
-        model.load_state_dict(torch.load(d / "model.pt", weights_only=True))
+        _load_model_file(model, d / "model.pt")
         with torch.no_grad():
             s = model(grid)[:, 0].numpy().reshape(gx.shape)
             pred = (model(data.x_test)[:, 0] > 0).long()
@@ -190,23 +244,25 @@ def _problem_of(root: Path, methods: list[str]) -> str | None:
         for d in sorted((root / m).glob("seed-*")):
             f = d / "config.json"
             if f.is_file():
-                return json.loads(f.read_text())["experiment"].get("problem")
+                info = _read_json(f, "run config")
+                exp = info.get("experiment") if isinstance(info, dict) else None
+                if not isinstance(exp, dict):
+                    raise ExperimentError(f"{f}: not a gnvpro run config (no \"experiment\")")
+                return exp.get("problem")
     return None
 
 
 def _load_run(d: Path, method: str):
     """(cfg, info, data split, final model with model.pt loaded) of one run directory."""
-    import torch
-
     from .config import config_from_dict
     from .runner import build_data, build_final_model, load_problem_data
 
-    info = json.loads((d / "config.json").read_text())
+    info = _read_json(d / "config.json", "run config")
     cfg = config_from_dict(info["experiment"], str(d / "config.json"))
     raw = load_problem_data(cfg, info.get("data_path"), progress=False)
     data = build_data(cfg, raw, info["seed"])
     model = build_final_model(cfg, data, info["seed"], method)
-    model.load_state_dict(torch.load(d / "model.pt", weights_only=True))
+    _load_model_file(model, d / "model.pt")
     model.eval()
     return cfg, info, data, model
 
@@ -362,12 +418,15 @@ def report(dir: str | Path) -> str:
     sfile = root / "summary.json"
     if not sfile.is_file():
         raise ExperimentError(f"no summary.json in {root} (run `gnvpro run ... --out {root}`)")
-    summary = json.loads(sfile.read_text())
-    methods = list(summary.get("methods", {}))
+    summary = _check_summary(_read_json(sfile, "summary"), sfile)
+    methods = list(summary["methods"])
     ref = None
     rfile = root / "reference_history.json"
     if rfile.is_file():
-        ref = json.loads(rfile.read_text())
+        ref = _read_json(rfile, "reference history")
+        if not isinstance(ref, dict) or not {"work_units", "loss", "val_loss"} <= set(ref):
+            raise ExperimentError(f"{rfile} is not a reference history (work_units, loss, "
+                                  "val_loss): rerun with --seeds ref or move it away")
     figs = [_convergence_figure(root, methods, "work_units", ref),
             _convergence_figure(root, methods, "seconds", None)]
     problem = _problem_of(root, methods)

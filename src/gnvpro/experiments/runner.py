@@ -9,21 +9,31 @@ Layout of the output directory::
     DIR/METHOD/seed-S/history.jsonl       one training record per line (level, cumulative WU/s)
     DIR/METHOD/seed-S/final.json          train/val/test metrics of the final model
     DIR/METHOD/seed-S/model.pt            the final state_dict
+    DIR/METHOD/seed-S/checkpoint.pt       while a run is unfinished: its state after the last
+                                          finished level (``gnvpro run ... --resume``)
 
 summary.json: {"experiment", "metric", "settings", "methods": {METHOD: [{"seed", "train", "val",
-"test", "work_units", "seconds", "inner_seconds"}, ...]}}. Runs into a DIR that already holds a
-summary.json add to it: the rows of (method, seed) pairs not rerun are kept, so methods can run
-one after another (or in separate processes) into one table. "settings" (the resolved config,
-budget scale, device and data path) must match, so that the table never mixes settings.
+"test", "work_units", "seconds", "inner_seconds"}, ...]}}; it receives finished runs only.
+Runs into a DIR that already holds results add to it: finished (method, seed) runs (final.json,
+written last) are kept and never rerun or rewritten, so methods can run one after another (or in
+separate processes; summary.json is written under a file lock) into one table. "settings" (the
+resolved config, budget scale, device and data path) must match, so that the table never mixes
+settings. Every file is written atomically (temporary file and rename); a killed run continues
+from its last level checkpoint with ``--resume`` (else it starts afresh).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
+import pickle
 import time
+import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -72,7 +82,40 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    """Write atomically (temporary file, then rename): a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# what unreadable data files raise (corrupt, truncated, empty, wrong format)
+_DATA_ERRORS = (ValueError, KeyError, IndexError, EOFError, OSError, zipfile.BadZipFile,
+                zlib.error, pickle.UnpicklingError, NotImplementedError)
+
+
+@contextlib.contextmanager
+def _data_errors(what: str) -> Iterator[None]:
+    """Turn the errors of an unreadable data file into one-line ExperimentErrors."""
+    try:
+        yield
+    except (ExperimentError, FileNotFoundError):
+        raise
+    except _DATA_ERRORS as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExperimentError(f"{what}: {msg}") from e
+
+
+def _check_split_finite(data: Split, seed: int | str) -> None:
+    """Refuse NaN/Inf in the data before any method trains on it."""
+    for f in fields(Split):
+        t = getattr(data, f.name)
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise ExperimentError(
+                    f"the data of seed {seed} hold {bad} NaN/Inf value(s) in {f.name} "
+                    f"({bad / max(t.numel(), 1):.0%} of it): fix or replace the data file"
+                )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,20 +338,38 @@ def _train_fn():
 
 def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, seed: int | str,
             run_dir: Path, budget_scale: float, device: str, progress: bool,
-            data_path: str | None = None) -> dict:
-    """Train one method from θ0 through all levels; write the run's files; return its summary."""
+            data_path: str | None = None, resume: bool = False) -> dict:
+    """Train one method from θ0 through all levels; write the run's files; return its summary.
+
+    A finished run (its final.json, written last, exists) is never rerun or rewritten: its row
+    is returned. After every level but the last a checkpoint (model, history, counters, RNG
+    state) is written atomically; with ``resume`` a killed run continues from it.
+    """
     from ..baselines.base import TrainSettings
 
+    done = finished_row(run_dir, seed, cfg.metric)
+    if done is not None:
+        return done
     train = _train_fn()
     run_dir.mkdir(parents=True, exist_ok=True)
+    n_levels = cfg.method_levels(method)
+    follow = bool(cfg.method_model(method).get("steps_follow_grid", False))
     model = copy.deepcopy(model0).to(device)
     history: list[dict] = []
     offset = dict.fromkeys(_CUMULATIVE, 0.0)
-    level_cfgs = []
+    level_cfgs: list[dict] = []
+    first, wall0 = 1, 0.0
+    ckpt = run_dir / CHECKPOINT
+    if resume and ckpt.is_file():
+        model, state = _load_checkpoint(ckpt, model, follow, device)
+        history, level_cfgs, offset = state["history"], state["level_cfgs"], state["offset"]
+        first, wall0 = state["level"] + 1, state["wall"]
+    elif ckpt.exists():
+        ckpt.unlink()  # no --resume: start afresh
+    _write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     t_start = time.perf_counter()
-    with (run_dir / "history.jsonl").open("w") as fh:
-        n_levels = cfg.method_levels(method)
-        for level in range(1, n_levels + 1):
+    with (run_dir / "history.jsonl").open("a") as fh:
+        for level in range(first, n_levels + 1):
             kw = cfg.method_settings(method, level, budget_scale)
             kw.update(seed=int(seed) if isinstance(seed, int) else 0, progress=progress,
                       regularizer=_regularizer(cfg, model))
@@ -333,14 +394,14 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
             if level < n_levels:
                 from ..models.resnet import refine_network
 
-                follow = bool(cfg.method_model(method).get("steps_follow_grid", False))
                 model = refine_network(model, follow)
-    wall = time.perf_counter() - t_start
+                _save_checkpoint(ckpt, model, {
+                    "level": level, "history": history, "level_cfgs": level_cfgs,
+                    "offset": offset, "wall": wall0 + time.perf_counter() - t_start})
+    wall = wall0 + time.perf_counter() - t_start
     fin = final_metrics(cfg, model, data)
-    _write_json(run_dir / "final.json", {**fin, "work_units": offset["work_units"],
-                                          "seconds": offset["seconds"],
-                                          "inner_seconds": offset["inner_seconds"],
-                                          "wall_seconds": wall})
+    _torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                run_dir / "model.pt")
     _write_json(run_dir / "config.json", {
         "experiment": cfg.to_dict(), "method": method, "seed": seed, "device": device,
         "budget_scale": budget_scale, "levels": level_cfgs,
@@ -350,17 +411,72 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
         "n_levels": cfg.method_levels(method),
         "split": _split_info(data),
     })
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, run_dir / "model.pt")
-    metric = cfg.metric
-    return {
-        "seed": seed,
-        "train": fin["train"][metric],
-        "val": fin["val"][metric],
-        "test": fin["test"][metric],
-        "work_units": offset["work_units"],
-        "seconds": offset["seconds"],
-        "inner_seconds": offset["inner_seconds"],
-    }
+    final = {**fin, "work_units": offset["work_units"], "seconds": offset["seconds"],
+             "inner_seconds": offset["inner_seconds"], "wall_seconds": wall}
+    _write_json(run_dir / "final.json", final)  # last: from now on the run is finished
+    if ckpt.exists():
+        ckpt.unlink()
+    return _row(final, seed, cfg.metric)
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _row(final: dict, seed: int | str, metric: str) -> dict:
+    """The summary.json row of a run from its final.json."""
+    return {"seed": seed, "train": final["train"][metric], "val": final["val"][metric],
+            "test": final["test"][metric], "work_units": final["work_units"],
+            "seconds": final["seconds"], "inner_seconds": final["inner_seconds"]}
+
+
+def finished_row(run_dir: Path, seed: int | str, metric: str) -> dict | None:
+    """The summary row of a finished run in run_dir (None if it has not finished)."""
+    f = run_dir / "final.json"
+    if not f.is_file():
+        return None
+    try:
+        return _row(json.loads(f.read_text()), seed, metric)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExperimentError(f"{f} is unreadable ({type(e).__name__}: {e}): delete "
+                              f"{run_dir} to rerun that run") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save, atomically (temporary file and rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(path: Path, model: nn.Module, state: dict) -> None:
+    """The model after the finished levels, the records so far, the counters, the RNG."""
+    _torch_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "state": json.dumps(to_jsonable(state)), "rng": torch.get_rng_state()}, path)
+
+
+def _load_checkpoint(path: Path, model0: nn.Module, follow: bool,
+                     device: str) -> tuple[nn.Module, dict]:
+    """(the model after state["level"] levels and refinements, the saved state)."""
+    from ..models.resnet import refine_network
+
+    try:
+        ck = torch.load(path, weights_only=True)
+        state = json.loads(ck["state"])
+        model = model0
+        for _ in range(int(state["level"])):
+            model = refine_network(model, follow)
+        model.load_state_dict(ck["model"])
+        torch.set_rng_state(ck["rng"])
+    except Exception as e:  # corrupt or from another version: say so, do not guess
+        raise ExperimentError(f"{path} cannot be resumed ({type(e).__name__}: {e}); delete it "
+                              "to rerun that run from the start") from None
+    return model.to(device), state
 
 
 def _split_info(data: Split) -> dict:
@@ -408,6 +524,9 @@ def earlier_summary(path: Path, settings: dict) -> dict | None:
     except (OSError, json.JSONDecodeError) as e:
         raise ExperimentError(f"{path} is unreadable ({e}): move it away or choose another "
                               "--out") from None
+    if not isinstance(old, dict) or not isinstance(old.get("methods"), dict):
+        raise ExperimentError(f"{path} is not a gnvpro summary (no \"methods\" table): move it "
+                              "away or choose another --out")
     if old.get("settings") != settings:
         raise ExperimentError(
             f"{path.parent} holds results of a run with other settings (config, --budget-scale, "
@@ -418,17 +537,71 @@ def earlier_summary(path: Path, settings: dict) -> dict | None:
 
 def write_summary(path: Path, summary: dict) -> dict:
     """Write summary merged with the rows of earlier runs in the same DIR (other (method, seed)
-    pairs); atomic, so a concurrent run into the same DIR reads a whole file."""
-    old = earlier_summary(path, summary["settings"]) or {"methods": {}}
-    methods = {m: list(rows) for m, rows in old["methods"].items()}
-    for m, rows in summary["methods"].items():
-        seeds = {json.dumps(r["seed"]) for r in rows}
-        methods[m] = [r for r in methods.get(m, []) if json.dumps(r["seed"]) not in seeds] + rows
-    merged = {**summary, "methods": methods}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    _write_json(tmp, merged)
-    os.replace(tmp, path)
+    pairs); atomic, so a concurrent run into the same DIR reads a whole file, and serialised
+    by a lock file, so concurrent writers never lose each other's rows."""
+    with _locked(path.with_name(f".{path.name}.lock")):
+        old = earlier_summary(path, summary["settings"]) or {"methods": {}}
+        methods = {m: list(rows) for m, rows in old["methods"].items()}
+        for m, rows in summary["methods"].items():
+            if not rows:  # only finished runs enter summary.json
+                continue
+            seeds = {json.dumps(r["seed"]) for r in rows}
+            methods[m] = [r for r in methods.get(m, [])
+                          if json.dumps(r["seed"]) not in seeds] + rows
+        merged = {**summary, "methods": methods}
+        _write_json(path, merged)
     return merged
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `lock` (POSIX flock; no lock where there is none)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _claim(out: Path, settings: dict) -> None:
+    """Mark DIR as a run directory of these settings; refuse one of other settings."""
+    marker = out / ".gnvpro-settings.json"
+    with _locked(out / ".summary.json.lock"):
+        if marker.is_file():
+            try:
+                old = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                old = None
+            if old != settings:
+                raise ExperimentError(
+                    f"{out} holds results of a run with other settings (config, --budget-scale, "
+                    "--device, --data, --subset, --epochs or --levels differ); choose another "
+                    "--out"
+                )
+        else:
+            _write_json(marker, settings)
+
+
+def _prepare_out(out: Path) -> Path:
+    """Create the output directory and check that it is a writable directory."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".gnvpro-write-test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except FileExistsError:
+        raise ExperimentError(f"--out {out} is a file, not a directory: choose another --out"
+                              ) from None
+    except OSError as e:
+        raise ExperimentError(f"--out {out}: cannot write there ({e.strerror or e}): choose "
+                              "another --out") from None
+    return out
 
 
 def run_experiment(
@@ -440,8 +613,12 @@ def run_experiment(
     device: str = "cpu",
     budget_scale: float = 1.0,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
-    """Run ``methods`` × ``seeds`` of the experiment; write the files; return summary.json."""
+    """Run ``methods`` × ``seeds`` of the experiment; write the files; return summary.json.
+
+    Finished (method, seed) runs already in ``out`` are kept, not rerun; with ``resume`` a
+    killed run continues from its last checkpoint (else it starts afresh)."""
     if not (budget_scale > 0 and math.isfinite(budget_scale)):
         raise ExperimentError(f"--budget-scale must be a positive number, got {budget_scale}")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -451,17 +628,17 @@ def run_experiment(
     mlist = methods if isinstance(methods, list) else parse_methods(methods, cfg)
     slist = seeds if isinstance(seeds, list) else parse_seeds(seeds, cfg)
     _train_fn()
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = _prepare_out(Path(out).expanduser())
     settings = {"config": cfg.to_dict(), "budget_scale": budget_scale, "device": device,
                 "data_path": None if data_path is None
                 else str(Path(data_path).expanduser().resolve())}
     settings = json.loads(json.dumps(to_jsonable(settings)))
     earlier_summary(out / "summary.json", settings)  # refuse a DIR of other settings up front
-    raw = load_problem_data(cfg, data_path, progress)
+    _claim(out, settings)
+    with _data_errors(f"the data file {data_path or '(default)'} of {cfg.name} is unreadable"):
+        raw = load_problem_data(cfg, data_path, progress)
     summary: dict = {"experiment": cfg.name, "metric": cfg.metric, "settings": settings,
                      "methods": {m: [] for m in mlist}}
-    write_summary(out / "summary.json", summary)  # the DIR is a run directory from now on
     if "ref" in slist:
         _write_json(out / "reference_history.json", reference_history(cfg.levels))
 
@@ -472,7 +649,17 @@ def run_experiment(
         bar = tqdm(total=len(mlist) * len(slist), desc=cfg.name, unit="run")
     try:
         for seed in slist:
-            data = build_data(cfg, raw, seed)
+            done = {m: finished_row(out / m / seed_label(seed), seed, cfg.metric) for m in mlist}
+            if all(r is not None for r in done.values()):  # nothing left to do for this seed
+                for m, r in done.items():
+                    summary["methods"][m].append(r)
+                write_summary(out / "summary.json", summary)
+                if bar is not None:
+                    bar.update(len(mlist))
+                continue
+            with _data_errors(f"the data of {cfg.name} (seed {seed}) cannot be used"):
+                data = build_data(cfg, raw, seed)
+            _check_split_finite(data, seed)
             model0 = build_model(cfg, data, seed)
             data_dev = to_device(data, device)
             for method in mlist:
@@ -483,7 +670,7 @@ def run_experiment(
                     m0 = build_model(cfg, data, seed, method)
                 row = run_one(cfg, method, m0, data_dev, seed,
                               out / method / seed_label(seed), budget_scale, device, progress,
-                              data_path)
+                              data_path, resume)
                 summary["methods"][method].append(row)
                 write_summary(out / "summary.json", summary)  # partial results survive a crash
                 if bar is not None:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from gnvpro.inner.base import InnerSolution
+from gnvpro.linalg.cg import pcg
 from gnvpro.losses import CrossEntropyLoss, LeastSquaresLoss, LogisticLoss, Loss
 
 __all__ = ["solve_newton", "hessian_apply", "dense_hessian"]
@@ -115,44 +116,6 @@ def _preconditioner(
         return (R.reshape(c, p) / diag).reshape(R.shape)
 
     return diag_solve
-
-
-def _pcg(
-    apply: Callable[[Tensor], Tensor],
-    b: Tensor,
-    tol: float,
-    maxiter: int,
-    precond: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[Tensor, int, float]:
-    """Preconditioned CG for apply(x) = b from x = 0 until ‖r‖ ≤ tol. Returns (x, iters, ‖r‖)."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    rnorm = float(torch.linalg.norm(r))
-    if rnorm <= tol:
-        return x, 0, rnorm
-    z = precond(r) if precond is not None else r
-    d = z.clone()
-    rz = torch.sum(r * z)
-    it = 0
-    while it < maxiter:
-        it += 1
-        Hd = apply(d)
-        curv = torch.sum(d * Hd)
-        if not float(curv) > 0:  # numerically singular: keep what we have
-            break
-        step = rz / curv
-        x = x + step * d
-        r = r - step * Hd
-        rnorm = float(torch.linalg.norm(r))
-        if rnorm <= tol:
-            break
-        z = precond(r) if precond is not None else r
-        rz_new = torch.sum(r * z)
-        d = z + (rz_new / rz) * d
-        rz = rz_new
-    if bool((x == 0).all()):  # no progress at all: fall back to the preconditioned residual
-        x = precond(b) if precond is not None else b.clone()
-    return x, it, rnorm
 
 
 def _cholesky_shifted(H: Tensor) -> Tensor:
@@ -263,7 +226,7 @@ def solve_newton(
 
             forcing = min(0.5, math.sqrt(gnorm)) * gnorm
             precond = _preconditioner(loss, S, Zh, alpha)
-            d, _, _ = _pcg(apply, -g, forcing, 2 * c * p + 20, precond)
+            d = pcg(apply, -g, forcing, 2 * c * p + 20, precond).x
         slope = float(torch.sum(g * d))
         if not slope < 0:  # cannot happen for an SPD H; guard against round-off
             d, slope = -g, -(gnorm**2)
@@ -334,7 +297,8 @@ def _make_hess_inv(
     def hess_inv_cg(V: Tensor) -> Tensor:
         b = V.to(device=Zh.device, dtype=torch.float64).reshape(c, p)
         bnorm = float(torch.linalg.norm(b))
-        x, _, rnorm = _pcg(apply, b, 1e-12 * bnorm, 10 * c * p + 100, precond)
+        res = pcg(apply, b, 1e-12 * bnorm, 10 * c * p + 100, precond)
+        x, rnorm = res.x, res.residual
         if rnorm > 1e-10 * bnorm:
             warnings.warn(
                 f"hess_inv: CG reached only relative residual {rnorm / bnorm:.1e} (> 1e-10); "

@@ -80,7 +80,10 @@ def load_cdr_mat(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.
             "matlab/data/CDR_Data.mat). Put it at ../shared/data/CDR_Data.mat relative to the "
             "repository, or in the directory named by $GNVPRO_DATA, or pass its path."
         )
-    m = scipy.io.loadmat(str(p))
+    try:
+        m = scipy.io.loadmat(str(p))
+    except Exception as e:  # empty, truncated or not a MATLAB file (scipy raises many kinds)
+        raise ValueError(f"{p}: not a readable MATLAB .mat file ({e})") from None
     if "Y" not in m or "C" not in m:
         raise ValueError(f"{p}: expected variables 'Y' and 'C', found {sorted(m)}")
     Y, C = np.asarray(m["Y"], dtype=np.float64), np.asarray(m["C"], dtype=np.float64)
@@ -105,7 +108,7 @@ def load_reference(path: str | os.PathLike | None = None) -> dict[str, np.ndarra
             f"CDR parity fixture not found: {p} (expected ../shared/reference/cdr_parity.npz "
             "relative to the repository, or in $GNVPRO_DATA)."
         )
-    with np.load(p) as z:
+    with np.load(p, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

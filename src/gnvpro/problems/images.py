@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .base import Split
-from .paths import default_data_file, require_dir, require_file
+from .paths import default_data_file, read_npz, require_dir, require_file
 
 CIFAR10_FILE = "cifar10.npz"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -62,22 +62,92 @@ def load_cifar10_npz(path: str | os.PathLike[str] | None = None) -> ImageArrays:
         "CIFAR-10 archive",
         _CIFAR_NPZ_HOW,
     )
-    with np.load(p) as d:
-        x_tr, y_tr, x_te, y_te = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+    x_tr, y_tr, x_te, y_te = read_npz(p, ("x_train", "y_train", "x_test", "y_test"), "CIFAR-10")
     for x, y in ((x_tr, y_tr), (x_te, y_te)):
         if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) != len(y):
             raise ValueError(f"{p}: unexpected CIFAR-10 shapes {x.shape} / {y.shape}")
     return x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64)
 
 
+class UnsafePickleError(ValueError):
+    """A CIFAR-10 batch file that asks to load something other than NumPy arrays and plain data."""
+
+
+try:
+    from numpy._core.multiarray import _reconstruct as _RECONSTRUCT
+except ImportError:  # pragma: no cover - NumPy < 2
+    from numpy.core.multiarray import _reconstruct as _RECONSTRUCT
+
+
+def _numpy_reconstruct(subtype, *args):
+    if subtype is not np.ndarray:
+        raise UnsafePickleError(f"refusing to rebuild an array of type {subtype!r}")
+    return _RECONSTRUCT(subtype, *args)
+
+
+def _numpy_dtype(*args):
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise UnsafePickleError("refusing an array of Python objects (dtype 'O')")
+    return dt
+
+
+def _latin1_encode(text, encoding="utf-8", *rest):
+    if not isinstance(text, str) or str(encoding).lower().replace("-", "") != "latin1" or rest:
+        raise UnsafePickleError("refusing a _codecs.encode call other than latin-1 bytes")
+    return text.encode("latin-1")
+
+
+def _frombuffer(buf, dtype, shape, order):
+    return np.frombuffer(buf, dtype=_numpy_dtype(dtype)).reshape(shape, order=order).copy()
+
+
+# the only globals a CIFAR-10 python batch may name (NumPy arrays, their dtypes, bytes)
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles NumPy arrays, bytes, str, numbers, lists, tuples and dicts; nothing else (a
+    crafted pickle cannot import or call anything)."""
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"refusing to load {module}.{name}: a CIFAR-10 batch holds only NumPy arrays "
+                "and plain data (this file may be malicious)"
+            ) from None
+
+    def persistent_load(self, pid):  # noqa: D102
+        raise UnsafePickleError("refusing a pickle with persistent ids")
+
+
+def safe_unpickle(f) -> object:
+    """``pickle.load(f, encoding="bytes")`` restricted to NumPy arrays and plain data."""
+    return _RestrictedUnpickler(f, encoding="bytes").load()
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as f:
         try:
-            d = pickle.load(f, encoding="bytes")
+            d = safe_unpickle(f)
+        except UnsafePickleError as e:
+            raise UnsafePickleError(f"{path}: not loaded: {e}") from None
         except Exception as e:  # any unpickling failure means a corrupt file
             raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({e})") from e
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise ValueError(f"{path}: not a CIFAR-10 python batch (no b'data' / b'labels')")
+    if not isinstance(d[b"data"], np.ndarray) or d[b"data"].dtype.hasobject:
+        raise ValueError(f"{path}: b'data' is not a numeric NumPy array")
     data = np.asarray(d[b"data"], dtype=np.uint8)
     labels = np.asarray(d[b"labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):

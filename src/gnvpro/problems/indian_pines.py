@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import Split
-from .paths import default_data_file, require_file
+from .paths import default_data_file, read_npz, require_file
 
 FILE_NAME = "indian_pines.npz"
 IMAGE_SHAPE = (145, 145)
@@ -59,8 +59,7 @@ def load_indian_pines(path: str | os.PathLike[str] | None = None) -> tuple[np.nd
         "Indian Pines data file",
         _HOW_TO_GET,
     )
-    with np.load(p) as d:
-        cube, labels = d["cube"], d["labels"]
+    cube, labels = read_npz(p, ("cube", "labels"), "Indian Pines")
     if cube.shape[:2] != labels.shape or cube.ndim != 3:
         raise ValueError(f"{p}: cube {cube.shape} and labels {labels.shape} do not match")
     return cube, labels

@@ -57,3 +57,26 @@ def require_dir(path: str | os.PathLike[str], what: str, how_to_get: str) -> Pat
             f"location with --data (or the path argument)."
         )
     return p
+
+
+def read_npz(path: Path, keys: tuple[str, ...], what: str) -> list:
+    """The arrays ``keys`` of an .npz file (no pickles); ValueError naming the file if it is
+    empty, truncated, corrupt or lacks a key."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            missing = [k for k in keys if k not in d.files]
+            if missing:
+                raise ValueError(f"{path}: not a {what} .npz: missing {missing} (it has "
+                                 f"{sorted(d.files)})")
+            return [d[k] for k in keys]
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable {what} .npz ({e})") from None
+    except ValueError as e:
+        if str(e).startswith(f"{path}:"):
+            raise
+        raise ValueError(f"{path}: not a readable {what} .npz ({e})") from None

@@ -1,0 +1,116 @@
+"""What a user sees: every method at the paper's work budget, at equal wall time, and the time
+each takes to reach a validation target, in ONE process after a warm-up.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/wall_time.py cdr --seeds 0-5 \
+        --methods gnvpro,gnvpro-tn,lbfgs-vpro,adam --out runs/wall-cdr
+
+(a) `gnvpro run` at the paper's budget (work units) for every method and seed;
+(b) the same with every run given T seconds (``--max-seconds T``, equal shares per level),
+    T = the mean time of the fastest GNvpro variant in (a) (or ``--seconds``);
+(c) the first second at which the validation metric reaches ``--target`` (rel_err ≤ target,
+    accuracy ≥ target), median over the seeds that reach it, from the records of (a) and (b).
+A warm-up run of every method on a small budget comes first, so that no method pays
+torch.func's first-call cost. Writes OUT/wall_time.md (the three tables) and OUT/wall_time.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from gnvpro.experiments.config import load_config, parse_methods, parse_seeds
+from gnvpro.experiments.report import load_histories, summary_table
+from gnvpro.experiments.runner import run_experiment
+
+TARGETS = {"cdr": 0.005, "dcr": 0.02, "ellipse": 0.995, "indian-pines": 0.80,
+           "fashion-mnist": 0.85, "cifar10": 0.5}
+
+
+def _reached(value: float, target: float, metric: str) -> bool:
+    return value <= target if metric == "rel_err" else value >= target
+
+
+def time_to_target(root: Path, method: str, metric: str, target: float) -> list[float | None]:
+    """Per seed: the first cumulative seconds whose validation metric reaches the target."""
+    out: list[float | None] = []
+    for recs in load_histories(root, method).values():
+        hit = None
+        for r in recs:
+            v = (r.get("metrics") or {}).get("val", {}).get(metric)
+            if v is not None and math.isfinite(v) and _reached(v, target, metric):
+                hit = float(r["seconds"])
+                break
+        out.append(hit)
+    return out
+
+
+def _target_table(roots: dict[str, Path], methods: list[str], metric: str,
+                  target: float) -> str:
+    cmp = "≤" if metric == "rel_err" else "≥"
+    lines = [f"| method | seconds to val {metric} {cmp} {target:g} (median) | seeds reaching it "
+             "(paper budget) | seeds reaching it (equal time) |", "|---|---|---|---|"]
+    for m in methods:
+        per = {k: time_to_target(r, m, metric, target) for k, r in roots.items()}
+        hits = [t for ts in per.values() for t in ts if t is not None]
+        med = f"{statistics.median(hits):.2f}" if hits else "not reached"
+        counts = [f"{sum(t is not None for t in per[k])}/{len(per[k])}" for k in roots]
+        lines.append(f"| {m} | {med} | " + " | ".join(counts) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment")
+    ap.add_argument("--seeds", default="0-2")
+    ap.add_argument("--methods", default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget-scale", type=float, default=1.0)
+    ap.add_argument("--seconds", type=float, help="T for (b) (default: fastest GNvpro variant)")
+    ap.add_argument("--target", type=float, help="validation target for (c)")
+    ap.add_argument("--subset", type=int, help="image data: training images kept")
+    ap.add_argument("--data", help="data path (as for gnvpro run)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.experiment).with_data(subset=args.subset)
+    methods = parse_methods(args.methods, cfg)
+    seeds = parse_seeds(args.seeds, cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory() as tmp:  # warm-up: every code path once, then discarded
+        run_experiment(cfg, Path(tmp) / "warm", methods, seeds[:1], data_path=args.data,
+                       budget_scale=0.05 * args.budget_scale, progress=False)
+    budget = run_experiment(cfg, out / "budget", methods, seeds, data_path=args.data,
+                            budget_scale=args.budget_scale, progress=False)
+    gn_variants = [m for m in methods if m.startswith("gnvpro")] or methods
+    T = args.seconds or min(
+        statistics.mean(r["seconds"] for r in budget["methods"][m]) for m in gn_variants)
+    equal = run_experiment(cfg.with_max_seconds(T), out / "equal-time", methods, seeds,
+                           data_path=args.data, budget_scale=args.budget_scale, progress=False)
+    target = args.target if args.target is not None else TARGETS.get(cfg.name, math.nan)
+    metric = cfg.metric
+    text = "\n\n".join([
+        f"threads: {torch.get_num_threads()}; seeds: {args.seeds}; budget scale "
+        f"{args.budget_scale:g}",
+        "(a) at the paper's work budget\n\n" + summary_table(budget),
+        f"(b) at equal wall time: every run given T = {T:.2f} s\n\n" + summary_table(equal),
+        "(c) time to a validation target\n\n" + _target_table(
+            {"budget": out / "budget", "equal": out / "equal-time"}, methods, metric, target),
+    ])
+    (out / "wall_time.md").write_text(text + "\n")
+    (out / "wall_time.json").write_text(json.dumps(
+        {"T": T, "target": target, "budget": budget, "equal_time": equal}, indent=1) + "\n")
+    print(text)
+    shutil.rmtree(out / "warm", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The Gauss-Newton product's fast paths: double-backward J_Z v on a recorded graph, and the
+least-squares product without n×c temporaries (float64, dense torch.func references)."""
+
+import pytest
+import torch
+from torch.func import jacrev, jvp
+
+from gnvpro import ReducedObjective, make_loss, split_model
+from gnvpro.autodiff import FeatureMap, resolve_jvp_mode
+from gnvpro.checks import adjoint_test, taylor_test
+from gnvpro.models import mlp, paper_cnn, paper_network
+
+
+@pytest.fixture
+def narrow():
+    """Features narrower than the outputs (p = 5 ≤ 2c = 12): the least-squares Gram path."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    return mlp(3, [5, 4], 6, activation="tanh", dtype=torch.float64, generator=g), x, y
+
+
+def _theta(obj):
+    return obj.features.layout.flatten(obj.split.feature_params(), torch.float64).detach()
+
+
+def _vec(n, seed):
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("net", ["mlp", "resnet"])
+def test_double_backward_jvp_matches_forward_mode(net):
+    g = torch.Generator().manual_seed(0)
+    model = (mlp(3, [6, 5], 2, dtype=torch.float64, generator=g) if net == "mlp"
+             else paper_network(3, 2, width=4, n_nodes=3, n_steps=2, generator=g))
+    x = torch.randn(17, 3, generator=g, dtype=torch.float64)
+    split = split_model(model, probe=x)
+    fm = FeatureMap(split, x, "double-backward")
+    th = fm.layout.flatten(split.feature_params(), torch.float64).detach()
+    lin = fm.linearise(th)
+    v = _vec(th.numel(), 1)
+    _, ref = jvp(lambda t: fm._f(fm.params(t)), (th,), (v,))
+    assert torch.allclose(lin.jvp(v), ref, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(lin.jvp(2 * v), 2 * ref, rtol=1e-12, atol=1e-14)  # graph reused
+    res = taylor_test(lambda t: fm(t), th, v, lin.jvp(v), h0=0.5)
+    assert res.best_order() > 1.9
+    E = torch.randn(lin.z.shape, generator=g, dtype=torch.float64)
+    assert adjoint_test(lin.jvp, lin, v, E) < 1e-12
+
+
+@pytest.mark.parametrize("jacobian", ["full", "kaufman"])
+@pytest.mark.parametrize("gn_alpha_w", [True, False])
+def test_least_squares_gram_path_equals_general_product(narrow, jacobian, gn_alpha_w):
+    model, x, y = narrow
+    obj = ReducedObjective(split_model(model, probe=x), make_loss("least_squares"), x, y, 1e-3,
+                           1e-4, jacobian=jacobian, gn_alpha_w=gn_alpha_w)
+    J = obj.jacobian(obj.evaluate(_theta(obj)))
+    assert J.pt.Zh.shape[1] <= 2 * J.pt.W.shape[0]  # the Gram path is the one taken
+    for seed in range(3):
+        v = _vec(J.pt.theta.numel(), seed)
+        dS, dW = J.forward(v)
+        R = obj.alpha_w * dW if (gn_alpha_w and jacobian == "full") else None
+        general = J.adjoint(J._hs(dS), R) + obj.reg.gauss_newton(v)
+        assert torch.allclose(J.gauss_newton(v), general, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("jvp_mode", ["double-backward", "jvp", "linearize"])
+def test_gram_path_equals_dense_jtj(narrow, jvp_mode):
+    """H_GN = J_rᵀ J_r of the stacked residual, J_r by jacrev of a closed-form W*(θ)."""
+    model, x, y = narrow
+    aw, at = 1e-3, 1e-4
+    obj = ReducedObjective(split_model(model, probe=x), make_loss("least_squares"), x, y, aw, at,
+                           jvp_mode=jvp_mode)
+    th = _theta(obj)
+
+    def residual(t):
+        Zh = obj.augment(obj.split.features(obj.features.params(t), x))
+        n, p = Zh.shape
+        W = torch.linalg.solve(Zh.T @ Zh + n * aw * torch.eye(p, dtype=Zh.dtype), Zh.T @ obj.C).T
+        return torch.cat([((Zh @ W.T - obj.C) / n**0.5).reshape(-1), at**0.5 * t,
+                          aw**0.5 * W.reshape(-1)])
+
+    Jr = jacrev(residual)(th)
+    H = obj.gn_operator(obj.evaluate(th))
+    H_op = torch.stack([H(e) for e in torch.eye(th.numel(), dtype=torch.float64)], 1)
+    assert torch.allclose(H_op, Jr.T @ Jr, rtol=1e-9, atol=1e-12)
+
+
+def test_auto_mode_rule():
+    g = torch.Generator().manual_seed(0)
+    assert resolve_jvp_mode("auto", mlp(3, [4], 2, generator=g)) == "double-backward"
+    assert resolve_jvp_mode("auto", paper_cnn(1, 3, generator=g)) == "linearize"
+    assert resolve_jvp_mode("jvp", paper_cnn(1, 3, generator=g)) == "jvp"
+    with pytest.raises(ValueError, match="jvp_mode"):
+        resolve_jvp_mode("forward", mlp(3, [4], 2, generator=g))
