@@ -74,7 +74,7 @@ def test_least_squares_matches_lstsq(alpha: float) -> None:
     assert sol.iterations == 0 and sol.converged and sol.seconds >= 0
     g = _grad_W(loss, Zh, C, sol.W, alpha)
     assert float(g.norm()) < 1e-13
-    assert sol.grad_norm == pytest.approx(float(g.norm()), abs=1e-15)
+    assert sol.grad_norm == pytest.approx(float(g.norm()), abs=1e-14)  # both at round-off
     assert "Cholesky" in sol.message
 
 

@@ -97,6 +97,10 @@ class Loss(ABC):
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
         """H_S[U]: the Hessian of L in S applied to U (n, c)."""
 
+    def value_and_grad(self, S: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+        """(L(S, C), G) together (a loss may share the work between them)."""
+        return self.value(S, C), self.grad(S, C)
+
     def scalar_hessian(self, n: int) -> float | None:
         """h when H_S[U] = h·U for every S (the GN product then needs no n×c temporary)."""
         return None
@@ -149,6 +153,13 @@ class LeastSquaresLoss(Loss):
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
         n = _check_pair(S, C)
         return U / n
+
+    def value_and_grad(self, S: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+        """One n×c temporary D = S − C: L = ⟨D, D⟩/(2n), then G = D/n in place."""
+        n = _check_pair(S, C)
+        D = S - C
+        flat = D.reshape(-1)
+        return 0.5 * torch.dot(flat, flat) / n, D.div_(n)
 
     def scalar_hessian(self, n: int) -> float | None:
         return 1.0 / n

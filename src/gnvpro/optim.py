@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .head import HeadSplit, check_head_is_last, split_model
 from .losses import Loss, make_loss
 from .metrics import prediction_metrics
+from .progress import bar
 from .regularizer import LinearMap
 from .solver import (
     SolverConfig,
@@ -385,9 +386,5 @@ def _train_metrics(opt: GNvpro, y: Tensor) -> dict:
 
 
 def _progress(enabled: bool, max_work: float | None, max_iter: int | None):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
     total = max_work if max_work is not None else max_iter
-    return tqdm(total=total, unit="WU" if max_work is not None else "it", leave=False)
+    return bar(enabled, total, "WU" if max_work is not None else "it", leave=False)

@@ -173,9 +173,8 @@ class ReducedObjective:
             return Point(theta, float("inf"), float("inf"), Zh, inf, inf, inf, empty, None)
         sol = self.solve_inner(Zh, W0)
         S = Zh @ sol.W.T
-        L = self.loss.value(S, self.C)
+        L, G = self.loss.value_and_grad(S, self.C)
         value = L + 0.5 * self.alpha_w * sol.W.square().sum() + self.reg.value(theta)
-        G = self.loss.grad(S, self.C)
         return Point(theta, float(value), float(L), Zh, sol.W, S, G, sol, vjp_fn)
 
     # --------------------------------------------------------------- gradient
@@ -207,7 +206,7 @@ class VarProJacobian:
         self._vjp, self._jvp = pt.vjp_fn, pt.vjp_fn.jvp
         self.m = obj.split.n_features
         self._h = obj.loss.scalar_hessian(obj.n)
-        self._gram: tuple[Tensor, Tensor] | None = None
+        self._hK: Tensor | None = None
 
     def _pad(self, dZ: Tensor) -> Tensor:
         """dẐ = [dZ, 0]: the bias column is never perturbed."""
@@ -257,14 +256,13 @@ class VarProJacobian:
         p ≤ 2c. Without α_W J_Wᵀ J_W (gn_alpha_w=False) Y gains −α_W H_W⁻¹ dW = α_W H_W⁻¹(Q + M).
         """
         pt, obj = self.pt, self.obj
-        if self._gram is None:
-            self._gram = (h * (pt.W.T @ pt.W), pt.G.T.contiguous())
-        hK, Gt = self._gram
+        if self._hK is None:
+            self._hK = h * (pt.W.T @ pt.W)
         dZh = self._pad(self._jvp(v))
-        E = dZh @ hK
+        E = dZh @ self._hK
         if not obj.kaufman:
             Q = pt.inner.hess_inv(pt.W @ (h * (dZh.T @ pt.Zh)))
-            M = pt.inner.hess_inv(Gt @ dZh)
+            M = pt.inner.hess_inv(pt.G.T @ dZh)
             D, Y = -Q, -M  # dW − Y and Y
             if not obj.gn_alpha_w and obj.alpha_w > 0:
                 extra = obj.alpha_w * pt.inner.hess_inv(Q + M)

@@ -26,6 +26,7 @@ from ..losses import Loss, make_loss
 from ..metrics import prediction_metrics
 from ..optim import GNvpro, GNvproConfig
 from ..problems.base import Split
+from ..progress import bar
 from ..solver import Termination
 from ..varpro import Point, ReducedObjective, WarmStart
 from .base import TrainSettings
@@ -153,17 +154,13 @@ def start_record(method: str, start: Start, model: nn.Module, data: Split, **ext
 
 @contextmanager
 def progress_bar(enabled: bool, total: float, unit: str = "WU") -> Iterator[object | None]:
-    """A tqdm bar over work units, or another unit (None when disabled)."""
-    if not enabled:
-        yield None
-        return
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit=unit, leave=False)
+    """A tqdm bar over work units, or another unit (None when disabled or not on a terminal)."""
+    b = bar(enabled, total, unit, leave=False)
     try:
-        yield bar
+        yield b
     finally:
-        bar.close()
+        if b is not None:
+            b.close()
 
 
 def advance(bar: object | None, rec: dict) -> None:

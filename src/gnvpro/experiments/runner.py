@@ -30,6 +30,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import time
 import zipfile
 import zlib
@@ -45,6 +46,8 @@ from torch import nn
 from ..losses import make_loss
 from ..metrics import prediction_metrics
 from ..problems.base import Split
+from ..progress import bar as progress_bar
+from ..progress import on_terminal
 from .config import ExperimentConfig, ExperimentError, parse_methods, parse_seeds
 
 __all__ = [
@@ -391,6 +394,10 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
             fh.flush()
             for k in _CUMULATIVE:
                 offset[k] += last[k]
+            if progress and not on_terminal():  # a log: one line per level, no bars
+                print(f"{cfg.name} {method} {seed_label(seed)} level {level}/{n_levels}: "
+                      f"loss {history[-1]['loss']:.4g}, {offset['work_units']:.0f} WU, "
+                      f"{offset['seconds']:.1f} s", file=sys.stderr, flush=True)
             if level < n_levels:
                 from ..models.resnet import refine_network
 
@@ -642,11 +649,7 @@ def run_experiment(
     if "ref" in slist:
         _write_json(out / "reference_history.json", reference_history(cfg.levels))
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(mlist) * len(slist), desc=cfg.name, unit="run")
+    bar = progress_bar(progress, len(mlist) * len(slist), "run", desc=cfg.name)
     try:
         for seed in slist:
             done = {m: finished_row(out / m / seed_label(seed), seed, cfg.metric) for m in mlist}

@@ -105,7 +105,7 @@ def solve_least_squares(Zh: Tensor, C: Tensor, alpha_w: float) -> InnerSolution:
         X = V.to(device=Zh.device, dtype=torch.float64)
         return solve_gram(X.reshape(-1, p)).reshape(V.shape)
 
-    grad = (Zh @ W.T - C).T @ Zh / n + alpha * W
+    grad = W @ gram - rhs  # = (Ẑ Wᵀ − C)ᵀẐ/n + α_W W without an n×c temporary
     grad_norm = float(torch.linalg.norm(grad))
     return InnerSolution(
         W=W,

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -96,13 +97,24 @@ class KrylovBasis:
         return z @ self.V
 
 
-def _relres(T: Tensor, beta0: float, beta_next: float) -> float:
-    """||T y − β_0 e_1||² + (β_{k+1} e_kᵀ y)², square-rooted and divided by β_0, y = T⁺ β_0 e_1."""
-    k = T.shape[0]
-    rhs = torch.zeros(k, dtype=_F64)
+def _relres(alphas: list[float], betas: list[float], beta0: float, beta_next: float) -> float:
+    """||T y − β_0 e_1||² + (β_{k+1} e_kᵀ y)², square-rooted and divided by β_0, y = T⁺ β_0 e_1
+    (T tridiagonal from alphas/betas; numpy: a k×k eigh costs less than torch's call overhead)."""
+    k = len(alphas)
+    T = np.diag(np.asarray(alphas, dtype=np.float64))
+    if betas:
+        off = np.asarray(betas, dtype=np.float64)
+        T += np.diag(off, 1) + np.diag(off, -1)
+    d, Q = np.linalg.eigh(T)
+    tol = 10.0 * k * np.finfo(np.float64).eps * float(np.abs(d).max())
+    keep = np.abs(d) > tol
+    c = Q[0] * beta0  # Qᵀ (β_0 e_1)
+    coef = np.zeros(k)
+    coef[keep] = c[keep] / d[keep]
+    y = Q @ coef
+    rhs = np.zeros(k)
     rhs[0] = beta0
-    y = pinv_solve(T, rhs)
-    inner = float(torch.linalg.vector_norm(T @ y - rhs))
+    inner = float(np.linalg.norm(T @ y - rhs))
     outer = beta_next * abs(float(y[-1]))
     return math.hypot(inner, outer) / beta0
 
@@ -166,16 +178,17 @@ def lanczos(
         if beta_next <= brk_tol * scale:
             beta_next = 0.0
             breakdown = True
-        T = torch.diag(torch.tensor(alphas, dtype=_F64))
-        if betas:
-            off = torch.tensor(betas, dtype=_F64)
-            T = T + torch.diag(off, 1) + torch.diag(off, -1)
-        relres = _relres(T, beta0, beta_next)
+        relres = _relres(alphas, betas, beta0, beta_next)
         history.append(relres)
         if relres < rtol or breakdown or k == m:
             break
         V[k] = w / beta_next
         betas.append(beta_next)
+
+    T = torch.diag(torch.tensor(alphas, dtype=_F64))
+    if betas[: k - 1]:
+        off = torch.tensor(betas[: k - 1], dtype=_F64)
+        T = T + torch.diag(off, 1) + torch.diag(off, -1)
 
     return KrylovBasis(
         V=V[:k],

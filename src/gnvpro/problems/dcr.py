@@ -90,6 +90,8 @@ from scipy.sparse.linalg import splu
 from scipy.special import expit
 from tqdm import tqdm
 
+from ..progress import on_terminal
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -730,7 +732,8 @@ def simulate(
     chunk = _CHUNK
     starts = list(range(0, n, chunk))
     jobs = [(cfg, y[s : s + chunk]) for s in starts]
-    with tqdm(total=n, disable=not progress, desc="DCR samples", unit="sample") as bar:
+    with tqdm(total=n, disable=not (progress and on_terminal()), desc="DCR samples",
+              unit="sample") as bar:
         if workers == 1 or n <= chunk:
             results = map(_simulate_chunk, jobs)
             for s, res in zip(starts, results, strict=True):
