@@ -93,3 +93,26 @@ def test_auto_mode_rule():
     assert resolve_jvp_mode("jvp", paper_cnn(1, 3, generator=g)) == "jvp"
     with pytest.raises(ValueError, match="jvp_mode"):
         resolve_jvp_mode("forward", mlp(3, [4], 2, generator=g))
+
+
+class _NoScalarHessian(type(make_loss("least_squares"))):
+    """Least squares through the general (n×c) product path."""
+
+    def scalar_hessian(self, n):
+        return None
+
+
+@pytest.mark.parametrize("coupled", [True, False])
+def test_joint_gn_gram_path_equals_general_product(narrow, coupled):
+    from gnvpro.baselines.joint_gn import JointProblem
+
+    model, x, y = narrow
+    split = split_model(model, probe=x)
+    fast, slow = (JointProblem(split, loss, x, y, 1e-3, 1e-4, coupled=coupled)
+                  for loss in (make_loss("least_squares"), _NoScalarHessian()))
+    W = split.head_weights().to(torch.float64)
+    z = fast.pack(fast.features.layout.flatten(split.feature_params(), torch.float64).detach(), W)
+    Hf, Hs = fast.gn_operator(fast.evaluate(z)), slow.gn_operator(slow.evaluate(z))
+    for seed in range(3):
+        v = _vec(z.numel(), seed)
+        assert torch.allclose(Hf(v), Hs(v), rtol=1e-11, atol=1e-14)

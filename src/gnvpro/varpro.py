@@ -139,11 +139,12 @@ class ReducedObjective:
             Z = torch.cat([Z, torch.ones(Z.shape[0], 1, dtype=Z.dtype, device=Z.device)], 1)
         return Z
 
-    def solve_inner(self, Zh: Tensor, W0: Tensor | None = None) -> InnerSolution:
+    def solve_inner(self, Zh: Tensor, W0: Tensor | None = None,
+                    finite: bool = False) -> InnerSolution:
+        """W*(Ẑ) (finite=True: Ẑ is known to be finite; C always is, batch_targets checked it)."""
         o = self.inner_options
-        return solve_inner(
-            self.loss, Zh, self.C, self.alpha_w, W0, rtol=o.rtol, atol=o.atol, max_iter=o.max_iter
-        )
+        return solve_inner(self.loss, Zh, self.C, self.alpha_w, W0, finite=finite, rtol=o.rtol,
+                           atol=o.atol, max_iter=o.max_iter)
 
     def evaluate(self, theta: Tensor, prev: Point | None = None, with_vjp: bool = True) -> Point:
         """Forward pass, inner solve W*(θ) (warm-started from prev.W), Φ_red(θ).
@@ -171,7 +172,7 @@ class ReducedObjective:
             empty = InnerSolution(W=torch.empty(0), hess_inv=lambda v: v, converged=False,
                                   message="non-finite features (the step is rejected)")
             return Point(theta, float("inf"), float("inf"), Zh, inf, inf, inf, empty, None)
-        sol = self.solve_inner(Zh, W0)
+        sol = self.solve_inner(Zh, W0, finite=True)
         S = Zh @ sol.W.T
         L, G = self.loss.value_and_grad(S, self.C)
         value = L + 0.5 * self.alpha_w * sol.W.square().sum() + self.reg.value(theta)

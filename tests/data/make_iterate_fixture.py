@@ -1,7 +1,8 @@
 """Write tests/data/iterates.json: GNvpro iterates with the paper's settings, for regression tests.
 
 Run with the code whose iterates are to be kept (PYTHONPATH=src python tests/data/make_...):
-  * CDR, the reference θ0 and split, least squares, one level of 200 WU (trust region, Lanczos);
+  * CDR, the reference θ0 and split, least squares, one level of 200 WU (the paper's trust
+    region: Lanczos, ≤ 20 vectors, tolerance 1e-2);
   * a tiny logistic problem (ellipse-like, seeded), 15 iterations (the general product path).
 Each entry: per-iteration loss, grad_norm, radius, work_units, and the final flat θ.
 """
@@ -30,7 +31,8 @@ def history(opt, x, y, **budget):
 def cdr():
     ref = load_reference()
     sp = reference_split(ref, *load_cdr_mat())
-    opt = GNvpro(reference_network(ref), alpha_w=1e-10, alpha_theta=1e-10)
+    opt = GNvpro(reference_network(ref), alpha_w=1e-10, alpha_theta=1e-10,
+                 config=GNvproConfig(subproblem="lanczos", max_krylov=20, krylov_rtol=1e-2))
     return history(opt, sp.x_train, sp.y_train, max_work=200)
 
 
@@ -42,7 +44,7 @@ def logistic():
     net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
                               torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
     opt = GNvpro(net, loss="logistic", alpha_w=1e-8, alpha_theta=1e-6,
-                 config=GNvproConfig(max_krylov=10, krylov_rtol=1e-3))
+                 config=GNvproConfig(subproblem="lanczos", max_krylov=10, krylov_rtol=1e-3))
     return history(opt, x, y, max_iter=15)
 
 

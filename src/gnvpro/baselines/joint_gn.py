@@ -127,9 +127,8 @@ class JointProblem:
             inf = torch.full((), float("inf"), dtype=torch.float64)
             return JointPoint(z, float("inf"), float("inf"), W, Zh, inf, inf, None)
         S = Zh @ W.T
-        L = self.loss.value(S, self.C)
+        L, G = self.loss.value_and_grad(S, self.C)
         value = L + 0.5 * self.alpha_w * W.square().sum() + self.reg.value(theta)
-        G = self.loss.grad(S, self.C)
         return JointPoint(z, float(value), float(L), W, Zh, S, G, vjp_fn)
 
     def gradient(self, pt: JointPoint) -> Tensor:
@@ -148,6 +147,9 @@ class JointProblem:
             pt.vjp_fn = self.features.with_vjp(theta)[1]
         vjp, jvp = pt.vjp_fn, pt.vjp_fn.jvp  # both through the point's recorded graph
         Wt = W[:, : self.m]
+        h = self.loss.scalar_hessian(len(pt.Zh))
+        if h is not None and pt.Zh.shape[1] <= 2 * W.shape[0]:
+            return self._scalar_hessian_operator(pt, W, h)
 
         def coupled(v: Tensor) -> Tensor:
             d_theta, dW = self.unpack(v.to(torch.float64))
@@ -164,6 +166,26 @@ class JointProblem:
             return self.pack(out_theta, out_W)
 
         return coupled if self.coupled else blockdiag
+
+    def _scalar_hessian_operator(self, pt: JointPoint, W: Tensor,
+                                 h: float) -> Callable[[Tensor], Tensor]:
+        """The same products for H_S = h·I without n×c temporaries (A = ẐᵀẐ, K̃ = WᵀW̃):
+        U W̃ = h (dẐ K̃ + Ẑ dWᵀW̃),  Uᵀ Ẑ = h (W dẐᵀẐ + dW A); block-diagonal drops the
+        cross terms Ẑ dWᵀW̃ and W dẐᵀẐ."""
+        vjp, jvp = pt.vjp_fn, pt.vjp_fn.jvp
+        A, hKt = h * (pt.Zh.T @ pt.Zh), h * (W.T @ W[:, : self.m])
+
+        def apply(v: Tensor) -> Tensor:
+            d_theta, dW = self.unpack(v.to(torch.float64))
+            dZh = self._pad(jvp(d_theta))
+            E = dZh @ hKt
+            out_W = dW @ A + self.alpha_w * dW
+            if self.coupled:
+                E = E + pt.Zh @ (h * (dW.T @ W[:, : self.m]))
+                out_W = out_W + W @ (h * (dZh.T @ pt.Zh))
+            return self.pack(vjp(E) + self.reg.gauss_newton(d_theta), out_W)
+
+        return apply
 
 
 # ------------------------------------------------------------------------------- training

@@ -112,13 +112,15 @@ def _load_model_file(model: Any, path: Path) -> None:
         raise ExperimentError(f"{path}: cannot load the model ({msg}); rerun that run") from None
 
 
-def _series(recs: list[dict], xkey: str, which: str) -> tuple[np.ndarray, np.ndarray]:
+def _series(recs: list[dict], xkey: str, which: str,
+            metric: str = "loss") -> tuple[np.ndarray, np.ndarray]:
+    """(x, y): the training objective (which="train") or a validation metric (which="val")."""
     xs, ys = [], []
     for r in recs:
         if which == "train":
             y = r.get("loss")
         else:
-            y = (r.get("metrics") or {}).get("val", {}).get("loss")
+            y = (r.get("metrics") or {}).get("val", {}).get(metric)
         x = r.get(xkey)
         if x is None or y is None:
             continue
@@ -184,6 +186,42 @@ def _convergence_figure(root: Path, methods: list[str], xkey: str, ref: dict | N
     fig.suptitle(f"{root.name}: loss vs {xlabel} (dotted: level starts)")
     fig.tight_layout()
     path = root / ("loss_vs_work.png" if xkey == "work_units" else "loss_vs_seconds.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _metric_vs_seconds_figure(root: Path, methods: list[str], metric: str) -> Path:
+    """The validation metric of every method against wall-clock seconds, on one axis (each
+    seed thin, the median over seeds bold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, method in enumerate(methods):
+        col = colors[i % len(colors)]
+        curves = [_series(recs, "seconds", "val", metric)
+                  for recs in load_histories(root, method).values()]
+        med = _median_curve(curves)
+        for j, (x, y) in enumerate(curves):
+            single = med is None and j == 0
+            ax.plot(x, y, color=col, lw=2 if single else 0.8, alpha=1 if single else 0.3,
+                    label=method if single else None)
+        if med is not None:
+            ax.plot(*med, color=col, lw=2.2, label=f"{method} (median of {len(curves)})")
+    if metric == "rel_err":
+        ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds (wall clock, training only)")
+    ax.set_ylabel(f"validation {metric}")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{root.name}: validation {metric} vs seconds")
+    fig.tight_layout()
+    path = root / f"val_{metric}_vs_seconds.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -428,7 +466,8 @@ def report(dir: str | Path) -> str:
             raise ExperimentError(f"{rfile} is not a reference history (work_units, loss, "
                                   "val_loss): rerun with --seeds ref or move it away")
     figs = [_convergence_figure(root, methods, "work_units", ref),
-            _convergence_figure(root, methods, "seconds", None)]
+            _convergence_figure(root, methods, "seconds", None),
+            _metric_vs_seconds_figure(root, methods, str(summary.get("metric", "rel_err")))]
     problem = _problem_of(root, methods)
     notes: list[str] = []
     if problem == "ellipse":

@@ -25,10 +25,12 @@ def solve_inner(
     C: Tensor,
     alpha_w: float,
     W0: Tensor | None = None,
+    finite: bool = False,
     **newton_options: float | int,
 ) -> InnerSolution:
     """W* for any loss: the closed form for quadratic losses (W0 and options are then unused),
-    Newton's method (``solve_newton``, warm-started from W0) otherwise."""
+    Newton's method (``solve_newton``, warm-started from W0) otherwise. finite=True: Ẑ and C
+    are known to be finite (not scanned again)."""
     if loss.is_quadratic:
-        return solve_least_squares(Zh, C, alpha_w)
-    return solve_newton(loss, Zh, C, alpha_w, W0=W0, **newton_options)
+        return solve_least_squares(Zh, C, alpha_w, finite)
+    return solve_newton(loss, Zh, C, alpha_w, W0=W0, finite=finite, **newton_options)
