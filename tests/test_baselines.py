@@ -83,7 +83,7 @@ def runs() -> dict:
 # ----------------------------------------------------------------------------- interface
 def test_registry_and_unknown_method() -> None:
     sub_batch = {"gnvpro-stochastic", "gn-stochastic", "lbfgs-vpro-stochastic"}
-    assert set(ALL) | sub_batch | {"gnvpro-tn"} == set(METHODS)
+    assert set(ALL) | sub_batch | {"gnvpro-tn", "gnvpro-tn-stochastic"} == set(METHODS)
     with pytest.raises(ValueError, match="gn-blockdiag.*lbfgs-vpro"):
         train("newton", tiny_model(), regression_data(), TrainSettings())
 

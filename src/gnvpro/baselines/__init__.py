@@ -39,6 +39,7 @@ METHODS: dict[str, TrainFn] = {
     "adam": train_adam,
     "sgd": train_sgd,
     "gnvpro-stochastic": train_gnvpro_stochastic,
+    "gnvpro-tn-stochastic": train_gnvpro_stochastic,  # subproblem = "tn" in its config
     "gn-stochastic": train_gn_stochastic,
     "lbfgs-vpro-stochastic": train_lbfgs_vpro_stochastic,
 }

@@ -183,6 +183,7 @@ def train_gnvpro(model: nn.Module, data: Split, settings: TrainSettings) -> list
             max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
             subproblem=settings.subproblem, jvp_mode=settings.jvp_mode,
             tn_memory=settings.tn_memory, extrapolate=settings.extrapolate,
+            **{k: settings.extra[k] for k in ("radius_rule",) if k in settings.extra},
         ),
         regularizer=settings.regularizer,
     )
