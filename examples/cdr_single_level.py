@@ -4,7 +4,7 @@ with the paper's settings (α = 1e-10, ≤ 20 Krylov vectors, tolerance 1e-2, 20
     python examples/cdr_single_level.py
 """
 
-from gnvpro import GNvpro
+from gnvpro import GNvpro, GNvproConfig
 from gnvpro.problems.cdr import load_cdr_mat, load_reference, reference_network, reference_split
 
 
@@ -12,7 +12,8 @@ def main() -> None:
     ref = load_reference()
     Y, C = load_cdr_mat()
     data = reference_split(ref, Y, C)
-    opt = GNvpro(reference_network(ref), alpha_w=1e-10, alpha_theta=1e-10)
+    opt = GNvpro(reference_network(ref), alpha_w=1e-10, alpha_theta=1e-10,
+                 config=GNvproConfig.trust_region())
     hist = opt.run(data.x_train, data.y_train, max_work=200)
     final = hist.final
     print(f"GNvpro level 1: Φ = {final.loss:.4f} after {final.work_units:.0f} work units "

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     model = make_model(args.seed, dtype)
-    config = gnvpro.GNvproConfig(max_krylov=args.max_krylov, krylov_rtol=1e-2)
+    config = gnvpro.GNvproConfig.trust_region(max_krylov=args.max_krylov, krylov_rtol=1e-2)
     opt = gnvpro.GNvpro(model, loss="cross_entropy", alpha_w=args.alpha_w,
                         alpha_theta=args.alpha_theta, config=config)
 

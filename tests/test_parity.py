@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gnvpro import GNvpro, ReducedObjective, make_loss, split_model
+from gnvpro import GNvpro, GNvproConfig, ReducedObjective, make_loss, split_model
 from gnvpro.problems.cdr import (
     default_cdr_path,
     default_reference_path,
@@ -78,7 +78,7 @@ def test_single_level_run_beats_reference_level1(at_theta0):
     """Paper settings: α = 1e-10, ≤ 20 Krylov vectors, tol 1e-2, 200 work units."""
     ref, sp, _, _, _ = at_theta0
     net = reference_network(ref)
-    opt = GNvpro(net, alpha_w=1e-10, alpha_theta=1e-10)
+    opt = GNvpro(net, alpha_w=1e-10, alpha_theta=1e-10, config=GNvproConfig.trust_region())
     hist = opt.run(sp.x_train, sp.y_train, max_work=200)
     assert hist.final.work_units <= 200 + 2 * 20 + 2
     assert hist.final.loss <= float(ref["J_end_levels"][0])
