@@ -41,14 +41,20 @@ from torch import Tensor, nn
 from ..head import HeadSplit, split_model
 from ..losses import Loss, make_loss
 from ..metrics import prediction_metrics
-from ..optim import GNvpro, GNvproConfig
 from ..problems.base import Split
 from ..solver import SolverConfig, SolverState, initial_state, trust_region_step
 from ..varpro import InnerOptions, ReducedObjective, WarmStart
 from .base import TrainSettings
 from .joint_gn import JointProblem
 from .lbfgs_vpro import LBFGSVarPro
-from .train_gnvpro import flat_theta, make_record, progress_bar, val_metrics, write_back
+from .train_gnvpro import (
+    flat_theta,
+    make_gnvpro,
+    make_record,
+    progress_bar,
+    val_metrics,
+    write_back,
+)
 
 __all__ = ["BatchMethod", "fixed_batches", "train_on_sub_batches", "train_gn_stochastic",
            "train_gnvpro_stochastic", "train_lbfgs_vpro_stochastic"]
@@ -113,17 +119,7 @@ class GNvproOnBatches(_TrustRegionIterate):
     """GNvpro.step on the current batch; GNvpro.set_batch carries the radius over."""
 
     def __init__(self, model: nn.Module, settings: TrainSettings) -> None:
-        self.opt = GNvpro(
-            model, settings.loss, settings.alpha_w, settings.alpha_theta,
-            head=settings.extra.get("head"),
-            config=GNvproConfig(
-                max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
-                subproblem=settings.subproblem, jvp_mode=settings.jvp_mode,
-                tn_memory=settings.tn_memory, extrapolate=settings.extrapolate,
-                inner_max_iter=int(settings.extra.get("inner_max_iter", 400)),
-            ),
-            regularizer=settings.regularizer,
-        )
+        self.opt = make_gnvpro(model, settings, inner_max_iter=400)
         self.split, self.loss_fn = self.opt.split, self.opt.loss
         self.batch: tuple[Tensor, Tensor] | None = None
 

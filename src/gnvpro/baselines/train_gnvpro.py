@@ -171,22 +171,26 @@ def advance(bar: object | None, rec: dict) -> None:
 
 
 # --------------------------------------------------------------------------------- GNvpro
+def make_gnvpro(model: nn.Module, settings: TrainSettings, **defaults: object) -> GNvpro:
+    """GNvpro with the settings' method options (extra may set inner_max_iter, radius_rule,
+    head; `defaults` are used where extra is silent)."""
+    extra = {**defaults, **settings.extra}
+    config = GNvproConfig(
+        max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
+        subproblem=settings.subproblem, jvp_mode=settings.jvp_mode,
+        tn_memory=settings.tn_memory, extrapolate=settings.extrapolate,
+        **{k: extra[k] for k in ("radius_rule", "inner_max_iter") if k in extra},
+    )
+    return GNvpro(model, settings.loss, settings.alpha_w, settings.alpha_theta,
+                  head=extra.get("head"), config=config, regularizer=settings.regularizer)
+
+
 def train_gnvpro(model: nn.Module, data: Split, settings: TrainSettings) -> list[dict]:
     """GNvpro (trust-region Gauss-Newton on Φ_red(θ), W = W*(θ) always; method.md §2-3).
 
     The model ends with the last accepted θ and W*(θ).
     """
-    opt = GNvpro(
-        model, settings.loss, settings.alpha_w, settings.alpha_theta,
-        head=settings.extra.get("head"),
-        config=GNvproConfig(
-            max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
-            subproblem=settings.subproblem, jvp_mode=settings.jvp_mode,
-            tn_memory=settings.tn_memory, extrapolate=settings.extrapolate,
-            **{k: settings.extra[k] for k in ("radius_rule",) if k in settings.extra},
-        ),
-        regularizer=settings.regularizer,
-    )
+    opt = make_gnvpro(model, settings)
     x, y = data.x_train, data.y_train
     opt.run(x, y, max_iter=0)  # evaluates θ0, W*(θ0) and the gradient; writes W* into the model
     state, obj = opt.state, opt.objective

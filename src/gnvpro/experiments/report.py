@@ -144,6 +144,17 @@ def _median_curve(curves: list[tuple[np.ndarray, np.ndarray]]):
     return grid, np.exp(np.median(np.stack(logs), axis=0))
 
 
+def _plot_seeds(ax, curves: list[tuple[np.ndarray, np.ndarray]], col: str, method: str) -> None:
+    """Every seed's curve thin, their median bold (a single seed: bold, labelled)."""
+    med = _median_curve(curves)
+    for j, (x, y) in enumerate(curves):
+        single = med is None and j == 0
+        ax.plot(x, y, color=col, lw=2 if single else 0.8, alpha=1 if single else 0.3,
+                label=method if single else None)
+    if med is not None:
+        ax.plot(*med, color=col, lw=2.2, label=f"{method} (median of {len(curves)})")
+
+
 def _convergence_figure(root: Path, methods: list[str], xkey: str, ref: dict | None) -> Path:
     import matplotlib
 
@@ -156,14 +167,7 @@ def _convergence_figure(root: Path, methods: list[str], xkey: str, ref: dict | N
         col = colors[i % len(colors)]
         hists = load_histories(root, method)
         for ax, which in zip(axes, ("train", "val"), strict=True):
-            curves = [_series(recs, xkey, which) for recs in hists.values()]
-            med = _median_curve(curves)
-            for j, (x, y) in enumerate(curves):
-                single = med is None and j == 0
-                ax.plot(x, y, color=col, lw=2 if single else 0.8, alpha=1 if single else 0.3,
-                        label=method if single else None)
-            if med is not None:
-                ax.plot(*med, color=col, lw=2.2, label=f"{method} (median of {len(curves)})")
+            _plot_seeds(ax, [_series(recs, xkey, which) for recs in hists.values()], col, method)
         # level starts of the first seed, dotted in the method's colour
         first = next(iter(hists.values()), [])
         starts = [r[xkey] for r in first if r.get("level_start") and r.get("level", 1) > 1]
@@ -203,15 +207,8 @@ def _metric_vs_seconds_figure(root: Path, methods: list[str], metric: str) -> Pa
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, method in enumerate(methods):
         col = colors[i % len(colors)]
-        curves = [_series(recs, "seconds", "val", metric)
-                  for recs in load_histories(root, method).values()]
-        med = _median_curve(curves)
-        for j, (x, y) in enumerate(curves):
-            single = med is None and j == 0
-            ax.plot(x, y, color=col, lw=2 if single else 0.8, alpha=1 if single else 0.3,
-                    label=method if single else None)
-        if med is not None:
-            ax.plot(*med, color=col, lw=2.2, label=f"{method} (median of {len(curves)})")
+        _plot_seeds(ax, [_series(recs, "seconds", "val", metric)
+                         for recs in load_histories(root, method).values()], col, method)
     if metric == "rel_err":
         ax.set_yscale("log")
     ax.set_xscale("log")
