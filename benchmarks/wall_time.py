@@ -10,7 +10,9 @@ each takes to reach a validation target, in ONE process after a warm-up.
 (c) the first second at which the validation metric reaches ``--target`` (rel_err ≤ target,
     accuracy ≥ target), median over the seeds that reach it, from the records of (a) and (b).
 A warm-up run of every method on a small budget comes first, so that no method pays
-torch.func's first-call cost. Writes OUT/wall_time.md (the three tables) and OUT/wall_time.json.
+torch.func's first-call cost. Writes OUT/wall_time.md (the three tables), OUT/compact.md (one
+table: test metric at (a) and (b), time to target) and OUT/wall_time.json; ``--tables-only``
+rewrites the tables from an earlier OUT without running anything.
 """
 
 from __future__ import annotations
@@ -66,6 +68,37 @@ def _target_table(roots: dict[str, Path], methods: list[str], metric: str,
     return "\n".join(lines)
 
 
+def _mean_std(rows: list[dict], key: str, digits: int) -> str:
+    vals = [float(r[key]) for r in rows]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}g}"
+    return f"{statistics.mean(vals):.{digits}g} ± {statistics.stdev(vals):.2g}"
+
+
+def compact_table(out: Path, result: dict) -> str:
+    """One row per method: test metric and seconds at (a), test metric at (b), time to target."""
+    metric, target, T = result["budget"]["metric"] if result["budget"]["methods"] else \
+        result["equal_time"]["metric"], result["target"], result["T"]
+    cmp = "≤" if metric == "rel_err" else "≥"
+    lines = [f"| method | test {metric} (a) paper budget | seconds (a) | test {metric} (b) at "
+             f"T = {T:.3g} s | seconds to val {metric} {cmp} {target:g} |",
+             "|---|---|---|---|---|"]
+    for m in result["equal_time"]["methods"]:
+        a = [{"test": r["test"], "seconds": r["seconds"]}
+             for r in result["budget"]["methods"].get(m, [])]
+        b = [{"test": r["test"]} for r in result["equal_time"]["methods"][m]]
+        hits = [t for k in ("budget", "equal-time")
+                for t in time_to_target(out / k, m, metric, target)]
+        reached = [t for t in hits if t is not None]
+        ttt = (f"{statistics.median(reached):.2f} ({len(reached)}/{len(hits)} runs)" if reached
+               else f"not reached (0/{len(hits)} runs)")
+        lines.append(f"| {m} | {_mean_std(a, 'test', 4)} | {_mean_std(a, 'seconds', 3)} | "
+                     f"{_mean_std(b, 'test', 4)} | {ttt} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment")
@@ -78,14 +111,21 @@ def main() -> None:
     ap.add_argument("--subset", type=int, help="image data: training images kept")
     ap.add_argument("--data", help="data path (as for gnvpro run)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tables-only", action="store_true",
+                    help="rewrite OUT/compact.md from an earlier run, run nothing")
     ap.add_argument("--equal-time-only", default="", help="methods run only in (b), e.g. adam "
                     "where its paper-budget run is too long to repeat (its (a) row: results.md)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if args.tables_only:
+        table = compact_table(out, json.loads((out / "wall_time.json").read_text()))
+        (out / "compact.md").write_text(table + "\n")
+        print(table)
+        return
     cfg = load_config(args.experiment).with_data(subset=args.subset)
     methods = parse_methods(args.methods, cfg)
     seeds = parse_seeds(args.seeds, cfg)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: every code path once, then discarded
@@ -110,9 +150,10 @@ def main() -> None:
             {"budget": out / "budget", "equal": out / "equal-time"}, methods, metric, target),
     ])
     (out / "wall_time.md").write_text(text + "\n")
-    (out / "wall_time.json").write_text(json.dumps(
-        {"T": T, "target": target, "budget": budget, "equal_time": equal}, indent=1) + "\n")
-    print(text)
+    result = {"T": T, "target": target, "budget": budget, "equal_time": equal}
+    (out / "wall_time.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "compact.md").write_text(compact_table(out, result) + "\n")
+    print(text + "\n\n" + compact_table(out, result))
     shutil.rmtree(out / "warm", ignore_errors=True)
 
 

@@ -69,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                    "convolutional networks, double-backward otherwise; gnvpro.autodiff)")
     r.add_argument("--max-seconds", type=float, help="give every run this many seconds of "
                    "training (equal shares per level) instead of its work budget")
-    r.add_argument("--threads", type=int, help="torch intra-op threads (default 1: these "
-                   "networks are small, and more threads oversubscribe a shared machine)")
+    r.add_argument("--threads", type=int, help="torch intra-op threads (default: the "
+                   "experiment's, 1 for the small networks, where more threads only add overhead "
+                   "and oversubscribe a shared machine; 2 for DCR's 882-output head)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--resume", action="store_true", help="continue killed runs in --out from "
                    "their last level checkpoint (finished runs are always kept)")
@@ -116,7 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment).with_levels(args.levels).with_epochs(args.epochs)
     cfg = cfg.with_data(subset=args.subset).with_jvp_mode(args.jvp_mode)
     cfg = cfg.with_max_seconds(args.max_seconds)
-    _set_threads(args.threads)
+    _set_threads(args.threads if args.threads is not None else cfg.threads)
     methods = parse_methods(args.methods, cfg)
     seeds = parse_seeds(args.seeds, cfg)
     out = Path(args.out) if args.out else Path("runs") / cfg.name

@@ -69,7 +69,7 @@ _MODEL_KEYS = {
 _TRAIN_KEYS = {"alpha_w", "alpha_theta", "alpha_theta_factor", "regularizer"}
 _TOP_KEYS = {
     "name", "problem", "metric", "loss", "levels", "default_methods", "default_seeds",
-    "description", "data", "model", "train", "methods", "max_seconds",
+    "description", "data", "model", "train", "methods", "max_seconds", "threads",
 }
 # TrainSettings fields a config may set per method (others are the runner's business).
 _METHOD_KEYS = {
@@ -113,6 +113,7 @@ class ExperimentConfig:
     default_seeds: str = "0"
     description: str = ""
     max_seconds: float | None = None  # equal-wall-time runs: seconds per run, split over levels
+    threads: int = 1  # torch intra-op threads `gnvpro run` uses unless --threads says otherwise
     source: str = ""
 
     # ------------------------------------------------------------------------------------------
@@ -239,6 +240,7 @@ class ExperimentConfig:
             "methods": {k: {kk: (dict(vv) if isinstance(vv, Mapping) else vv)
                             for kk, vv in v.items()} for k, v in self.methods.items()},
             **({} if self.max_seconds is None else {"max_seconds": self.max_seconds}),
+            **({} if self.threads == 1 else {"threads": self.threads}),
         }
 
     def with_max_seconds(self, seconds: float | None) -> ExperimentConfig:
@@ -396,6 +398,9 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
         methods=_frozen(methods), default_methods=default_methods, default_seeds=default_seeds,
         description=str(raw.get("description", "")), source=src,
     )
+    if "threads" in raw:
+        cfg = dataclasses.replace(cfg, threads=int(_num(src, "threads", raw["threads"],
+                                                            positive=True, integer=True)))
     if raw.get("max_seconds") is not None:
         cfg = cfg.with_max_seconds(_num(src, "max_seconds", raw["max_seconds"], positive=True))
     parse_seeds(default_seeds, cfg)

@@ -216,7 +216,7 @@ def _metric_vs_seconds_figure(root: Path, methods: list[str], metric: str) -> Pa
     ax.set_ylabel(f"validation {metric}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
-    ax.set_title(f"{root.name}: validation {metric} vs seconds")
+    ax.set_title(f"{root.parent.name}/{root.name}: validation {metric} vs seconds")
     fig.tight_layout()
     path = root / f"val_{metric}_vs_seconds.png"
     fig.savefig(path, dpi=110)
