@@ -227,6 +227,7 @@ class GNvpro:
         if self.config.threads is not None:
             return self.config.threads
         n_params = sum(p.numel() for p in self.split.feature_params().values())
+        n_params += self.split.head.weight.numel()  # the W-side products scale with c·p
         n = x.shape[0] if isinstance(x, Tensor) and x.ndim > 0 else 1  # x is checked later
         return auto_threads(n, n_params, self.split.head.weight.device)
 

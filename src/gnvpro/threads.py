@@ -18,7 +18,8 @@ SMALL_PROBLEM = 1e8  # rows × parameters below which one thread is used
 
 
 def auto_threads(n_rows: int, n_params: int, device: torch.device | str = "cpu") -> int | None:
-    """1 for a small CPU problem (n_rows·n_params < SMALL_PROBLEM), else None (torch's own)."""
+    """1 for a small CPU problem (n_rows·n_params < SMALL_PROBLEM), else None (torch's own).
+    n_params counts the head too: with many outputs (DCR: 882) the W-side products dominate."""
     if torch.device(device).type != "cpu":
         return None
     return 1 if n_rows * n_params < SMALL_PROBLEM else None
