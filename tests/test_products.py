@@ -116,3 +116,35 @@ def test_joint_gn_gram_path_equals_general_product(narrow, coupled):
     for seed in range(3):
         v = _vec(z.numel(), seed)
         assert torch.allclose(Hf(v), Hs(v), rtol=1e-11, atol=1e-14)
+
+
+class _NamedHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.body = mlp(3, [6], 4, dtype=torch.float64, generator=g)[:-1]
+        self.out = torch.nn.Linear(6, 7).double()
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.body(x)))
+
+
+def test_named_head_features_without_touching_the_model():
+    """A non-Sequential model runs to a pre-hook on its head: same features, no module swapped,
+    no hook left behind, and every J_Z mode gives the same Gauss-Newton product."""
+    model = _NamedHead()
+    x = torch.randn(12, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    y = torch.randn(12, 7, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    split = split_model(model, head="out", probe=x)
+    head_before = model.out
+    z = split.features(dict(split.feature_params()), x)
+    assert torch.allclose(z, torch.tanh(model.body(x)), rtol=0, atol=0)
+    assert model.out is head_before and not model.out._forward_pre_hooks
+    products = []
+    for mode in ("double-backward", "jvp", "linearize"):
+        obj = ReducedObjective(split, make_loss("least_squares"), x, y, 1e-3, 1e-4, jvp_mode=mode)
+        H = obj.gn_operator(obj.evaluate(_theta(obj)))
+        products.append(H(_vec(_theta(obj).numel(), 8)))
+    assert torch.allclose(products[1], products[0], rtol=1e-11)
+    assert torch.allclose(products[2], products[0], rtol=1e-11)
+    assert not model.out._forward_pre_hooks

@@ -7,13 +7,20 @@ verified on a probe batch: ``head(features(x))`` must equal ``model(x)``.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+
+
+class _HeadReached(Exception):  # noqa: N818 - control flow, not an error
+    """Stops a forward pass at the head, carrying the head's input."""
+
+    def __init__(self, z: Tensor) -> None:
+        super().__init__("head reached")
+        self.z = z
 
 
 @dataclass
@@ -45,22 +52,33 @@ class HeadSplit:
             if not k.startswith(prefix) and p.requires_grad
         }
 
-    @contextlib.contextmanager
-    def _headless(self) -> Iterator[None]:
-        parent, attr = _parent_of(self.model, self.head_name)
-        original = getattr(parent, attr) if attr else None
-        if parent is None:  # the model is the head itself
-            raise ValueError("the model is only an affine layer: there are no features to train")
-        setattr(parent, attr, nn.Identity())
-        try:
-            yield
-        finally:
-            setattr(parent, attr, original)
+    def __post_init__(self) -> None:
+        # an nn.Sequential ending in its head: the features are the other modules, in order
+        self._prefix: nn.Sequential | None = None
+        if isinstance(self.model, nn.Sequential) and self.head_name == str(len(self.model) - 1):
+            self._prefix = nn.Sequential(OrderedDict(list(self.model.named_children())[:-1]))
 
     def features(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """Z = F(x; θ), evaluated functionally with the given θ (torch.func friendly)."""
-        with self._headless():
-            return functional_call(self.model, params, (x,), strict=False)
+        """Z = F(x; θ), the input of the head, evaluated functionally with the given θ
+        (torch.func friendly). The model is never modified: an nn.Sequential runs without its
+        last module; any other model runs until a pre-hook on the head stops it."""
+        if self.head_name == "":
+            raise ValueError("the model is only an affine layer: there are no features to train")
+        if self._prefix is not None:
+            return functional_call(self._prefix, params, (x,), strict=False)
+
+        def stop(module: nn.Module, args: tuple) -> None:
+            raise _HeadReached(args[0])
+
+        handle = self.head.register_forward_pre_hook(stop)
+        try:
+            functional_call(self.model, params, (x,), strict=False)
+        except _HeadReached as reached:
+            return reached.z
+        finally:
+            handle.remove()
+        raise ValueError(f"the model's forward never called its head {self.head_name!r}: name "
+                         "the affine layer that produces the output with head='...'")
 
     def head_weights(self) -> Tensor:
         """W = [W̃, b] ∈ R^{c×p}, p = m+1 with bias (m without)."""
@@ -76,16 +94,6 @@ class HeadSplit:
         self.head.weight.copy_(W[:, :m].to(self.head.weight))
         if self.has_bias:
             self.head.bias.copy_(W[:, m].to(self.head.bias))
-
-
-def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module | None, str]:
-    if name == "":
-        return None, ""
-    *path, attr = name.split(".")
-    parent = model
-    for p in path:
-        parent = getattr(parent, p)
-    return parent, attr
 
 
 def split_model(
