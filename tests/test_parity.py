@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from stacked_residual import StackedResidual
 
 from gnvpro import GNvpro, GNvproConfig, ReducedObjective, make_loss, split_model
 from gnvpro.problems.cdr import (
@@ -14,7 +15,6 @@ from gnvpro.problems.cdr import (
     reference_split,
     to_reference_flat,
 )
-from gnvpro.varpro import StackedResidual
 
 if not (default_cdr_path().exists() and default_reference_path().exists()):
     pytest.skip("shared CDR data / reference fixture not found", allow_module_level=True)

@@ -36,6 +36,10 @@ class TrainSettings:
     subproblem: str = "lanczos"  # or "steihaug", "tn" (GNvpro only)
     tn_memory: int = 10
     extrapolate: bool = False
+    jacobian: str = "full"  # or "kaufman" (GNvpro: drops dW*/dθ, the ablation)
+    inner_rtol: float = 1e-10
+    inner_atol: float = 1e-10
+    min_radius: float = 1e-14
     jvp_mode: str = "auto"  # J_Z products (gnvpro.autodiff.JVP_MODES)
     # stochastic methods (ADAM, SGD)
     lr: float = 1e-3

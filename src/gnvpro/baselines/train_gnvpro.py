@@ -179,6 +179,8 @@ def make_gnvpro(model: nn.Module, settings: TrainSettings, **defaults: object) -
         max_krylov=settings.max_krylov, krylov_rtol=settings.krylov_rtol,
         subproblem=settings.subproblem, jvp_mode=settings.jvp_mode,
         tn_memory=settings.tn_memory, extrapolate=settings.extrapolate,
+        jacobian=settings.jacobian, inner_rtol=settings.inner_rtol,
+        inner_atol=settings.inner_atol, min_radius=settings.min_radius,
         **{k: extra[k] for k in ("radius_rule", "inner_max_iter") if k in extra},
     )
     return GNvpro(model, settings.loss, settings.alpha_w, settings.alpha_theta,

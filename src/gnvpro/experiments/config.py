@@ -75,7 +75,7 @@ _TOP_KEYS = {
 _METHOD_KEYS = {
     "max_work", "max_iter", "max_krylov", "krylov_rtol", "subproblem", "jvp_mode", "lr",
     "batch_size", "momentum", "nesterov", "keep_best_val", "lbfgs_memory", "extra",
-    "tn_memory", "extrapolate",
+    "tn_memory", "extrapolate", "jacobian", "inner_rtol", "inner_atol", "min_radius",
 }
 # per-method overrides of the experiment's settings ("one level with its own model settings"):
 # levels, model (a table of [model] keys), alpha_w, alpha_theta; epochs (stochastic methods:
@@ -279,6 +279,22 @@ def _num(src: str, key: str, v: Any, *, positive: bool = False, integer: bool = 
     return v
 
 
+_SOLVER_KEYS = ("max_krylov", "krylov_rtol", "subproblem", "jvp_mode", "tn_memory",
+                "extrapolate", "jacobian", "inner_rtol", "inner_atol", "min_radius")
+
+
+def _check_solver_settings(src: str, method: str, settings: Mapping[str, Any]) -> None:
+    """Refuse, at load time and naming the key, a solver setting GNvproConfig would refuse."""
+    from ..optim import GNvproConfig
+
+    for k in _SOLVER_KEYS:
+        if k in settings:
+            try:
+                GNvproConfig(**{k: settings[k]})
+            except (TypeError, ValueError) as e:
+                raise ExperimentError(f"{src}: methods.{method}.{k}: {e}") from None
+
+
 def load_config(name_or_path: str | Path) -> ExperimentConfig:
     """Load an experiment by name (``cdr``, ``dcr``, ``ellipse``) or from a TOML file path."""
     s = str(name_or_path)
@@ -379,6 +395,8 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
                                        or settings["jvp_mode"] not in JVP_MODES):
             raise ExperimentError(f"{src}: methods.{m}.jvp_mode must be one of "
                                   f"{', '.join(JVP_MODES)}, for {', '.join(GN_METHODS)} only")
+        if m in GN_METHODS:
+            _check_solver_settings(src, m, settings)
         if not any(k in settings for k in _BUDGET_KEYS):
             raise ExperimentError(f"{src}: [methods.{m}] needs max_work or max_iter (the budget)")
         for k in _BUDGET_KEYS:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from gnvpro.models.resnet import AntisymmetricResNet, paper_network
 from gnvpro.problems.base import Split
+from gnvpro.problems.paths import find_shared
 
 __all__ = [
     "cdr_split",
@@ -40,32 +41,18 @@ __all__ = [
 
 CDR_FILE = "CDR_Data.mat"
 REFERENCE_FILE = "cdr_parity.npz"
-_REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-def _find(subdir: str, name: str) -> Path:
-    cands: list[Path] = []
-    env = os.environ.get("GNVPRO_DATA")
-    if env:
-        cands += [Path(env) / name, Path(env) / subdir / name]
-    for root in (_REPO_ROOT, Path.cwd()):
-        cands += [root.parent / "shared" / subdir / name, root / "shared" / subdir / name]
-    for c in cands:
-        if c.is_file():
-            return c
-    return _REPO_ROOT.parent / "shared" / subdir / name
 
 
 def default_cdr_path() -> Path:
     """Where ``CDR_Data.mat`` is looked for: ``$GNVPRO_DATA``, then ``<repo>/../shared/data``
     (repo found from the package file, then from the cwd).  The path may not exist."""
-    return _find("data", CDR_FILE)
+    return find_shared("data", CDR_FILE)
 
 
 def default_reference_path() -> Path:
     """Where ``cdr_parity.npz`` is looked for: ``$GNVPRO_DATA``, then
     ``<repo>/../shared/reference`` (from the package file, then the cwd).  May not exist."""
-    return _find("reference", REFERENCE_FILE)
+    return find_shared("reference", REFERENCE_FILE)
 
 
 def load_cdr_mat(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -8,29 +8,34 @@ from pathlib import Path
 ENV_VAR = "GNVPRO_DATA"
 
 
-def shared_data_dir() -> Path | None:
-    """The shared data directory, or None if none is found.
+_REPO_ROOT = Path(__file__).resolve().parents[3]
 
-    Order: ``$GNVPRO_DATA`` if set; else ``<repo>/../shared/data`` (the repository root is found
-    relative to this file); else ``../shared/data`` relative to the current directory.
+
+def find_shared(subdir: str, name: str) -> Path:
+    """The one data-lookup rule: the first existing file among ``$GNVPRO_DATA/name``,
+    ``$GNVPRO_DATA/subdir/name``, then ``<repo>/../shared/subdir/name`` and
+    ``<repo>/shared/subdir/name`` (the repository found from this file, then from the current
+    directory); else the first ``../shared`` candidate, which may not exist (callers say so).
     """
+    cands: list[Path] = []
     env = os.environ.get(ENV_VAR)
     if env:
-        return Path(env).expanduser()
-    candidates = [
-        Path(__file__).resolve().parents[3].parent / "shared" / "data",
-        Path.cwd().parent / "shared" / "data",
-    ]
-    for cand in candidates:
-        if cand.is_dir():
-            return cand
-    return None
+        cands += [Path(env).expanduser() / name, Path(env).expanduser() / subdir / name]
+    for root in (_REPO_ROOT, Path.cwd()):
+        cands += [root.parent / "shared" / subdir / name, root / "shared" / subdir / name]
+    return next((c for c in cands if c.is_file()), _REPO_ROOT.parent / "shared" / subdir / name)
+
+
+def shared_data_dir() -> Path:
+    """The directory a data file is looked for in first: ``$GNVPRO_DATA`` if set, else
+    ``<repo>/../shared/data``."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else _REPO_ROOT.parent / "shared" / "data"
 
 
 def default_data_file(name: str) -> Path:
-    """``shared_data_dir() / name``, or a bare relative path if no data directory is found."""
-    base = shared_data_dir()
-    return (base / name) if base is not None else Path(name)
+    """Where the data file ``name`` is looked for (:func:`find_shared` in ``data``)."""
+    return find_shared("data", name)
 
 
 def require_file(path: str | os.PathLike[str], what: str, how_to_get: str) -> Path:
