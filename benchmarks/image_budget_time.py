@@ -28,7 +28,7 @@ import torch
 
 from gnvpro.baselines import TrainSettings, train
 from gnvpro.experiments.config import load_config
-from gnvpro.experiments.runner import build_data, build_model, load_problem_data, to_device
+from gnvpro.experiments.data import build_data, build_model, load_problem_data, to_device
 
 SUB_BATCH = ("gnvpro-stochastic", "gn-stochastic", "lbfgs-vpro-stochastic")
 

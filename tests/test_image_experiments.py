@@ -53,7 +53,7 @@ def test_configs_paper_settings():
 
 @pytest.mark.skipif(not HAVE_IP, reason="indian_pines.npz not found")
 def test_indian_pines_steps_follow_grid():
-    from gnvpro.experiments.runner import build_data, build_final_model, build_model
+    from gnvpro.experiments.data import build_data, build_final_model, build_model
     from gnvpro.models.resnet import AntisymmetricResNet
 
     cfg = load_config("indian-pines")

@@ -233,7 +233,7 @@ def _decision_boundary_figure(root: Path, methods: list[str]) -> Path | None:
     import torch
 
     from .config import config_from_dict
-    from .runner import build_data, build_model
+    from .data import build_data, build_model
 
     runs = []
     for m in methods:
@@ -290,7 +290,7 @@ def _problem_of(root: Path, methods: list[str]) -> str | None:
 def _load_run(d: Path, method: str):
     """(cfg, info, data split, final model with model.pt loaded) of one run directory."""
     from .config import config_from_dict
-    from .runner import build_data, build_final_model, load_problem_data
+    from .data import build_data, build_final_model, load_problem_data
 
     info = _read_json(d / "config.json", "run config")
     cfg = config_from_dict(info["experiment"], str(d / "config.json"))
@@ -325,7 +325,7 @@ def _indian_pines_figures(root: Path, summary: dict) -> tuple[list[Path], str] |
     import torch
 
     from ..problems.indian_pines import all_labelled_pixels
-    from .runner import predict
+    from .data import predict
 
     best = _best_run(root, summary)
     if best is None:
@@ -401,7 +401,7 @@ def _dcr_pattern_figure(root: Path, methods: list[str]) -> tuple[Path, str] | No
     import matplotlib.pyplot as plt
     import torch
 
-    from .runner import predict
+    from .data import predict
 
     method = "gnvpro" if "gnvpro" in methods else (methods[0] if methods else None)
     if method is None:
