@@ -290,12 +290,13 @@ def _problem_of(root: Path, methods: list[str]) -> str | None:
 def _load_run(d: Path, method: str):
     """(cfg, info, data split, final model with model.pt loaded) of one run directory."""
     from .config import config_from_dict
-    from .data import build_data, build_final_model, load_problem_data
+    from .data import _data_errors, build_data, build_final_model, load_problem_data
 
     info = _read_json(d / "config.json", "run config")
     cfg = config_from_dict(info["experiment"], str(d / "config.json"))
-    raw = load_problem_data(cfg, info.get("data_path"), progress=False)
-    data = build_data(cfg, raw, info["seed"])
+    with _data_errors(f"{d}: the run's data cannot be rebuilt for its figures"):
+        raw = load_problem_data(cfg, info.get("data_path"), progress=False)
+        data = build_data(cfg, raw, info["seed"])
     model = build_final_model(cfg, data, info["seed"], method)
     _load_model_file(model, d / "model.pt")
     model.eval()
@@ -325,14 +326,15 @@ def _indian_pines_figures(root: Path, summary: dict) -> tuple[list[Path], str] |
     import torch
 
     from ..problems.indian_pines import all_labelled_pixels
-    from .data import predict
+    from .data import _data_errors, predict
 
     best = _best_run(root, summary)
     if best is None:
         return None
     method, d = best
     cfg, info, data, model = _load_run(d, method)
-    x, y, pix = all_labelled_pixels(info.get("data_path"))
+    with _data_errors(f"{d}: the Indian Pines pixels cannot be read for the segmentation"):
+        x, y, pix = all_labelled_pixels(info.get("data_path"))
     dtype = next(model.parameters()).dtype
     with torch.no_grad():
         pred = predict(model, x.to(dtype)).argmax(dim=1).numpy()
