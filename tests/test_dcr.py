@@ -1,4 +1,4 @@
-"""Tests of the DCR finite-volume simulator and data set (src/gnvpro/problems/dcr.py)."""
+"""Tests of the DCR finite-volume simulator and data set (src/gnvpro/problems/dcr/)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_operator_is_minus_div_m_grad() -> None:
     A = assemble_operator(m, mesh).toarray()
     np.testing.assert_allclose(A, -(D @ np.diag(mf) @ G), rtol=1e-13, atol=1e-13 * np.abs(A).max())
     # G = -diag(1 / (a_f d_f)) D^T: the gradient is the negative adjoint of the divergence
-    faces = dcr._faces(mesh)
+    faces = dcr.finite_volume._faces(mesh)
     np.testing.assert_allclose(
         G.toarray(), -np.diag(1 / (faces.length * faces.dist)) @ D.toarray().T, rtol=1e-14
     )
@@ -282,7 +282,7 @@ def test_deterministic_and_seed_dependent() -> None:
 
 
 def test_workers_do_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dcr, "_CHUNK", 2)  # several chunks, so the process pool is used
+    monkeypatch.setattr(dcr.simulation, "_CHUNK", 2)  # several chunks, so the process pool is used
     y = dcr.sample_prior(5, seed=7)
     assert np.array_equal(simulate(y, workers=2), simulate(y, workers=1))
 
@@ -361,7 +361,7 @@ def test_cached_dcr(tmp_path, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise AssertionError("cache miss: should have loaded the file")
 
-    monkeypatch.setattr(dcr, "generate_dcr", boom)
+    monkeypatch.setattr(dcr.dataset, "generate_dcr", boom)
     hit = cached_dcr(tmp_path, 3, seed=5, progress=False)
     assert hit["hash"] == first["hash"] and np.array_equal(hit["D"], first["D"])
     monkeypatch.undo()
