@@ -198,3 +198,13 @@ def test_shape_mismatch_raises() -> None:
         CrossEntropyLoss().value(torch.zeros(3, 2), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="one output column"):
         LogisticLoss().grad(torch.zeros(3, 2), torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("name", ["least_squares", "cross_entropy", "logistic"])
+def test_hessian_factors_reproduce_hess_apply(name):
+    """H_S,i = (diag(d_i) − u_i u_iᵀ)/n: the factors the inner Newton solver builds H_W from."""
+    loss, S, C, U = _data(name)
+    D, V = loss.hessian_factors(S)
+    n = S.shape[0]
+    HU = D * U if V is None else D * U - V * (V * U).sum(1, keepdim=True)
+    assert torch.allclose(HU / n, loss.hess_apply(S, C, U), rtol=1e-13, atol=1e-15)

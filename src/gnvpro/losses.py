@@ -101,6 +101,12 @@ class Loss(ABC):
         """(L(S, C), G) together (a loss may share the work between them)."""
         return self.value(S, C), self.grad(S, C)
 
+    def hessian_factors(self, S: Tensor) -> tuple[Tensor, Tensor | None] | None:
+        """(D, U) with the per-sample Hessian of L in s_i equal to (diag(d_i) − u_i u_iᵀ)/n
+        (U None: diagonal), or None when the loss does not say: the inner Newton solver then
+        forms H_W column by column and runs CG without a preconditioner."""
+        return None
+
     def scalar_hessian(self, n: int) -> float | None:
         """h when H_S[U] = h·U for every S (the GN product then needs no n×c temporary)."""
         return None
@@ -153,6 +159,9 @@ class LeastSquaresLoss(Loss):
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
         n = _check_pair(S, C)
         return U / n
+
+    def hessian_factors(self, S: Tensor) -> tuple[Tensor, Tensor | None]:
+        return torch.ones_like(S), None
 
     def value_and_grad(self, S: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
         """One n×c temporary D = S − C: L = ⟨D, D⟩/(2n), then G = D/n in place."""
@@ -276,6 +285,11 @@ class CrossEntropyLoss(Loss):
         PU = P * U
         return (PU - P * PU.sum(dim=1, keepdim=True)) / n
 
+    def hessian_factors(self, S: Tensor) -> tuple[Tensor, Tensor | None]:
+        """diag(p_i) − p_i p_iᵀ, p_i = softmax(s_i)."""
+        P = torch.softmax(S, dim=1)
+        return P, P
+
     def predict_labels(self, S: Tensor) -> Tensor:
         """argmax_k s_ik, int64 (n,)."""
         return S.argmax(dim=1)
@@ -351,6 +365,10 @@ class LogisticLoss(Loss):
         n = _check_pair(S, C)
         self._check_c(S)
         return torch.sigmoid(S) * torch.sigmoid(-S) * U / n
+
+    def hessian_factors(self, S: Tensor) -> tuple[Tensor, Tensor | None]:
+        """σ(s_i)(1 − σ(s_i))."""
+        return torch.sigmoid(S) * torch.sigmoid(-S), None
 
     def predict_labels(self, S: Tensor) -> Tensor:
         """1 where s_i > 0 else 0, int64 (n,)."""

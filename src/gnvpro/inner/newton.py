@@ -20,7 +20,7 @@ from torch import Tensor
 
 from gnvpro.inner.base import InnerSolution
 from gnvpro.linalg.cg import pcg
-from gnvpro.losses import CrossEntropyLoss, LeastSquaresLoss, LogisticLoss, Loss
+from gnvpro.losses import Loss
 
 __all__ = ["solve_newton", "hessian_apply", "dense_hessian"]
 
@@ -45,33 +45,31 @@ def hessian_apply(
 def dense_hessian(loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float) -> Tensor:
     """The (c·p) × (c·p) matrix of H_W at S = Ẑ Wᵀ, rows/columns ordered as W.reshape(-1).
 
-    least squares: I_c ⊗ ẐᵀẐ/n + α_W I; logistic: Ẑᵀ diag(σ(1−σ)) Ẑ/n + α_W I;
-    cross-entropy: blockdiag_k(Ẑᵀ diag(p_k) Ẑ)/n − MᵀM/n + α_W I, M = [Ẑ∘p_1, …, Ẑ∘p_c]
-    (M formed in row chunks); any other loss: H_W applied to the unit vectors.
+    From the loss's Hessian factors (Loss.hessian_factors: H_S,i = (diag(d_i) − u_i u_iᵀ)/n):
+    blockdiag_k(Ẑᵀ diag(d_k) Ẑ)/n − MᵀM/n + α_W I, M = [Ẑ∘u_1, …, Ẑ∘u_c] (formed in row
+    chunks; absent for a diagonal H_S) — least squares d = 1, logistic d = σ(1−σ),
+    cross-entropy d = u = softmax; a loss without factors: H_W applied to the unit vectors.
     """
     n, p = Zh.shape
     c = S.shape[1]
     N = c * p
     dt, dev = Zh.dtype, Zh.device
-    if isinstance(loss, LeastSquaresLoss):
-        H = torch.kron(torch.eye(c, dtype=dt, device=dev), Zh.T @ Zh / n)
-    elif isinstance(loss, LogisticLoss):
-        w = torch.sigmoid(S[:, 0]) * torch.sigmoid(-S[:, 0])
-        H = (Zh * w[:, None]).T @ Zh / n
-    elif isinstance(loss, CrossEntropyLoss):
-        P = torch.softmax(S, dim=1)
-        H = torch.zeros(N, N, dtype=dt, device=dev)
-        for k in range(c):
-            H[k * p : (k + 1) * p, k * p : (k + 1) * p] = (Zh * P[:, k : k + 1]).T @ Zh
-        rows = max(1, _ROW_CHUNK_ELEMS // max(N, 1))
-        for i0 in range(0, n, rows):
-            Zc, Pc = Zh[i0 : i0 + rows], P[i0 : i0 + rows]
-            M = (Pc[:, :, None] * Zc[:, None, :]).reshape(Zc.shape[0], N)  # column k·p + j
-            H -= M.T @ M
-        H /= n
-    else:
+    factors = loss.hessian_factors(S)
+    if factors is None:
         eye = torch.eye(N, dtype=dt, device=dev)
         H = torch.stack([hessian_apply(loss, S, C, Zh, eye[i], 0.0) for i in range(N)], dim=1)
+    else:
+        D, U = factors
+        H = torch.zeros(N, N, dtype=dt, device=dev)
+        for k in range(c):
+            H[k * p : (k + 1) * p, k * p : (k + 1) * p] = (Zh * D[:, k : k + 1]).T @ Zh
+        if U is not None:
+            rows = max(1, _ROW_CHUNK_ELEMS // max(N, 1))
+            for i0 in range(0, n, rows):
+                Zc, Uc = Zh[i0 : i0 + rows], U[i0 : i0 + rows]
+                M = (Uc[:, :, None] * Zc[:, None, :]).reshape(Zc.shape[0], N)  # column k·p + j
+                H -= M.T @ M
+        H /= n
     H = 0.5 * (H + H.T)
     H.diagonal().add_(alpha_w)
     return H
@@ -80,23 +78,20 @@ def dense_hessian(loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float) 
 def _preconditioner(
     loss: Loss, S: Tensor, Zh: Tensor, alpha_w: float
 ) -> Callable[[Tensor], Tensor] | None:
-    """Block-Jacobi preconditioner R ↦ [B_k⁻¹ r_k]_k for CG on H_W (built-in losses only).
+    """Block-Jacobi preconditioner R ↦ [B_k⁻¹ r_k]_k for CG on H_W.
 
     B_k = Ẑᵀ diag(a_k) Ẑ / n + α_W I is the k-th diagonal (p × p) block of H_W, with
-    a_k = 1 (least squares), σ(1−σ) (logistic), p_k(1−p_k) (cross-entropy); it captures the
-    ill-conditioning of the features. Falls back to the diagonal of H_W when the c blocks would
-    exceed 2^25 entries (or a block is not numerically SPD); None for other losses.
+    a = d − u∘u from the loss's Hessian factors (1 for least squares, σ(1−σ) logistic,
+    p_k(1−p_k) cross-entropy); it captures the ill-conditioning of the features. Falls back to
+    the diagonal of H_W when the c blocks would exceed 2^25 entries (or a block is not
+    numerically SPD); None for a loss without Hessian factors.
     """
     n, p = Zh.shape
-    if isinstance(loss, LeastSquaresLoss):
-        a = torch.ones_like(S)
-    elif isinstance(loss, LogisticLoss):
-        a = torch.sigmoid(S) * torch.sigmoid(-S)
-    elif isinstance(loss, CrossEntropyLoss):
-        P = torch.softmax(S, dim=1)
-        a = P * (1 - P)
-    else:
+    factors = loss.hessian_factors(S)
+    if factors is None:
         return None
+    D, U = factors
+    a = D if U is None else D - U * U
     c = a.shape[1]
     if c * p * p <= _BLOCK_PRECOND_ELEMS:
         blocks = torch.stack([(Zh * a[:, k : k + 1]).T @ Zh for k in range(c)]) / n
