@@ -6,10 +6,33 @@ Classification: loss, accuracy, and per-class counts (support, correct).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
-from .losses import Loss
+from .losses import LeastSquaresLoss, Loss
+
+# id(y) → (weakref to y, key, C, ‖c_j‖) for the few target tensors metrics are taken on at
+# every iteration (training, validation, test sets)
+_TARGETS: dict[int, tuple] = {}
+_CACHED = 8
+
+
+def _targets(loss: Loss, y: Tensor, n_outputs: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(C, row norms ‖c_j‖) of y, prepared once per (unchanged) y tensor, loss and dtype."""
+    key = (y._version, loss.name, n_outputs, like.dtype, like.device)
+    hit = _TARGETS.get(id(y))
+    if hit is not None and hit[0]() is y and hit[1] == key:
+        return hit[2], hit[3]
+    C = loss.prepare_targets(y, n_outputs).to(like)
+    norms = C.norm(dim=1)
+    for k in [k for k, v in _TARGETS.items() if v[0]() is None]:  # targets already freed
+        del _TARGETS[k]
+    if len(_TARGETS) >= _CACHED:
+        _TARGETS.pop(next(iter(_TARGETS)))
+    _TARGETS[id(y)] = (weakref.ref(y), key, C, norms)
+    return C, norms
 
 
 def relative_errors(S: Tensor, C: Tensor) -> Tensor:
@@ -22,18 +45,19 @@ def relative_errors(S: Tensor, C: Tensor) -> Tensor:
 def prediction_metrics(loss: Loss, S: Tensor, y: Tensor, n_outputs: int) -> dict:
     """Loss and task metrics of predictions S (n, c) against user targets y."""
     S = S.to(torch.float64)
-    C = loss.prepare_targets(y, n_outputs).to(S)
-    out: dict = {"loss": float(loss.value(S, C))}
-    if loss.classification:
-        pred = loss.predict_labels(S)
-        true = loss.predict_labels(C) if C.shape[1] > 1 else C[:, 0].round().long()
-        correct = pred == true
-        out["accuracy"] = float(correct.double().mean())
-        k = max(n_outputs, 2)
-        out["support"] = torch.bincount(true, minlength=k).tolist()
-        out["correct"] = torch.bincount(true[correct], minlength=k).tolist()
-    else:
-        e = relative_errors(S, C)
-        out.update(rel_err=float(e.mean()), rel_err_std=float(e.std()) if len(e) > 1 else 0.0,
-                   rel_err_min=float(e.min()), rel_err_max=float(e.max()))
-    return out
+    C, c_norms = _targets(loss, y, n_outputs, S)
+    if not loss.classification:  # one n×c pass: residual row norms r_j, e_j = r_j / ‖c_j‖
+        r = (S - C).norm(dim=1)
+        L = 0.5 * r.square().sum() / len(S) if isinstance(loss, LeastSquaresLoss) else \
+            loss.value(S, C)
+        e = r / c_norms.clamp_min(torch.finfo(S.dtype).tiny)
+        return {"loss": float(L), "rel_err": float(e.mean()),
+                "rel_err_std": float(e.std()) if len(e) > 1 else 0.0,
+                "rel_err_min": float(e.min()), "rel_err_max": float(e.max())}
+    pred = loss.predict_labels(S)
+    true = loss.predict_labels(C) if C.shape[1] > 1 else C[:, 0].round().long()
+    correct = pred == true
+    k = max(n_outputs, 2)
+    return {"loss": float(loss.value(S, C)), "accuracy": float(correct.double().mean()),
+            "support": torch.bincount(true, minlength=k).tolist(),
+            "correct": torch.bincount(true[correct], minlength=k).tolist()}
