@@ -272,6 +272,43 @@ def _inner_status(state: SolverState, trial: Any) -> str:
     return "ok"
 
 
+@dataclass
+class LineStep:
+    """A strong Wolfe line search along d: its result, the accepted point and gradient (None
+    when it failed), and what it cost (work units: 1 per value, 1 per gradient; inner seconds)."""
+
+    search: Any
+    point: Any
+    gradient: Tensor | None
+    work: float
+    inner_seconds: float
+
+
+def wolfe_line_step(problem: Problem, pt: Any, d: Tensor, dg: float, alpha1: float = 1.0,
+                    max_evals: int = 25, c1: float = 1e-4, c2: float = 0.9) -> LineStep:
+    """φ(α) = Φ(θ + α d) from pt (φ'(0) = dg < 0); gradients only where Armijo holds."""
+    trials: dict[float, list] = {}
+    cost = {"work": 0.0, "inner": 0.0}
+
+    def phi(a: float) -> float:
+        trial = problem.evaluate(pt.theta + a * d, pt)
+        inner = getattr(trial, "inner", None)
+        cost["work"] += 1
+        cost["inner"] += inner.seconds if inner else 0.0
+        trials[a] = [trial, None]
+        return trial.value
+
+    def dphi(a: float) -> float:
+        entry = trials[a]
+        entry[1] = problem.gradient(entry[0])
+        cost["work"] += 1
+        return float(entry[1] @ d)
+
+    ls = strong_wolfe(phi, dphi, pt.value, dg, alpha1, c1, c2, max_evals)
+    point, grad = trials[ls.alpha] if ls.alpha is not None else (None, None)
+    return LineStep(ls, point, grad, cost["work"], cost["inner"])
+
+
 def truncated_newton_step(
     problem: Problem, state: SolverState, cfg: SolverConfig
 ) -> tuple[SolverState, StepInfo]:
@@ -294,31 +331,14 @@ def truncated_newton_step(
         dg = float(g @ d)
         if not dg < 0:
             pairs, d, dg = (), -g, -gnorm**2
-    trials: dict[float, list] = {}
-    inner_seconds = state.inner_seconds
-
-    def phi(a: float) -> float:
-        nonlocal work, inner_seconds
-        trial = problem.evaluate(pt.theta + a * d, pt)
-        work += 1
-        inner = getattr(trial, "inner", None)
-        inner_seconds += inner.seconds if inner else 0.0
-        trials[a] = [trial, None]
-        return trial.value
-
-    def dphi(a: float) -> float:
-        nonlocal work
-        entry = trials[a]
-        entry[1] = problem.gradient(entry[0])
-        work += 1
-        return float(entry[1] @ d)
-
-    ls = strong_wolfe(phi, dphi, pt.value, dg, 1.0, 1e-4, 0.9, cfg.max_line_search)
-    if ls.alpha is None:  # no decrease: drop the curvature pairs; stop if there were none
+    step = wolfe_line_step(problem, pt, d, dg, 1.0, cfg.max_line_search)
+    ls, trial, work = step.search, step.point, work + step.work
+    inner_seconds = state.inner_seconds + step.inner_seconds
+    if trial is None:  # no decrease: drop the curvature pairs; stop if there were none
         new = replace(state, work=work, pairs=(), stalled=not state.pairs)
-        trial, alpha, step_norm, outcome = None, 0.0, 0.0, "rejected (line search failed)"
+        alpha, step_norm, outcome = 0.0, 0.0, "rejected (line search failed)"
     else:
-        trial, g_new = trials[ls.alpha]
+        g_new = step.gradient
         s = trial.theta - pt.theta
         pairs = newest(pairs, curvature_pair(s, g_new - g), cfg.tn_memory)
         new = replace(state, pt=trial, g=g_new, work=work, pairs=pairs, stalled=False)

@@ -31,6 +31,7 @@ from ..linalg.lbfgs import curvature_pair, two_loop
 from ..linalg.line_search import LineSearchResult, strong_wolfe
 from ..losses import Loss
 from ..problems.base import Split
+from ..solver import wolfe_line_step
 from ..varpro import InnerOptions, Point, ReducedObjective, WarmStart
 from .base import TrainSettings
 from .train_gnvpro import (
@@ -127,27 +128,13 @@ class LBFGSVarPro:
             self.pairs.clear()
             d, dg = -g, -float(g @ g)
         alpha1 = 1.0 if self.pairs else min(1.0, 1.0 / float(g.abs().sum()))
-        trials: dict[float, list] = {}
-
-        def phi(a: float) -> float:
-            trial = obj.evaluate(pt.theta + a * d, pt)
-            self.work += 1
-            self.inner_seconds += trial.inner.seconds
-            trials[a] = [trial, None]
-            return trial.value
-
-        def dphi(a: float) -> float:
-            entry = trials[a]
-            entry[1] = obj.gradient(entry[0])
-            self.work += 1
-            return float(entry[1] @ d)
-
-        ls = strong_wolfe(phi, dphi, pt.value, dg, alpha1, self.c1, self.c2,
-                          self.max_line_search)
-        if ls.alpha is None:
+        step = wolfe_line_step(obj, pt, d, dg, alpha1, self.max_line_search, self.c1, self.c2)
+        self.work += step.work
+        self.inner_seconds += step.inner_seconds
+        ls, new, g_new = step.search, step.point, step.gradient
+        if new is None:
             self.stop_reason = f"line search failed ({ls.message})"
             return None
-        new, g_new = trials[ls.alpha]
         s, y = new.theta - pt.theta, g_new - g
         pair = curvature_pair(s, y)
         if pair is not None:
