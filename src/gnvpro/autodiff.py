@@ -51,7 +51,8 @@ class Linearisation:
         with torch.enable_grad():
             self.z = fmap._f(dict(zip(named, self.leaves, strict=True)))
         self._u: Tensor | None = None
-        self._grad_u: list[Tensor] | None = None
+        self._grad_u: list[Tensor] | None = None  # the entries of J_Zᵀu that depend on u
+        self._keep: list[int] = []  # their positions among the parameters
         self._other: Callable[[Tensor], Tensor] | None = None
 
     def _flat(self, grads: tuple[Tensor | None, ...]) -> Tensor:
