@@ -207,3 +207,18 @@ def test_cli_data_dcr_and_run_from_toml(tmp_path, capsys):
     assert len(cfg["levels"]) == 2 and cfg["levels"][0]["max_work"] == pytest.approx(8.0)
     sd = torch.load(out / "gnvpro/seed-0/model.pt", weights_only=True)
     assert sd["0.theta"].shape == (3, 16, 16)  # width 16, 2 → 3 nodes
+
+
+def test_max_seconds_replaces_the_work_budget():
+    """--max-seconds T: every level gets T / levels seconds and no work or iteration budget."""
+    from gnvpro.experiments.config import ExperimentError, load_config
+
+    cfg = load_config("cdr").with_max_seconds(3.0)
+    kw = cfg.method_settings("gnvpro", 2)
+    assert kw["max_seconds"] == pytest.approx(1.0) and kw["max_work"] >= 1e12
+    assert kw["max_iter"] is None
+    fm = load_config("fashion-mnist").with_max_seconds(10.0)
+    assert fm.method_settings("gnvpro-tn-stochastic", 1)["extra"]["epochs"] >= 10**6
+    assert "max_seconds" not in load_config("cdr").method_settings("gnvpro", 1)
+    with pytest.raises(ExperimentError, match="max-seconds"):
+        load_config("cdr").with_max_seconds(-1.0)

@@ -132,3 +132,10 @@ def test_bad_batch_loses_nothing(tiny_regression):
         assert torch.equal(v, before[k])
     rec = opt.step(x, y)  # continues where it was
     assert rec.iteration == 4
+
+
+def test_max_seconds_budget(tiny_regression):
+    """A time budget ends the run after the step that spends it (here: the first one)."""
+    model, x, y = tiny_regression
+    hist = GNvpro(model).run(x, y, max_seconds=1e-9, max_iter=50)
+    assert len(hist.records) == 1 and hist.termination.name == "MAX_SECONDS"

@@ -1,9 +1,10 @@
 """The ``gnvpro`` command line.
 
-    gnvpro demo [--out DIR]
+    gnvpro demo [--out DIR] [--threads N]
     gnvpro run EXPERIMENT [--methods gnvpro,gn,lbfgs-vpro,adam] [--seeds 0-5 | 0,2,4 | ref]
                [--out DIR] [--data PATH] [--device cpu|cuda] [--budget-scale F] [--levels N]
-               [--subset N] [--epochs E] [--no-progress] [--resume]
+               [--subset N] [--epochs E] [--max-seconds S] [--threads N] [--jvp-mode MODE]
+               [--no-progress] [--resume]
     gnvpro report DIR
     gnvpro data dcr --n N --seed S --out PATH
 
@@ -96,7 +97,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise _Usage(f"the demo is not available in this installation ({e})") from None
     _set_threads(args.threads)
-    run_demo(Path(args.out), progress=True)
+    run_demo(Path(args.out), progress=True, threads=None)  # threads: set just above
     return 0
 
 

@@ -35,12 +35,6 @@ def _targets(loss: Loss, y: Tensor, n_outputs: int, like: Tensor) -> tuple[Tenso
     return C, norms
 
 
-def relative_errors(S: Tensor, C: Tensor) -> Tensor:
-    """e_j = ‖s_j − c_j‖ / ‖c_j‖ per sample (row)."""
-    C = C.to(S)
-    return (S - C).norm(dim=1) / C.norm(dim=1).clamp_min(torch.finfo(S.dtype).tiny)
-
-
 @torch.no_grad()
 def prediction_metrics(loss: Loss, S: Tensor, y: Tensor, n_outputs: int) -> dict:
     """Loss and task metrics of predictions S (n, c) against user targets y."""

@@ -164,14 +164,13 @@ class GNvpro:
         check_model(self.split)  # cheap; the model may have changed since the last call
         if self._is_batch(x, y):
             return
-        check_batch(self.split, x, y)
-        check_head_is_last(self.split, x[: min(len(x), 16)])
         c = self.config
-        objective = ReducedObjective(
+        objective = ReducedObjective(  # checks the batch (varpro.batch_targets)
             self.split, self.loss, x, y, self.alpha_w, self.alpha_theta, B=self.regularizer,
             jacobian=c.jacobian, gn_alpha_w=c.gn_alpha_w, jvp_mode=c.jvp_mode,
             inner=InnerOptions(c.inner_rtol, c.inner_atol, c.inner_max_iter),
         )
+        check_head_is_last(self.split, x[: min(len(x), 16)])
         old = self.state
         prev = old.pt if old is not None and old.pt.W.shape[0] == self.split.n_outputs else None
         if prev is None:  # warm-start the first inner solve from the model's head
@@ -235,7 +234,6 @@ class GNvpro:
         """Metrics of the current model on (x, y) (loss, relative error or accuracy)."""
         check_batch(self.split, x, y)
         check_model(self.split)
-        self.loss.prepare_targets(y, self.split.n_outputs)
         with torch.no_grad():
             S = self.model(x)
         return prediction_metrics(self.loss, S, y, self.split.n_outputs)
@@ -247,19 +245,24 @@ class GNvpro:
         max_work: float | None = None,
         max_iter: int | None = None,
         val: tuple[Tensor, Tensor] | None = None,
+        max_seconds: float | None = None,
         callback: Callable[[StepInfo], bool | None] | None = None,
         progress: bool = False,
     ) -> History:
-        """Iterate until a gradient tolerance, max_iter or max_work (cumulative work units) is
-        reached. callback(record) may return True to stop. Validation metrics go in
+        """Iterate until a gradient tolerance, max_iter, max_work (work units) or max_seconds
+        (the optimiser's own seconds, validation excluded) of this call is reached.
+        callback(record) may return True to stop. Validation metrics go in
         record.metrics["val"]."""
         if max_work is not None:
             max_work = check_real("max_work", max_work, low=0.0, finite=False)
         if max_iter is not None:
             max_iter = check_real("max_iter", max_iter, integer=True, low=0)
-        if (max_work is None or max_work == float("inf")) and max_iter is None:
-            raise ValueError("run() needs a budget: give max_work or max_iter (work units or "
-                             "iterations; the gradient tolerance alone rarely stops a run)")
+        if max_seconds is not None:
+            max_seconds = check_real("max_seconds", max_seconds, low=0.0)
+        if (max_work is None or max_work == float("inf")) and max_iter is None \
+                and max_seconds is None:
+            raise ValueError("run() needs a budget: give max_work or max_iter (or max_seconds; "
+                             "the gradient tolerance alone rarely stops a run)")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable or None, got {describe(callback)}")
         if val is not None:
@@ -267,7 +270,7 @@ class GNvpro:
         self.set_batch(x, y)
         assert self.state is not None
         records: list[StepInfo] = []
-        start_iter, start_work = self.state.iteration, self.state.work
+        start_iter, start_work, start_s = self.state.iteration, self.state.work, self.state.seconds
         bar = _progress(progress, max_work, max_iter)
         try:
             while True:
@@ -275,6 +278,7 @@ class GNvpro:
                     self.state, self.solver_config,
                     None if max_iter is None else start_iter + max_iter,
                     None if max_work is None else start_work + max_work,
+                    None if max_seconds is None else start_s + max_seconds,
                 )
                 if term is not Termination.RUNNING:
                     break

@@ -154,7 +154,8 @@ def initial_state(problem: Problem, theta: Tensor, prev: Any = None) -> SolverSt
 
 
 def check_termination(
-    state: SolverState, cfg: SolverConfig, max_iter: int | None, max_work: float | None
+    state: SolverState, cfg: SolverConfig, max_iter: int | None, max_work: float | None,
+    max_seconds: float | None = None,
 ) -> Termination:
     gn = state.grad_norm
     if gn <= cfg.grad_atol:
@@ -165,6 +166,8 @@ def check_termination(
         return Termination.MAX_ITER
     if max_work is not None and state.work >= max_work:
         return Termination.MAX_WORK
+    if max_seconds is not None and state.seconds >= max_seconds:
+        return Termination.MAX_SECONDS
     if state.radius is not None and state.radius < cfg.min_radius:
         return Termination.RADIUS
     if state.stalled:

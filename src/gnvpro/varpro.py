@@ -29,6 +29,7 @@ from .head import HeadSplit
 from .inner import InnerSolution, solve_inner
 from .losses import Loss
 from .regularizer import LinearMap, Regularizer
+from .validate import check_batch
 
 
 @dataclass
@@ -60,31 +61,17 @@ class InnerOptions:
     max_iter: int = 100
 
 
-def check_finite(name: str, t: Tensor) -> None:
-    """ValueError naming `name` and the first bad entry when t holds NaN or Inf."""
-    fin = torch.isfinite(t)
-    if not bool(fin.all()):
-        bad = int((~fin).sum())
-        first = tuple(int(i) for i in torch.nonzero(~fin)[0])
-        raise ValueError(f"{name} contains {bad} NaN/Inf entries (the first at index {first}): "
-                         "remove or impute those samples first")
+def gram_path_pays(h: float | None, Zh: Tensor, W: Tensor) -> bool:
+    """Whether a least-squares (H_S = h·I) product should use the W-side Gram identities:
+    O(n p² + n c p) flops against 9 n c p, so when the features are not much wider than the
+    outputs (p ≤ 2c)."""
+    return h is not None and Zh.shape[1] <= 2 * W.shape[0]
 
 
 def batch_targets(split: HeadSplit, loss: Loss, x: Tensor, y: Tensor) -> Tensor:
-    """Check a batch (x, y) against the model and the loss; return the float64 targets C."""
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if x.ndim == 0 or y.ndim == 0:
-        raise ValueError(f"x and y need the samples in dim 0, got shapes {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"x has {x.shape[0]} samples but y has {y.shape[0]}: they must match in dim 0"
-        )
-    if x.shape[0] == 0:
-        raise ValueError("the batch is empty (x has 0 samples): at least one sample is needed")
-    check_finite("x", x)
+    """Check a batch (x, y) against the model (validate.check_batch) and the loss; return the
+    float64 targets C."""
+    check_batch(split, x, y)
     try:
         C = loss.prepare_targets(y, split.n_outputs).to(torch.float64)
     except ValueError as e:
@@ -239,7 +226,7 @@ class VarProJacobian:
 
     def gauss_newton(self, v: Tensor) -> Tensor:
         """H_GN v = J_Sᵀ H_S[J_S v] + α_W J_Wᵀ J_W v + α_θ BᵀB v (one JVP + one VJP)."""
-        if self._h is not None and self.pt.Zh.shape[1] <= 2 * self.pt.W.shape[0]:
+        if gram_path_pays(self._h, self.pt.Zh, self.pt.W):
             return self._gauss_newton_scalar_hessian(v, self._h)
         dS, dW = self.forward(v)
         R = self.obj.alpha_w * dW if (self.obj.gn_alpha_w and not self.obj.kaufman) else None
@@ -253,8 +240,8 @@ class VarProJacobian:
             Y = H_W⁻¹(h (W Pᵀ + dW ẐᵀẐ) + α_W dW) = dW + Q = −M   (α_W J_Wᵀ J_W included),
             E = h dẐ K + h Ẑ (dW − Y)ᵀ W − G Y = h dẐ K − h Ẑ Qᵀ W + G M,
             H_GN v = J_Zᵀ E[:, :m] + α_θ BᵀB v:
-        forward/adjoint's product in O(n p² + n c p) flops instead of 9 n c p, chosen when
-        p ≤ 2c. Without α_W J_Wᵀ J_W (gn_alpha_w=False) Y gains −α_W H_W⁻¹ dW = α_W H_W⁻¹(Q + M).
+        forward/adjoint's product without n×c arrays (chosen by `gram_path_pays`). Without
+        α_W J_Wᵀ J_W (gn_alpha_w=False) Y gains −α_W H_W⁻¹ dW = α_W H_W⁻¹(Q + M).
         """
         pt, obj = self.pt, self.obj
         if self._hK is None:

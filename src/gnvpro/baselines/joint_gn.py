@@ -219,7 +219,7 @@ def train_joint_gn(
     max_work = START_WORK + settings.max_work
     with progress_bar(settings.progress, settings.max_work) as bar:
         while True:
-            term = check_termination(state, cfg, max_iter, max_work)
+            term = check_termination(state, cfg, max_iter, max_work, settings.max_seconds)
             if term is not Termination.RUNNING:
                 break
             state, info = trust_region_step(problem, state, cfg)
@@ -230,9 +230,6 @@ def train_joint_gn(
             rec["metrics"] = metrics_of(state.pt.S, model, start.loss, split, data)
             records.append({"method": method, **rec})
             advance(bar, rec)
-            if settings.out_of_time(rec):
-                term = Termination.MAX_SECONDS
-                break
     write(state.pt.theta)
     records[-1]["termination"] = term.value
     return records

@@ -27,7 +27,6 @@ from ..metrics import prediction_metrics
 from ..optim import GNvpro, GNvproConfig
 from ..problems.base import Split
 from ..progress import bar
-from ..solver import Termination
 from ..varpro import Point, ReducedObjective, WarmStart
 from .base import TrainSettings
 
@@ -204,14 +203,10 @@ def train_gnvpro(model: nn.Module, data: Split, settings: TrainSettings) -> list
     )]
     val = (data.x_val, data.y_val) if has_val(data) else None
     hist = opt.run(x, y, max_work=settings.max_work, max_iter=settings.max_iter, val=val,
-                   progress=settings.progress,
-                   callback=lambda info: settings.out_of_time({"seconds": info.seconds}))
+                   max_seconds=settings.max_seconds, progress=settings.progress)
     for info in hist.records:
         rec = info.to_dict()
         metrics = rec.pop("metrics")
         records.append({"method": "gnvpro", **rec, "metrics": metrics})
-    term = hist.termination
-    if term is Termination.STOPPED:  # the only callback is the time budget
-        term = Termination.MAX_SECONDS
-    records[-1]["termination"] = term.value
+    records[-1]["termination"] = hist.termination.value
     return records

@@ -186,8 +186,8 @@ def lanczos(
         betas.append(beta_next)
 
     T = torch.diag(torch.tensor(alphas, dtype=_F64))
-    if betas[: k - 1]:
-        off = torch.tensor(betas[: k - 1], dtype=_F64)
+    if betas:  # k − 1 couplings: the loop appends one per vector it adds after the first
+        off = torch.tensor(betas, dtype=_F64)
         T = T + torch.diag(off, 1) + torch.diag(off, -1)
 
     return KrylovBasis(
