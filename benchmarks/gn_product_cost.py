@@ -31,8 +31,8 @@ import time
 import torch
 
 from gnvpro import ReducedObjective, autodiff, make_loss, split_model
-from gnvpro.models import mlp, paper_cnn, paper_network
-from gnvpro.models.resnet import refine_network
+from gnvpro_experiments.models import mlp, paper_cnn, paper_network
+from gnvpro_experiments.models.resnet import refine_network
 
 MODES = tuple(m for m in autodiff.JVP_MODES if m != "auto")  # "auto" picks one of these
 

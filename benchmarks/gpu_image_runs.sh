@@ -13,22 +13,22 @@ FM=$1
 OUT=$2
 DEVICE=${DEVICE:-cuda}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-run() { python3 -m gnvpro.cli "$@"; }
+run() { python3 -m gnvpro_experiments.cli "$@"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_inner.py \
     -k "cuda" 2>&1 | tail -4
 # smoke: every method once at a tiny budget; stop here if anything fails
-timeout 60 python3 -m gnvpro.cli run fashion-mnist --device "$DEVICE" --data "$FM" \
+timeout 60 python3 -m gnvpro_experiments.cli run fashion-mnist --device "$DEVICE" --data "$FM" \
     --subset 500 --epochs 1 --budget-scale 0.1 --out "$OUT/smoke" --no-progress \
     --methods gnvpro-stochastic,gn-stochastic,lbfgs-vpro-stochastic,sgd || exit 1
 rm -rf "$OUT/smoke"
 
 methods=gnvpro-stochastic,gn-stochastic,sgd,lbfgs-vpro-stochastic
-timeout "${SEED0_S:-280}" python3 -m gnvpro.cli run fashion-mnist --device "$DEVICE" \
+timeout "${SEED0_S:-280}" python3 -m gnvpro_experiments.cli run fashion-mnist --device "$DEVICE" \
     --data "$FM" --seeds 0 --methods "$methods" --out "$OUT/fm" --no-progress
-timeout "${EXTRA_S:-120}" python3 -m gnvpro.cli run fashion-mnist --device "$DEVICE" \
+timeout "${EXTRA_S:-120}" python3 -m gnvpro_experiments.cli run fashion-mnist --device "$DEVICE" \
     --data "$FM" --seeds 1,2 --methods gnvpro-stochastic,sgd --out "$OUT/fm" --no-progress
 run report "$OUT/fm" > /dev/null
 rm -f "$OUT"/fm/*/seed-*/model.pt

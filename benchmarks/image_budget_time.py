@@ -26,9 +26,9 @@ import time
 
 import torch
 
-from gnvpro.baselines import TrainSettings, train
-from gnvpro.experiments.config import load_config
-from gnvpro.experiments.data import build_data, build_model, load_problem_data, to_device
+from gnvpro_experiments.baselines import TrainSettings, train
+from gnvpro_experiments.config import load_config
+from gnvpro_experiments.data import build_data, build_model, load_problem_data, to_device
 
 SUB_BATCH = ("gnvpro-stochastic", "gn-stochastic", "lbfgs-vpro-stochastic")
 

@@ -4,7 +4,7 @@ Data (bundled with scikit-learn, no download; inputs and targets standardised):
 - diabetes: load_diabetes, 442 × 10 → disease progression;
 - cancer-texture: load_breast_cancer, 569 × 27 → "mean texture" (the three texture columns are
   dropped from the inputs).
-Model: an in→16→16→1 tanh MLP (gnvpro.models.mlp), float64, full batch, least squares.
+Model: an in→16→16→1 tanh MLP (gnvpro_experiments.models.mlp), float64, full batch, least squares.
 Each method gets T seconds of wall time from the same initial weights (per seed): GNvpro
 (alpha_w = alpha_theta = 1e-10, GNvproConfig(subproblem=NAME)) steps until T has passed,
 torch.optim.Adam(lr=1e-2) likewise. Both are warmed up first on a throw-away copy. The training
@@ -29,7 +29,7 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 import gnvpro
-from gnvpro.models import mlp
+from gnvpro_experiments.models import mlp
 
 
 def datasets() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

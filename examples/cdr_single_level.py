@@ -5,7 +5,12 @@ with the paper's settings (α = 1e-10, ≤ 20 Krylov vectors, tolerance 1e-2, 20
 """
 
 from gnvpro import GNvpro, GNvproConfig
-from gnvpro.problems.cdr import load_cdr_mat, load_reference, reference_network, reference_split
+from gnvpro_experiments.problems.cdr import (
+    load_cdr_mat,
+    load_reference,
+    reference_network,
+    reference_split,
+)
 
 
 def main() -> None:

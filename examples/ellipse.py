@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import gnvpro
-from gnvpro.models import mlp
-from gnvpro.problems.ellipse import ellipse_data
+from gnvpro_experiments.models import mlp
+from gnvpro_experiments.problems.ellipse import ellipse_data
 
 HIDDEN = (4, 4, 2)  # 2→4→4→2 tanh features, then the affine head 2+1 → 1
 

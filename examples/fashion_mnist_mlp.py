@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import gnvpro
-from gnvpro.problems.images import image_split
+from gnvpro_experiments.problems.images import image_split
 
 
 def make_model(seed: int, dtype: torch.dtype = torch.float32) -> nn.Sequential:

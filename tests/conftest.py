@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gnvpro.models import mlp
+from gnvpro_experiments.models import mlp
 
 
 @pytest.fixture(autouse=True, scope="session")

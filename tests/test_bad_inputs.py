@@ -20,8 +20,9 @@ import pytest
 import torch
 from torch import nn
 
-from gnvpro import GNvpro, GNvproConfig, RadiusRule, cli
-from gnvpro.models import mlp
+from gnvpro import GNvpro, GNvproConfig, RadiusRule
+from gnvpro_experiments import cli
+from gnvpro_experiments.models import mlp
 
 F64 = torch.float64
 
@@ -600,7 +601,7 @@ def _npz(path: Path, **arrays: Any) -> Path:
 
 
 def _dcr_bad_hash(tmp: Path) -> Path:
-    from gnvpro.problems import dcr
+    from gnvpro_experiments.problems import dcr
 
     cfg = dcr.DCRConfig()
     n = 4
@@ -865,7 +866,7 @@ def test_cli_read_only_out(tmp_path, capsys):
 
 
 def test_malicious_pickle_is_refused_by_the_loader(tmp_path):
-    from gnvpro.problems.images import UnsafePickleError, load_cifar10_batches
+    from gnvpro_experiments.problems.images import UnsafePickleError, load_cifar10_batches
 
     d = _evil_cifar(tmp_path)
     with pytest.raises(UnsafePickleError, match=r"refusing to load (__builtin__|builtins)\.exec"):
@@ -928,8 +929,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_numbers(tmp_path):
 
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gnvpro.cli", *args, "--out", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "gnvpro_experiments.cli", *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
     while not list(out.glob("*/seed-*/checkpoint.pt")) and proc.poll() is None:
         assert time.monotonic() - t0 < 120, "no checkpoint appeared"

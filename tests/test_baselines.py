@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch.func import jacrev
 
-from gnvpro.baselines import METHODS, JointProblem, TrainSettings, strong_wolfe, train
-from gnvpro.baselines.train_gnvpro import flat_theta
 from gnvpro.head import split_model
 from gnvpro.losses import make_loss
-from gnvpro.models import paper_network, time_smoothness
-from gnvpro.problems.base import Split
 from gnvpro.varpro import ReducedObjective
+from gnvpro_experiments.baselines import METHODS, JointProblem, TrainSettings, strong_wolfe, train
+from gnvpro_experiments.baselines.train_gnvpro import flat_theta
+from gnvpro_experiments.models import paper_network, time_smoothness
+from gnvpro_experiments.problems.base import Split
 
 DT = torch.float64
 ALL = ["gnvpro", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd"]

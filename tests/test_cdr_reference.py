@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from gnvpro.models import AntisymmetricResNet, refine_network
-from gnvpro.problems.base import Split
-from gnvpro.problems.cdr import (
+from gnvpro_experiments.models import AntisymmetricResNet, refine_network
+from gnvpro_experiments.problems.base import Split
+from gnvpro_experiments.problems.cdr import (
     cdr_split,
     default_cdr_path,
     default_reference_path,

@@ -22,10 +22,10 @@ import gnvpro
 from gnvpro import GNvpro, GNvproConfig, ReducedObjective, make_loss, split_model
 from gnvpro.checks import adjoint_test, taylor_test
 from gnvpro.inner import dense_hessian, solve_newton
-from gnvpro.models import mlp
-from gnvpro.problems.ellipse import ellipse_data
-from gnvpro.problems.images import FASHION_MNIST_DIR
 from gnvpro.varpro import InnerOptions
+from gnvpro_experiments.models import mlp
+from gnvpro_experiments.problems.ellipse import ellipse_data
+from gnvpro_experiments.problems.images import FASHION_MNIST_DIR
 
 DT = torch.float64
 ALPHA_T = 1e-3

@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from gnvpro import GNvpro, cli
-from gnvpro.baselines import TrainSettings, train
-from gnvpro.models import mlp
-from gnvpro.problems.base import Split
+from gnvpro import GNvpro
+from gnvpro_experiments import cli
+from gnvpro_experiments.baselines import TrainSettings, train
+from gnvpro_experiments.models import mlp
+from gnvpro_experiments.problems.base import Split
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

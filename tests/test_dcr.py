@@ -1,4 +1,4 @@
-"""Tests of the DCR finite-volume simulator and data set (src/gnvpro/problems/dcr/)."""
+"""Tests of the DCR finite-volume simulator and data set (src/gnvpro_experiments/problems/dcr/)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from gnvpro.problems import dcr
-from gnvpro.problems.dcr import (
+from gnvpro_experiments.problems import dcr
+from gnvpro_experiments.problems.dcr import (
     N_MEASUREMENTS,
     DCRConfig,
     Mesh2D,

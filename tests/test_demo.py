@@ -1,6 +1,6 @@
 import torch
 
-from gnvpro.demo import demo_problem, heat_family, run_demo
+from gnvpro_experiments.demo import demo_problem, heat_family, run_demo
 
 
 def test_heat_family_is_the_analytic_solution():

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from gnvpro import cli
-from gnvpro.experiments.config import (
+from gnvpro_experiments import cli
+from gnvpro_experiments.config import (
     ExperimentError,
     available_experiments,
     config_from_dict,
@@ -17,7 +17,7 @@ from gnvpro.experiments.config import (
     parse_methods,
     parse_seeds,
 )
-from gnvpro.problems.cdr import default_cdr_path, default_reference_path
+from gnvpro_experiments.problems.cdr import default_cdr_path, default_reference_path
 
 HAVE_CDR = default_cdr_path().is_file() and default_reference_path().is_file()
 needs_cdr = pytest.mark.skipif(not HAVE_CDR, reason="CDR_Data.mat / cdr_parity.npz not found")
@@ -181,8 +181,8 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_cli_data_dcr_and_run_from_toml(tmp_path, capsys):
     """`gnvpro data dcr` writes a loadable file; a DCR config given by path runs on it."""
-    from gnvpro.experiments.config import CONFIG_DIR
-    from gnvpro.problems.dcr import load_dcr
+    from gnvpro_experiments.config import CONFIG_DIR
+    from gnvpro_experiments.problems.dcr import load_dcr
 
     npz = tmp_path / "dcr.npz"
     assert cli.main(["data", "dcr", "--n", "30", "--seed", "3", "--out", str(npz)]) == 0
@@ -211,7 +211,7 @@ def test_cli_data_dcr_and_run_from_toml(tmp_path, capsys):
 
 def test_max_seconds_replaces_the_work_budget():
     """--max-seconds T: every level gets T / levels seconds and no work or iteration budget."""
-    from gnvpro.experiments.config import ExperimentError, load_config
+    from gnvpro_experiments.config import ExperimentError, load_config
 
     cfg = load_config("cdr").with_max_seconds(3.0)
     kw = cfg.method_settings("gnvpro", 2)

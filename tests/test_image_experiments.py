@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from gnvpro import cli
-from gnvpro.baselines import TrainSettings, train
-from gnvpro.experiments.config import load_config
-from gnvpro.problems.base import Split
-from gnvpro.problems.images import FASHION_MNIST_DIR
-from gnvpro.problems.paths import default_data_file
+from gnvpro_experiments import cli
+from gnvpro_experiments.baselines import TrainSettings, train
+from gnvpro_experiments.config import load_config
+from gnvpro_experiments.problems.base import Split
+from gnvpro_experiments.problems.images import FASHION_MNIST_DIR
+from gnvpro_experiments.problems.paths import default_data_file
 
 HAVE_IP = default_data_file("indian_pines.npz").is_file()
 HAVE_CIFAR = default_data_file("cifar10.npz").is_file()
@@ -53,8 +53,8 @@ def test_configs_paper_settings():
 
 @pytest.mark.skipif(not HAVE_IP, reason="indian_pines.npz not found")
 def test_indian_pines_steps_follow_grid():
-    from gnvpro.experiments.data import build_data, build_final_model, build_model
-    from gnvpro.models.resnet import AntisymmetricResNet
+    from gnvpro_experiments.data import build_data, build_final_model, build_model
+    from gnvpro_experiments.models.resnet import AntisymmetricResNet
 
     cfg = load_config("indian-pines")
     data = build_data(cfg, default_data_file("indian_pines.npz"), 0)
@@ -92,9 +92,9 @@ def _blob_split() -> Split:
 
 @pytest.mark.parametrize("method", ["gnvpro-stochastic", "gn-stochastic"])
 def test_trust_region_sub_batches_carry_radius_and_decrease_loss(monkeypatch, method):
-    import gnvpro.baselines.sub_batch as sb
     import gnvpro.optim as optim_mod
-    from gnvpro.models.mlp import mlp
+    import gnvpro_experiments.baselines.sub_batch as sb
+    from gnvpro_experiments.models.mlp import mlp
 
     data = _blob_split()
     model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
@@ -141,8 +141,8 @@ def test_trust_region_sub_batches_carry_radius_and_decrease_loss(monkeypatch, me
 
 
 def test_stochastic_lbfgs_vpro_wolfe_steps_and_fresh_memory_per_batch(monkeypatch):
-    import gnvpro.baselines.lbfgs_vpro as lb
-    from gnvpro.models.mlp import mlp
+    import gnvpro_experiments.baselines.lbfgs_vpro as lb
+    from gnvpro_experiments.models.mlp import mlp
 
     data = _blob_split()
     model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
@@ -237,8 +237,8 @@ def test_cifar10_cli(tmp_path):
 
 def test_jvp_mode_reaches_the_gauss_newton_methods(tmp_path):
     """--jvp-mode linearize: same iterates as jvp (same products, traced once per step)."""
-    from gnvpro.experiments.config import ExperimentError
-    from gnvpro.models.mlp import mlp
+    from gnvpro_experiments.config import ExperimentError
+    from gnvpro_experiments.models.mlp import mlp
 
     c = load_config("fashion-mnist").with_jvp_mode("linearize")
     assert c.method_settings("gnvpro-stochastic", 1)["jvp_mode"] == "linearize"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gnvpro.problems.cdr import default_cdr_path, default_reference_path
+from gnvpro_experiments.problems.cdr import default_cdr_path, default_reference_path
 
 DATA = Path(__file__).with_name("data")
 sys.path.insert(0, str(DATA))

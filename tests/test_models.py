@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from gnvpro.models import (
+from gnvpro_experiments.models import (
     AntisymmetricResNet,
     PaperCNN,
     interpolation_weights,

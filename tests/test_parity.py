@@ -5,7 +5,7 @@ import torch
 from stacked_residual import StackedResidual
 
 from gnvpro import GNvpro, GNvproConfig, ReducedObjective, make_loss, split_model
-from gnvpro.problems.cdr import (
+from gnvpro_experiments.problems.cdr import (
     default_cdr_path,
     default_reference_path,
     from_reference_flat,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gnvpro.problems.ellipse import ellipse_data
-from gnvpro.problems.images import (
+from gnvpro_experiments.problems.ellipse import ellipse_data
+from gnvpro_experiments.problems.images import (
     image_split,
     load_cifar10_batches,
     load_cifar10_npz,
@@ -20,14 +20,14 @@ from gnvpro.problems.images import (
     read_idx,
     standardise_images,
 )
-from gnvpro.problems.indian_pines import (
+from gnvpro_experiments.problems.indian_pines import (
     CLASS_NAMES,
     all_labelled_pixels,
     indian_pines_split,
     load_indian_pines,
     standardise_pixels,
 )
-from gnvpro.problems.paths import require_file, shared_data_dir
+from gnvpro_experiments.problems.paths import require_file, shared_data_dir
 
 DATA = shared_data_dir()
 IP_FILE = DATA / "indian_pines.npz" if DATA is not None else None

@@ -8,7 +8,7 @@ from torch.func import jacrev, jvp
 from gnvpro import ReducedObjective, make_loss, split_model
 from gnvpro.autodiff import FeatureMap, resolve_jvp_mode
 from gnvpro.checks import adjoint_test, taylor_test
-from gnvpro.models import mlp, paper_cnn, paper_network
+from gnvpro_experiments.models import mlp, paper_cnn, paper_network
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ class _NoScalarHessian(type(make_loss("least_squares"))):
 
 @pytest.mark.parametrize("coupled", [True, False])
 def test_joint_gn_gram_path_equals_general_product(narrow, coupled):
-    from gnvpro.baselines.joint_gn import JointProblem
+    from gnvpro_experiments.baselines.joint_gn import JointProblem
 
     model, x, y = narrow
     split = split_model(model, probe=x)

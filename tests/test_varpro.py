@@ -7,7 +7,7 @@ from torch.func import jacrev
 
 from gnvpro import ReducedObjective, make_loss, split_model
 from gnvpro.checks import adjoint_test, taylor_test
-from gnvpro.models import paper_network, time_smoothness
+from gnvpro_experiments.models import paper_network, time_smoothness
 
 ALPHA_W, ALPHA_T = 1e-3, 1e-4
 

@@ -1,7 +1,7 @@
 """The regulariser on the feature weights, R(θ) = (α_θ/2) ‖B θ‖², B linear.
 
 B is the identity by default, or any linear map of the named parameters (e.g. the forward
-differences in time of gnvpro.models.time_smoothness). Its adjoint comes from torch.func.vjp.
+differences in time, models.time_smoothness of the experiments). Its adjoint: torch.func.vjp.
 """
 
 from __future__ import annotations

@@ -14,7 +14,12 @@ from pathlib import Path
 import torch
 
 from gnvpro import GNvpro, GNvproConfig
-from gnvpro.problems.cdr import load_cdr_mat, load_reference, reference_network, reference_split
+from gnvpro_experiments.problems.cdr import (
+    load_cdr_mat,
+    load_reference,
+    reference_network,
+    reference_split,
+)
 
 
 def history(opt, x, y, **budget):

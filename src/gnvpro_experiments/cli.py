@@ -111,9 +111,9 @@ def _set_threads(n: int | None) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .experiments.config import load_config, parse_methods, parse_seeds
-    from .experiments.report import summary_table
-    from .experiments.runner import run_experiment
+    from .config import load_config, parse_methods, parse_seeds
+    from .report import summary_table
+    from .runner import run_experiment
 
     cfg = load_config(args.experiment).with_levels(args.levels).with_epochs(args.epochs)
     cfg = cfg.with_data(subset=args.subset).with_jvp_mode(args.jvp_mode)
@@ -131,7 +131,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import report
+    from .report import report
 
     print(report(args.dir))
     return 0
@@ -154,7 +154,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gnvpro`` console script; returns the exit code."""
-    from .experiments.config import ExperimentError
+    from .config import ExperimentError
 
     args = _parser().parse_args(None if argv is None else list(argv))
     handler = {"demo": _cmd_demo, "run": _cmd_run, "report": _cmd_report, "data": _cmd_data}

@@ -96,7 +96,7 @@ def _save_checkpoint(path: Path, model: nn.Module, state: dict) -> None:
 def _load_checkpoint(path: Path, model0: nn.Module, follow: bool,
                      device: str) -> tuple[nn.Module, dict]:
     """(the model after state["level"] levels and refinements, the saved state)."""
-    from ..models.resnet import refine_network
+    from .models.resnet import refine_network
 
     try:
         ck = torch.load(path, weights_only=True)

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..head import HeadSplit, split_model
-from ..losses import Loss, make_loss
-from ..metrics import prediction_metrics
-from ..optim import GNvpro, GNvproConfig
+from gnvpro.head import HeadSplit, split_model
+from gnvpro.losses import Loss, make_loss
+from gnvpro.metrics import prediction_metrics
+from gnvpro.optim import GNvpro, GNvproConfig
+from gnvpro.progress import bar
+from gnvpro.varpro import Point, ReducedObjective, WarmStart
+
 from ..problems.base import Split
-from ..progress import bar
-from ..varpro import Point, ReducedObjective, WarmStart
 from .base import TrainSettings
 
 START_WORK = 2.0  # record 0: objective and gradient at θ0
@@ -127,7 +128,7 @@ def make_record(
     metrics: dict,
     **extra: object,
 ) -> dict:
-    """One record in the format of gnvpro.baselines.base."""
+    """One record in the format of gnvpro_experiments.baselines.base."""
     rec = {
         "method": method,
         "iteration": iteration,

@@ -325,8 +325,8 @@ def _indian_pines_figures(root: Path, summary: dict) -> tuple[list[Path], str] |
     import matplotlib.pyplot as plt
     import torch
 
-    from ..problems.indian_pines import all_labelled_pixels
     from .data import _data_errors, predict
+    from .problems.indian_pines import all_labelled_pixels
 
     best = _best_run(root, summary)
     if best is None:

@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from gnvpro.regularizer import Regularizer
+
 from ..problems.base import Split
-from ..regularizer import Regularizer
 from .base import TrainSettings
 from .train_gnvpro import (
     START_WORK,

@@ -1,11 +1,11 @@
-"""All training methods behind one interface (gnvpro.baselines.base):
+"""All training methods behind one interface (gnvpro_experiments.baselines.base):
 
     records = train(method, model, data, settings)
 
 Methods (method.md §5): "gnvpro" (trust-region GN on Φ_red), "gn" (trust-region GN on (θ, W),
 coupled GN matrix), "gn-blockdiag" (the reference's block-diagonal GN matrix), "lbfgs-vpro"
 (L-BFGS with strong Wolfe line search on Φ_red), "adam" and "sgd" (mini-batch, on (θ, W)),
-and the paper's stochastic scheme (experiments.md §5, gnvpro.baselines.sub_batch):
+and the paper's stochastic scheme (experiments.md §5, gnvpro_experiments.baselines.sub_batch):
 "gnvpro-stochastic", "gn-stochastic" and "lbfgs-vpro-stochastic" (the deterministic method on
 fixed sub-batches).
 """

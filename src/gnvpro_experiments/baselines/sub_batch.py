@@ -38,12 +38,13 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from ..head import HeadSplit, split_model
-from ..losses import Loss, make_loss
-from ..metrics import prediction_metrics
+from gnvpro.head import HeadSplit, split_model
+from gnvpro.losses import Loss, make_loss
+from gnvpro.metrics import prediction_metrics
+from gnvpro.solver import SolverConfig, SolverState, initial_state, trust_region_step
+from gnvpro.varpro import InnerOptions, ReducedObjective, WarmStart
+
 from ..problems.base import Split
-from ..solver import SolverConfig, SolverState, initial_state, trust_region_step
-from ..varpro import InnerOptions, ReducedObjective, WarmStart
 from .base import TrainSettings
 from .joint_gn import JointProblem
 from .lbfgs_vpro import LBFGSVarPro

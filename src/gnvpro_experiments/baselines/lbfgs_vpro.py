@@ -26,13 +26,14 @@ from collections import deque
 import torch
 from torch import Tensor, nn
 
-from ..head import HeadSplit
-from ..linalg.lbfgs import curvature_pair, two_loop
-from ..linalg.line_search import LineSearchResult, strong_wolfe
-from ..losses import Loss
+from gnvpro.head import HeadSplit
+from gnvpro.linalg.lbfgs import curvature_pair, two_loop
+from gnvpro.linalg.line_search import LineSearchResult, strong_wolfe
+from gnvpro.losses import Loss
+from gnvpro.solver import wolfe_line_step
+from gnvpro.varpro import InnerOptions, Point, ReducedObjective, WarmStart
+
 from ..problems.base import Split
-from ..solver import wolfe_line_step
-from ..varpro import InnerOptions, Point, ReducedObjective, WarmStart
 from .base import TrainSettings
 from .train_gnvpro import (
     START_WORK,

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..problems.base import Split
 from .config import ExperimentConfig, ExperimentError
+from .problems.base import Split
 
 _DATA_ERRORS = (ValueError, KeyError, IndexError, EOFError, OSError, zipfile.BadZipFile,
                 zlib.error, pickle.UnpicklingError, NotImplementedError)
@@ -71,8 +71,8 @@ def load_problem_data(cfg: ExperimentConfig, data_path: str | None, progress: bo
     split functions read the files per seed.
     """
     if cfg.problem == "indian_pines":
-        from ..problems.indian_pines import _HOW_TO_GET, FILE_NAME
-        from ..problems.paths import default_data_file, require_file
+        from .problems.indian_pines import _HOW_TO_GET, FILE_NAME
+        from .problems.paths import default_data_file, require_file
 
         return require_file(data_path if data_path is not None else default_data_file(FILE_NAME),
                             "Indian Pines data file", _HOW_TO_GET)
@@ -80,7 +80,7 @@ def load_problem_data(cfg: ExperimentConfig, data_path: str | None, progress: bo
         return _image_path(cfg, data_path)
     p = _check_data_path(data_path)
     if cfg.problem == "cdr":
-        from ..problems.cdr import load_cdr_mat
+        from .problems.cdr import load_cdr_mat
 
         Y, C = load_cdr_mat(p)
         n_need = sum(int(cfg.data[k]) for k in ("n_train", "n_val", "n_test"))
@@ -88,7 +88,7 @@ def load_problem_data(cfg: ExperimentConfig, data_path: str | None, progress: bo
             raise ExperimentError(f"CDR data has {len(Y)} samples, the split needs {n_need}")
         return Y, C
     if cfg.problem == "dcr":
-        from ..problems import dcr
+        from .problems import dcr
 
         if p is not None:
             return dcr.load_dcr(p)
@@ -104,8 +104,8 @@ def load_problem_data(cfg: ExperimentConfig, data_path: str | None, progress: bo
 
 
 def _image_path(cfg: ExperimentConfig, data_path: str | None) -> Path | None:
-    from ..problems import images
-    from ..problems.paths import default_data_file, require_dir, require_file
+    from .problems import images
+    from .problems.paths import default_data_file, require_dir, require_file
 
     if cfg.problem == "cifar10":
         if data_path is not None and Path(data_path).expanduser().is_dir():
@@ -119,7 +119,7 @@ def _image_path(cfg: ExperimentConfig, data_path: str | None) -> Path | None:
 
 
 def _reference() -> dict:
-    from ..problems.cdr import load_reference
+    from .problems.cdr import load_reference
 
     return load_reference()
 
@@ -128,7 +128,7 @@ def build_data(cfg: ExperimentConfig, raw: Any, seed: int | str) -> Split:
     """The train/val/test split of ``seed`` (identical for every method of that seed)."""
     d = cfg.data
     if cfg.problem == "cdr":
-        from ..problems.cdr import cdr_split, reference_split
+        from .problems.cdr import cdr_split, reference_split
 
         Y, C = raw
         if seed == "ref":
@@ -138,27 +138,27 @@ def build_data(cfg: ExperimentConfig, raw: Any, seed: int | str) -> Split:
         return cdr_split(Y, C, perm[:a].numpy(), perm[a : a + b].numpy(),
                          perm[a + b : a + b + c].numpy())
     if cfg.problem == "dcr":
-        from ..problems.dcr import dcr_split
+        from .problems.dcr import dcr_split
 
         data = dict(raw)
         perm = np.random.default_rng(int(seed)).permutation(len(data["Y"]))
         data["Y"], data["D"] = np.asarray(data["Y"])[perm], np.asarray(data["D"])[perm]
         return dcr_split(data, int(d["n_train"]), int(d["n_val"]), d.get("n_test"))
     if cfg.problem == "indian_pines":
-        from ..problems.indian_pines import indian_pines_split
+        from .problems.indian_pines import indian_pines_split
 
         return indian_pines_split(raw, seed=int(seed), n_max=int(d.get("n_max", 312)),
                                   holdout=int(d.get("holdout", 10)),
                                   test_fraction=float(d.get("test_fraction", 0.2)))
     if cfg.problem in ("cifar10", "fashion-mnist"):
-        from ..problems.images import image_split
+        from .problems.images import image_split
 
         dtype = torch.float64 if cfg.model.get("dtype") == "float64" else torch.float32
         sub = d.get("subset")
         return image_split(cfg.problem, raw, n_train=d.get("n_train"), n_val=d.get("n_val"),
                            subset=None if sub is None else int(sub), seed=int(seed), dtype=dtype)
     if cfg.problem == "ellipse":
-        from ..problems.ellipse import ellipse_data
+        from .problems.ellipse import ellipse_data
 
         return ellipse_data(int(d.get("n_per_class", 7000)), int(d.get("n_train", 5000)),
                             int(d.get("n_val", 1000)), seed=int(seed))
@@ -181,18 +181,18 @@ def build_model(cfg: ExperimentConfig, data: Split, seed: int | str,
     """
     m = cfg.model if method is None else cfg.method_model(method)
     if cfg.problem == "cdr" and seed == "ref":
-        from ..problems.cdr import reference_network
+        from .problems.cdr import reference_network
 
         return reference_network(_reference())
     g = torch.Generator().manual_seed(int(seed))
     n_in = int(data.x_train.shape[1])
     if m["kind"] == "cnn":
-        from ..models.cnn import paper_cnn
+        from .models.cnn import paper_cnn
 
         dtype = torch.float64 if m.get("dtype") == "float64" else torch.float32
         return paper_cnn(n_in, _n_outputs(data), generator=g, dtype=dtype)
     if m["kind"] == "resnet":
-        from ..models.resnet import paper_network
+        from .models.resnet import paper_network
 
         n_out = _n_outputs(data)
         return paper_network(
@@ -200,7 +200,7 @@ def build_model(cfg: ExperimentConfig, data: Split, seed: int | str,
             T=float(m.get("T", 1.0)), n_steps=int(m.get("n_steps", 1)),
             open_bias=bool(m.get("open_bias", False)), generator=g, dtype=torch.float64,
         )
-    from ..models.mlp import mlp
+    from .models.mlp import mlp
 
     return mlp(n_in, list(m["hidden"]), int(m.get("out_features", 1)),
                activation=str(m.get("activation", "tanh")), generator=g)
@@ -212,7 +212,7 @@ def build_final_model(cfg: ExperimentConfig, data: Split, seed: int | str,
     refinements), to load a saved ``model.pt`` into."""
     model = build_model(cfg, data, seed, method)
     if cfg.method_levels(method) > 1:
-        from ..models.resnet import refine_network
+        from .models.resnet import refine_network
 
         follow = bool(cfg.method_model(method).get("steps_follow_grid", False))
         for _ in range(cfg.method_levels(method) - 1):
@@ -238,7 +238,7 @@ def to_device(data: Split, device: str) -> Split:
 
 def _regularizer(cfg: ExperimentConfig, model: nn.Sequential):
     if cfg.regularizer == "time_smoothness":
-        from ..models.resnet import time_smoothness
+        from .models.resnet import time_smoothness
 
         return time_smoothness(model)
     return None

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gnvpro.models.resnet import AntisymmetricResNet, paper_network
-from gnvpro.problems.base import Split
-from gnvpro.problems.paths import find_shared
+from gnvpro_experiments.models.resnet import AntisymmetricResNet, paper_network
+from gnvpro_experiments.problems.base import Split
+from gnvpro_experiments.problems.paths import find_shared
 
 __all__ = [
     "cdr_split",

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..autodiff import JVP_MODES
+from gnvpro.autodiff import JVP_MODES
 
 try:  # Python >= 3.11
     import tomllib
@@ -285,7 +285,7 @@ _SOLVER_KEYS = ("max_krylov", "krylov_rtol", "subproblem", "jvp_mode", "tn_memor
 
 def _check_solver_settings(src: str, method: str, settings: Mapping[str, Any]) -> None:
     """Refuse, at load time and naming the key, a solver setting GNvproConfig would refuse."""
-    from ..optim import GNvproConfig
+    from gnvpro.optim import GNvproConfig
 
     for k in _SOLVER_KEYS:
         if k in settings:

@@ -1,6 +1,6 @@
 """The paper's experiments (docs/experiments.md): configs, the runner and the report.
 
-    from gnvpro.experiments import load_config, run_experiment, report
+    from gnvpro_experiments import load_config, run_experiment, report
     cfg = load_config("cdr")
     run_experiment(cfg, "runs/cdr", methods=["gnvpro", "adam"], seeds=["ref", 0])
     print(report("runs/cdr"))

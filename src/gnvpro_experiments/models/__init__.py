@@ -1,8 +1,8 @@
 """Paper networks: antisymmetric RK4 ResNet with multilevel prolongation, CNN, MLP."""
 
-from gnvpro.models.cnn import PaperCNN, paper_cnn
-from gnvpro.models.mlp import mlp
-from gnvpro.models.resnet import (
+from gnvpro_experiments.models.cnn import PaperCNN, paper_cnn
+from gnvpro_experiments.models.mlp import mlp
+from gnvpro_experiments.models.resnet import (
     AntisymmetricResNet,
     interpolation_weights,
     paper_network,

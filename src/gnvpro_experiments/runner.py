@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..losses import make_loss
-from ..metrics import prediction_metrics
-from ..problems.base import Split
-from ..progress import bar as progress_bar
-from ..progress import on_terminal
+from gnvpro.losses import make_loss
+from gnvpro.metrics import prediction_metrics
+from gnvpro.progress import bar as progress_bar
+from gnvpro.progress import on_terminal
+
 from .config import ExperimentConfig, ExperimentError, parse_methods, parse_seeds
 from .data import (
     _check_split_finite,
@@ -54,6 +54,7 @@ from .data import (
     predict,
     to_device,
 )
+from .problems.base import Split
 from .store import (
     CHECKPOINT,
     _claim,
@@ -99,11 +100,11 @@ def final_metrics(cfg: ExperimentConfig, model: nn.Module, data: Split) -> dict:
 
 
 def _train_fn():
-    from .. import baselines
+    from . import baselines
 
     fn = getattr(baselines, "train", None)
     if fn is None:
-        raise ExperimentError("gnvpro.baselines.train is not available in this installation")
+        raise ExperimentError("gnvpro_experiments.baselines.train is not available")
     return fn
 
 
@@ -116,7 +117,7 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
     is returned. After every level but the last a checkpoint (model, history, counters, RNG
     state) is written atomically; with ``resume`` a killed run continues from it.
     """
-    from ..baselines.base import TrainSettings
+    from .baselines.base import TrainSettings
 
     done = finished_row(run_dir, seed, cfg.metric)
     if done is not None:
@@ -167,7 +168,7 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
                       f"loss {history[-1]['loss']:.4g}, {offset['work_units']:.0f} WU, "
                       f"{offset['seconds']:.1f} s", file=sys.stderr, flush=True)
             if level < n_levels:
-                from ..models.resnet import refine_network
+                from .models.resnet import refine_network
 
                 model = refine_network(model, follow)
                 _save_checkpoint(ckpt, model, {

@@ -10,7 +10,8 @@ from scipy.sparse.linalg import splu
 from scipy.special import expit
 from tqdm import tqdm
 
-from ...progress import on_terminal
+from gnvpro.progress import on_terminal
+
 from .config import (
     N_PARAMS,
     PARAM_NAMES,

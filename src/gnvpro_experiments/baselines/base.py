@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..regularizer import LinearMap
+from gnvpro.regularizer import LinearMap
 
 
 @dataclass

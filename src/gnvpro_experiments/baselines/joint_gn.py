@@ -24,19 +24,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..autodiff import FeatureMap, Linearisation
-from ..head import HeadSplit
-from ..losses import Loss
-from ..problems.base import Split
-from ..regularizer import LinearMap, Regularizer
-from ..solver import (
+from gnvpro.autodiff import FeatureMap, Linearisation
+from gnvpro.head import HeadSplit
+from gnvpro.losses import Loss
+from gnvpro.regularizer import LinearMap, Regularizer
+from gnvpro.solver import (
     SolverConfig,
     Termination,
     check_termination,
     initial_state,
     trust_region_step,
 )
-from ..varpro import batch_targets
+from gnvpro.varpro import batch_targets
+
+from ..problems.base import Split
 from .base import TrainSettings
 from .train_gnvpro import (
     START_WORK,
