@@ -104,7 +104,7 @@ class _NoScalarHessian(type(make_loss("least_squares"))):
 
 @pytest.mark.parametrize("coupled", [True, False])
 def test_joint_gn_gram_path_equals_general_product(narrow, coupled):
-    from gnvpro_experiments.baselines.joint_gn import JointProblem
+    from gnvpro.joint import JointProblem
 
     model, x, y = narrow
     split = split_model(model, probe=x)

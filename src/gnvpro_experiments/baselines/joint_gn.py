@@ -1,33 +1,13 @@
-"""Gauss-Newton without variable projection ("GN"): the trust-region solver on z = (θ, vec W).
-
-    Φ(θ, W) = L(Ẑ(θ) Wᵀ, C) + (α_W/2)‖W‖² + (α_θ/2)‖Bθ‖²            (rows are samples)
-    ∇_θ Φ   = J_Zᵀ(G W̃) + α_θ BᵀBθ,        ∇_W Φ = Gᵀ Ẑ + α_W W
-    J dz    = dẐ Wᵀ + Ẑ dWᵀ,   dẐ = [J_Z dθ, 0]                      (Jacobian of the predictions)
-    H_GN dz = Jᵀ H_S[J dz] + blockdiag(α_θ BᵀB, α_W I)                ("gn", coupled)
-
-The reference's block-diagonal variant ("gn-blockdiag") drops the θ–W coupling:
-
-    H_θθ dθ = J_Zᵀ(H_S[dẐ Wᵀ] W̃) + α_θ BᵀB dθ,    H_WW dW = H_S[Ẑ dWᵀ]ᵀ Ẑ + α_W dW
-
-W starts at W*(θ0). The same gnvpro.solver (trust_region_step, Lanczos or Steihaug) runs it, so
-work units are counted exactly as for GNvpro: objective + gradient 2, each H_GN v 2 (also for the
-block-diagonal operator, whose W block is cheap), each trial value 1, the gradient at an accepted
-point 1. There is no inner solve (points carry inner=None); inner_seconds holds the W*(θ0) solve.
-"""
+"""Gauss-Newton without variable projection ("GN"): the trust-region solver on z = (θ, vec W)
+(gnvpro.joint.JointProblem), W starting at W*(θ0); inner_seconds holds the W*(θ0) solve."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
-from gnvpro.autodiff import FeatureMap, Linearisation
-from gnvpro.head import HeadSplit
-from gnvpro.losses import Loss
-from gnvpro.regularizer import LinearMap, Regularizer
+from gnvpro.joint import JointProblem
 from gnvpro.solver import (
     SolverConfig,
     Termination,
@@ -35,7 +15,6 @@ from gnvpro.solver import (
     initial_state,
     trust_region_step,
 )
-from gnvpro.varpro import batch_targets
 
 from ..problems.base import Split
 from .base import TrainSettings
@@ -49,144 +28,7 @@ from .train_gnvpro import (
     write_back,
 )
 
-__all__ = ["JointPoint", "JointProblem", "train_gn", "train_gn_blockdiag", "train_joint_gn"]
-
-
-@dataclass
-class JointPoint:
-    """Φ at z = (θ, vec W). `theta` is the full flat z (the solver steps on it)."""
-
-    theta: Tensor
-    value: float
-    loss: float
-    W: Tensor
-    Zh: Tensor
-    S: Tensor
-    G: Tensor
-    vjp_fn: Linearisation | None
-    inner: None = None
-
-
-class JointProblem:
-    """Φ(θ, W) on one batch as a gnvpro.solver Problem over z = [θ; vec W] (row-major vec)."""
-
-    def __init__(
-        self,
-        split: HeadSplit,
-        loss: Loss,
-        x: Tensor,
-        y: Tensor,
-        alpha_w: float,
-        alpha_theta: float,
-        B: LinearMap | None = None,
-        coupled: bool = True,
-        jvp_mode: str = "auto",
-    ) -> None:
-        if alpha_w < 0:
-            raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
-        self.split = split
-        self.loss = loss
-        self.C = batch_targets(split, loss, x, y)
-        self.features = FeatureMap(split, x, jvp_mode)
-        self.reg = Regularizer(alpha_theta, self.features.layout, B)
-        self.alpha_w = float(alpha_w)
-        self.coupled = coupled
-        self.m = split.n_features
-        self.n_theta = self.features.layout.size
-        self.w_shape = (split.n_outputs, self.m + int(split.has_bias))
-
-    # ------------------------------------------------------------------ layout
-    def pack(self, theta: Tensor, W: Tensor) -> Tensor:
-        """z = [θ; vec W] (float64)."""
-        return torch.cat([theta.reshape(-1), W.reshape(-1)]).to(torch.float64)
-
-    def unpack(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """(θ, W) views of z."""
-        return z[: self.n_theta], z[self.n_theta :].reshape(self.w_shape)
-
-    def _augment(self, Z: Tensor) -> Tensor:
-        Z = Z.to(torch.float64)
-        if self.split.has_bias:
-            Z = torch.cat([Z, Z.new_ones(Z.shape[0], 1)], 1)
-        return Z
-
-    def _pad(self, dZ: Tensor) -> Tensor:
-        """dẐ = [dZ, 0]: the ones column does not move."""
-        return torch.nn.functional.pad(dZ, (0, 1)) if self.split.has_bias else dZ
-
-    def _hs(self, pt: JointPoint, U: Tensor) -> Tensor:
-        return self.loss.hess_apply(pt.S, self.C, U)
-
-    # ----------------------------------------------------------------- Problem
-    def evaluate(self, z: Tensor, prev: object = None) -> JointPoint:
-        """Φ(θ, W), the predictions S = Ẑ Wᵀ and G = ∂L/∂S (prev is unused: no inner solve)."""
-        z = z.detach().to(torch.float64)
-        theta, W = self.unpack(z)
-        Z, vjp_fn = self.features.with_vjp(theta)
-        Zh = self._augment(Z.detach())
-        if not torch.isfinite(Zh).all():
-            inf = torch.full((), float("inf"), dtype=torch.float64)
-            return JointPoint(z, float("inf"), float("inf"), W, Zh, inf, inf, None)
-        S = Zh @ W.T
-        L, G = self.loss.value_and_grad(S, self.C)
-        value = L + 0.5 * self.alpha_w * W.square().sum() + self.reg.value(theta)
-        return JointPoint(z, float(value), float(L), W, Zh, S, G, vjp_fn)
-
-    def gradient(self, pt: JointPoint) -> Tensor:
-        """[J_Zᵀ(G W̃) + α_θ BᵀBθ ; vec(Gᵀ Ẑ + α_W W)] (one backward pass)."""
-        theta, W = self.unpack(pt.theta)
-        if pt.vjp_fn is None:
-            pt.vjp_fn = self.features.with_vjp(theta)[1]
-        g_theta = pt.vjp_fn(pt.G @ W[:, : self.m]) + self.reg.gradient(theta)
-        g_W = pt.G.T @ pt.Zh + self.alpha_w * W
-        return self.pack(g_theta, g_W)
-
-    def gn_operator(self, pt: JointPoint) -> Callable[[Tensor], Tensor]:
-        """dz ↦ H_GN dz, coupled or block-diagonal (one JVP + one VJP per product)."""
-        theta, W = self.unpack(pt.theta)
-        if pt.vjp_fn is None:
-            pt.vjp_fn = self.features.with_vjp(theta)[1]
-        vjp, jvp = pt.vjp_fn, pt.vjp_fn.jvp  # both through the point's recorded graph
-        Wt = W[:, : self.m]
-        h = self.loss.scalar_hessian(len(pt.Zh))
-        if h is not None and pt.Zh.shape[1] <= 2 * W.shape[0]:
-            return self._scalar_hessian_operator(pt, W, h)
-
-        def coupled(v: Tensor) -> Tensor:
-            d_theta, dW = self.unpack(v.to(torch.float64))
-            dS = self._pad(jvp(d_theta)) @ W.T + pt.Zh @ dW.T
-            U = self._hs(pt, dS)
-            out_theta = vjp(U @ Wt) + self.reg.gauss_newton(d_theta)
-            return self.pack(out_theta, U.T @ pt.Zh + self.alpha_w * dW)
-
-        def blockdiag(v: Tensor) -> Tensor:
-            d_theta, dW = self.unpack(v.to(torch.float64))
-            U_theta = self._hs(pt, self._pad(jvp(d_theta)) @ W.T)
-            out_theta = vjp(U_theta @ Wt) + self.reg.gauss_newton(d_theta)
-            out_W = self._hs(pt, pt.Zh @ dW.T).T @ pt.Zh + self.alpha_w * dW
-            return self.pack(out_theta, out_W)
-
-        return coupled if self.coupled else blockdiag
-
-    def _scalar_hessian_operator(self, pt: JointPoint, W: Tensor,
-                                 h: float) -> Callable[[Tensor], Tensor]:
-        """The same products for H_S = h·I without n×c temporaries (A = ẐᵀẐ, K̃ = WᵀW̃):
-        U W̃ = h (dẐ K̃ + Ẑ dWᵀW̃),  Uᵀ Ẑ = h (W dẐᵀẐ + dW A); block-diagonal drops the
-        cross terms Ẑ dWᵀW̃ and W dẐᵀẐ."""
-        vjp, jvp = pt.vjp_fn, pt.vjp_fn.jvp
-        A, hKt = h * (pt.Zh.T @ pt.Zh), h * (W.T @ W[:, : self.m])
-
-        def apply(v: Tensor) -> Tensor:
-            d_theta, dW = self.unpack(v.to(torch.float64))
-            dZh = self._pad(jvp(d_theta))
-            E = dZh @ hKt
-            out_W = dW @ A + self.alpha_w * dW
-            if self.coupled:
-                E = E + pt.Zh @ (h * (dW.T @ W[:, : self.m]))
-                out_W = out_W + W @ (h * (dZh.T @ pt.Zh))
-            return self.pack(vjp(E) + self.reg.gauss_newton(d_theta), out_W)
-
-        return apply
+__all__ = ["JointProblem", "train_gn", "train_gn_blockdiag", "train_joint_gn"]
 
 
 # ------------------------------------------------------------------------------- training
