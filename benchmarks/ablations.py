@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from gnvpro_experiments.config import config_from_dict, load_config, parse_seeds
+from gnvpro_experiments.config import config_from_dict, load_config
 from gnvpro_experiments.report import summary_table
 from gnvpro_experiments.runner import run_experiment
+from gnvpro_experiments.selection import parse_seeds
 
 VARIANTS: dict[str, dict] = {
     "trust region (paper)": {},

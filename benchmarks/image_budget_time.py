@@ -26,9 +26,9 @@ import time
 
 import torch
 
-from gnvpro_experiments.baselines import TrainSettings, train
 from gnvpro_experiments.config import load_config
 from gnvpro_experiments.data import build_data, build_model, load_problem_data, to_device
+from gnvpro_experiments.train import train
 
 SUB_BATCH = ("gnvpro-stochastic", "gn-stochastic", "lbfgs-vpro-stochastic")
 
@@ -44,14 +44,13 @@ def _val_seconds(model: torch.nn.Module, data, repeats: int = 2) -> float:
 
 def project(method: str, cfg, model0, data, args) -> dict:
     kw = cfg.method_settings(method, 1)
-    extra = dict(kw.get("extra", {}))
     model = copy.deepcopy(model0).to(args.device)
     if method in SUB_BATCH:
-        epochs, n_batches = int(extra["epochs"]), int(extra["n_batches"])
-        per_batch = int(extra["iters_per_batch"])
+        epochs, n_batches = int(kw["epochs"]), int(kw["n_batches"])
+        per_batch = int(kw["iters_per_batch"])
         measured = min(per_batch, args.iters)
         kw.update(max_iter=measured)
-        recs = train(method, model, data, TrainSettings(**kw))
+        recs = train(method, model, data, kw)
         start, its = recs[0]["seconds"], recs[-1]["seconds"] - recs[0]["seconds"]
         block = its * per_batch / measured  # one sub-batch's iterations
         n_blocks = epochs * n_batches
@@ -61,7 +60,7 @@ def project(method: str, cfg, model0, data, args) -> dict:
     else:
         epochs = int(round(float(kw["max_work"]) / 2))
         kw.update(max_work=2.0 * args.epochs, keep_best_val=False)
-        recs = train(method, model, data, TrainSettings(**kw))
+        recs = train(method, model, data, kw)
         per_epoch = (recs[-1]["seconds"] - recs[0]["seconds"]) / args.epochs
         total = recs[0]["seconds"] + epochs * per_epoch
         n_records = epochs + 1

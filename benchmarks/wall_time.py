@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from gnvpro_experiments.config import load_config, parse_methods, parse_seeds
+from gnvpro_experiments.config import load_config
 from gnvpro_experiments.report import load_histories, summary_table
 from gnvpro_experiments.runner import run_experiment
+from gnvpro_experiments.selection import parse_methods, parse_seeds
 
 TARGETS = {"cdr": 0.005, "dcr": 0.7, "ellipse": 0.995, "indian-pines": 0.80,
            "fashion-mnist": 0.75, "cifar10": 0.5}

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gnvpro import GNvpro, GNvproConfig, RadiusRule
+from gnvpro.checkpoint import checkpoint_state, restore
 from gnvpro_experiments import cli
 from gnvpro_experiments.models import mlp
 
@@ -167,10 +168,11 @@ def _sd(e: Env, **changes: Any) -> dict:
     return sd
 
 
-def _sd_model(e: Env, fn) -> dict:
-    sd = e.opt.state_dict()
-    fn(sd["model"])
-    return sd
+def _ck_model(e: Env, fn) -> dict:
+    """A model+optimiser checkpoint (gnvpro.checkpoint) with its model part changed by fn."""
+    ck = checkpoint_state(e.model, e.opt)
+    fn(ck["model"])
+    return ck
 
 
 def _set_nan_weight(e: Env) -> None:
@@ -406,7 +408,7 @@ API_CASES: list[tuple] = [
     ("run-max_iter-bool", lambda e: e.opt.run(e.x, e.y, max_iter=True), TypeError,
      r"max_iter must be an integer, got True"),
     ("run-no-budget", lambda e: e.opt.run(e.x, e.y), ValueError,
-     r"run\(\) needs a budget: give max_work or max_iter"),
+     r"needs a budget: give max_work or max_iter"),
     ("run-infinite-work-only", lambda e: e.opt.run(e.x, e.y, max_work=INF), ValueError,
      r"needs a budget"),
     ("run-val-single", lambda e: e.opt.run(e.x, e.y, max_iter=1, val=(e.x,)), TypeError,
@@ -443,8 +445,13 @@ API_CASES: list[tuple] = [
     # ---- load_state_dict(): all or nothing
     ("load-int", lambda e: e.opt.load_state_dict(42), TypeError,
      r"load_state_dict expects the dict of GNvpro\.state_dict\(\), got 42 \(int\)"),
-    ("load-missing", lambda e: e.opt.load_state_dict({"model": {}}), ValueError,
-     r"not a GNvpro state dict: missing \['iteration', 'radius', 'work'\]"),
+    ("load-missing", lambda e: e.opt.load_state_dict({"radius": 1.0}), ValueError,
+     r"not a GNvpro state dict: missing \['iteration', 'work'\]"),
+    ("load-checkpoint-as-state-dict", lambda e: e.opt.load_state_dict(
+        checkpoint_state(e.model, e.opt)), ValueError,
+     r"looks like a model\+optimiser checkpoint: load it with gnvpro\.load_checkpoint"),
+    ("restore-not-checkpoint", lambda e: restore(e.model, e.opt, {"model": {}}), ValueError,
+     r"not a gnvpro checkpoint \(a dict with keys 'model' and 'optimizer' expected\)"),
     ("load-radius-negative", lambda e: e.opt.load_state_dict(_sd(e, radius=-1.0)), ValueError,
      r"state_dict\['radius'\] must be > 0, got -1"),
     ("load-radius-nan", lambda e: e.opt.load_state_dict(_sd(e, radius=NAN)), ValueError,
@@ -464,23 +471,24 @@ API_CASES: list[tuple] = [
      ValueError, r"state_dict\['config'\] has unknown setting\(s\) turbo"),
     ("load-config-not-dict", lambda e: e.opt.load_state_dict(_sd(e, config=[1])), TypeError,
      r"state_dict\['config'\] must be a dict"),
-    ("load-model-not-dict", lambda e: e.opt.load_state_dict(_sd(e, model=42)), TypeError,
+    ("load-model-not-dict", lambda e: restore(e.model, e.opt, {
+        **checkpoint_state(e.model, e.opt), "model": 42}), TypeError,
      r"state_dict\['model'\] must be a dict of tensors"),
-    ("load-model-missing-key", lambda e: e.opt.load_state_dict(
-        _sd_model(e, lambda m: m.pop("2.bias"))), ValueError,
+    ("load-model-missing-key", lambda e: restore(e.model, e.opt, _ck_model(
+        e, lambda m: m.pop("2.bias"))), ValueError,
      r"does not fit this model: missing keys \['2\.bias'\]"),
-    ("load-model-unexpected-key", lambda e: e.opt.load_state_dict(
-        _sd_model(e, lambda m: m.update(extra=torch.zeros(1)))), ValueError,
+    ("load-model-unexpected-key", lambda e: restore(e.model, e.opt, _ck_model(
+        e, lambda m: m.update(extra=torch.zeros(1)))), ValueError,
      r"unexpected keys \['extra'\]"),
-    ("load-model-shape", lambda e: e.opt.load_state_dict(
-        _sd_model(e, lambda m: m.update({"2.weight": torch.zeros(3, 4, dtype=F64)}))),
+    ("load-model-shape", lambda e: restore(e.model, e.opt, _ck_model(
+        e, lambda m: m.update({"2.weight": torch.zeros(3, 4, dtype=F64)}))),
      ValueError, r"state_dict\['model'\]\['2\.weight'\] has shape \(3, 4\) but the model's is "
      r"\(2, 4\)"),
-    ("load-model-nan", lambda e: e.opt.load_state_dict(
-        _sd_model(e, lambda m: m["0.weight"].fill_(NAN))), ValueError,
+    ("load-model-nan", lambda e: restore(e.model, e.opt, _ck_model(
+        e, lambda m: m["0.weight"].fill_(NAN))), ValueError,
      r"state_dict\['model'\]\['0\.weight'\] contains NaN/Inf"),
-    ("load-model-not-tensor", lambda e: e.opt.load_state_dict(
-        _sd_model(e, lambda m: m.update({"0.bias": [0.0] * 4}))), TypeError,
+    ("load-model-not-tensor", lambda e: restore(e.model, e.opt, _ck_model(
+        e, lambda m: m.update({"0.bias": [0.0] * 4}))), TypeError,
      r"state_dict\['model'\]\['0\.bias'\] must be a tensor"),
 ]
 
@@ -544,13 +552,14 @@ def test_in_place_change_of_the_batch_is_a_new_batch():
 
 def test_state_dict_is_a_copy_and_load_restores_alpha_and_config():
     e = _env()
-    sd = e.opt.state_dict()
-    saved = {k: v.clone() for k, v in sd["model"].items()}
+    ck = checkpoint_state(e.model, e.opt)
+    sd = ck["optimizer"]
+    saved = {k: v.clone() for k, v in ck["model"].items()}
     e.opt.step(e.x, e.y)
-    for k, v in sd["model"].items():
-        assert torch.equal(v, saved[k]), "state_dict() must not follow later steps"
+    for k, v in ck["model"].items():
+        assert torch.equal(v, saved[k]), "checkpoint_state() must not follow later steps"
     opt2 = GNvpro(_model(seed=1))
-    opt2.load_state_dict(sd)
+    restore(opt2.model, opt2, ck)
     assert opt2.alpha_w == e.opt.alpha_w == 1e-6 and opt2.config.max_krylov == 4
     assert opt2.config == e.opt.config
     for k, v in opt2.model.state_dict().items():

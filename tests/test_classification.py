@@ -22,6 +22,7 @@ import gnvpro
 from gnvpro import GNvpro, GNvproConfig, ReducedObjective, make_loss, split_model
 from gnvpro.checks import adjoint_test, taylor_test
 from gnvpro.inner import dense_hessian, solve_newton
+from gnvpro.reduce import SampleReducer
 from gnvpro.varpro import InnerOptions
 from gnvpro_experiments.models import mlp
 from gnvpro_experiments.problems.ellipse import ellipse_data
@@ -82,14 +83,16 @@ class _ImplicitW(torch.autograd.Function):
     def forward(Zh, C, loss, alpha_w):
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # an unconverged W* fails the test
-            sol = solve_newton(loss, Zh.detach(), C, alpha_w, rtol=1e-13, atol=1e-13)
+            sol = solve_newton(loss, Zh.detach(), C, alpha_w, SampleReducer(len(Zh)), rtol=1e-13,
+                               atol=1e-13)
         return sol.W
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         Zh, C, loss, alpha_w = inputs
         W = output
-        L = torch.linalg.cholesky(dense_hessian(loss, Zh @ W.T, C, Zh, alpha_w))
+        L = torch.linalg.cholesky(dense_hessian(loss, Zh @ W.T, C, Zh, alpha_w,
+                                                SampleReducer(len(Zh))))
         ctx.save_for_backward(Zh, W, L)
         ctx.loss, ctx.C = loss, C
 
@@ -99,7 +102,7 @@ class _ImplicitW(torch.autograd.Function):
         loss, C = ctx.loss, ctx.C
         Y = torch.cholesky_solve(gW.reshape(-1, 1), L).reshape(W.shape)
         S = Zh @ W.T
-        gZh = -(loss.hess_apply(S, C, Zh @ Y.T) @ W + loss.grad(S, C) @ Y)
+        gZh = -(loss.hess_apply(S, C, Zh @ Y.T) @ W + loss.grad(S, C) @ Y) / len(Zh)
         return gZh, None, None, None
 
 
@@ -113,10 +116,12 @@ def _s_star(obj: ReducedObjective, theta: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_hs(obj: ReducedObjective, S: torch.Tensor) -> torch.Tensor:
-    """blockdiag_i(H_S) as an (n·c) × (n·c) matrix, ordered as S.reshape(-1)."""
+    """blockdiag_i(H_i)/n (the averaged loss's H_S) as an (n·c) × (n·c) matrix, ordered as
+    S.reshape(-1)."""
     N = S.numel()
     eye = torch.eye(N, dtype=DT)
-    cols = [obj.loss.hess_apply(S, obj.C, eye[k].reshape(S.shape)).reshape(-1) for k in range(N)]
+    cols = [obj.reducer.scale(obj.loss.hess_apply(S, obj.C, eye[k].reshape(S.shape))).reshape(-1)
+            for k in range(N)]
     return torch.stack(cols, dim=1)
 
 
@@ -183,7 +188,7 @@ def test_envelope_gradient_equals_implicit_autograd(loss, c, alpha_w):
     t = th.clone().requires_grad_(True)
     Zh = _features_h(obj, t)
     W = _ImplicitW.apply(Zh, obj.C, obj.loss, obj.alpha_w)
-    phi = obj.loss.value(Zh @ W.T, obj.C) + 0.5 * alpha_w * W.square().sum()
+    phi = obj.loss.value(Zh @ W.T, obj.C) / obj.n + 0.5 * alpha_w * W.square().sum()
     phi = phi + 0.5 * ALPHA_T * t.square().sum()
     (g_auto,) = torch.autograd.grad(phi, t)
     assert abs(phi.item() - pt.value) < 1e-12 * max(1.0, abs(pt.value))
@@ -240,7 +245,7 @@ def test_gauss_newton_equals_dense_construction(loss, c, alpha_w):
     for _ in range(3):
         v = torch.randn(P, generator=gen, dtype=DT)
         dS, dW = jac.forward(v)
-        q = (dS * obj.loss.hess_apply(pt.S, obj.C, dS)).sum() + alpha_w * dW.square().sum()
+        q = (dS * obj.loss.hess_apply(pt.S, obj.C, dS)).sum() / obj.n + alpha_w * dW.square().sum()
         q = q + ALPHA_T * v.square().sum()
         assert float(v @ jac.gauss_newton(v)) == pytest.approx(float(q), rel=1e-10)
         assert float(q) > 0
@@ -294,7 +299,7 @@ def test_gnvpro_cross_entropy_records_inner_solve():
     W = split_model(model).head_weights().to(DT)
     Zh = obj.augment(model[:-1](x).detach())
     S = Zh @ W.T
-    grad_w = obj.loss.grad(S, obj.C).T @ Zh + 1e-2 * W
+    grad_w = obj.loss.grad(S, obj.C).T @ Zh / len(x) + 1e-2 * W
     assert float(grad_w.norm()) < 1e-8
     assert torch.allclose(model(x), S, rtol=0, atol=1e-12)
 

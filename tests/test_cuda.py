@@ -10,9 +10,9 @@ import torch
 
 from gnvpro import GNvpro
 from gnvpro_experiments import cli
-from gnvpro_experiments.baselines import TrainSettings, train
 from gnvpro_experiments.models import mlp
 from gnvpro_experiments.problems.base import Split
+from gnvpro_experiments.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -49,9 +49,8 @@ def test_every_method_trains_on_cuda(method):
     data = Split(x[:80].cuda(), y[:80].cuda(), x[80:].cuda(), y[80:].cuda(), x[80:].cuda(),
                  y[80:].cuda(), meta={"n_classes": 2})
     model = mlp(2, [8], 2, activation="tanh", dtype=torch.float64, generator=g).cuda()
-    settings = TrainSettings(loss="cross_entropy", alpha_w=1e-3, alpha_theta=1e-3, max_work=40,
-                             max_krylov=10, extra={"epochs": 1, "n_batches": 2,
-                                                   "iters_per_batch": 2})
+    settings = dict(loss="cross_entropy", alpha_w=1e-3, alpha_theta=1e-3, max_work=40,
+                    max_krylov=10, epochs=1, n_batches=2, iters_per_batch=2)
     recs = train(method, model, data, settings)
     assert recs[-1]["loss"] < recs[0]["loss"]
     assert all(p.is_cuda for p in model.parameters())

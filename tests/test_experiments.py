@@ -14,10 +14,9 @@ from gnvpro_experiments.config import (
     available_experiments,
     config_from_dict,
     load_config,
-    parse_methods,
-    parse_seeds,
 )
 from gnvpro_experiments.problems.cdr import default_cdr_path, default_reference_path
+from gnvpro_experiments.selection import parse_methods, parse_seeds
 
 HAVE_CDR = default_cdr_path().is_file() and default_reference_path().is_file()
 needs_cdr = pytest.mark.skipif(not HAVE_CDR, reason="CDR_Data.mat / cdr_parity.npz not found")
@@ -207,6 +206,10 @@ def test_cli_data_dcr_and_run_from_toml(tmp_path, capsys):
     assert len(cfg["levels"]) == 2 and cfg["levels"][0]["max_work"] == pytest.approx(8.0)
     sd = torch.load(out / "gnvpro/seed-0/model.pt", weights_only=True)
     assert sd["0.theta"].shape == (3, 16, 16)  # width 16, 2 → 3 nodes
+    assert cli.main(["report", str(out)]) == 0  # the DCR problem's figure
+    assert (out / "dcr_patterns.png").stat().st_size > 10_000
+    assert "DCR measurement patterns: 3 test samples of gnvpro seed-0" in (
+        out / "report.md").read_text()
 
 
 def test_max_seconds_replaces_the_work_budget():
@@ -218,7 +221,109 @@ def test_max_seconds_replaces_the_work_budget():
     assert kw["max_seconds"] == pytest.approx(1.0) and kw["max_work"] >= 1e12
     assert kw["max_iter"] is None
     fm = load_config("fashion-mnist").with_max_seconds(10.0)
-    assert fm.method_settings("gnvpro-tn-stochastic", 1)["extra"]["epochs"] >= 10**6
+    assert fm.method_settings("gnvpro-tn-stochastic", 1)["epochs"] >= 10**6
     assert "max_seconds" not in load_config("cdr").method_settings("gnvpro", 1)
     with pytest.raises(ExperimentError, match="max-seconds"):
         load_config("cdr").with_max_seconds(-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# a new experiment: one problem (here in the test), one TOML, one registration
+SINE_TOML = """
+name = "sine"
+problem = "test-sine"
+metric = "rel_err"
+loss = "least_squares"
+levels = 1
+default_seeds = "0,1"
+[data]
+n = 60
+n_train = 40
+n_val = 10
+[model]
+kind = "mlp"
+hidden = [8]
+[train]
+alpha_w = 1e-8
+alpha_theta = 1e-8
+[methods.gnvpro]
+max_iter = 2
+"""
+
+
+def _sine_problem():
+    from gnvpro_experiments.problems.base import Problem, Split
+
+    class Sine(Problem):
+        """y = sin(πx), x ~ U[-1, 1] (n samples, drawn once); seed s permutes them."""
+
+        name = "test-sine"
+        data_keys = frozenset({"n", "n_train", "n_val"})
+
+        def load(self, cfg, data_path, progress):
+            g = torch.Generator().manual_seed(0)
+            x = 2 * torch.rand(int(cfg.data["n"]), 1, generator=g, dtype=torch.float64) - 1
+            return x, torch.sin(math.pi * x)
+
+        def split(self, cfg, raw, seed):
+            (x, y), d = raw, cfg.data
+            p = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+            a, b = int(d["n_train"]), int(d["n_train"]) + int(d["n_val"])
+            return Split(x[p[:a]], y[p[:a]], x[p[a:b]], y[p[a:b]], x[p[b:]], y[p[b:]],
+                         meta={"seed": seed})
+
+        def figures(self, root, summary):
+            from gnvpro_experiments.report import load_run, pyplot
+
+            _, _, data, model = load_run(root / "gnvpro" / "seed-0", "gnvpro")
+            plt = pyplot()
+            fig, ax = plt.subplots()
+            with torch.no_grad():
+                ax.plot(data.x_test[:, 0], model(data.x_test)[:, 0], ".")
+            path = root / "sine_fit.png"
+            fig.savefig(path)
+            plt.close(fig)
+            return [path], "Sine fit of gnvpro, seed 0.\n"
+
+    return Sine()
+
+
+def test_a_new_experiment_is_a_problem_a_toml_and_a_registration(tmp_path):
+    from gnvpro_experiments import report, run_experiment
+    from gnvpro_experiments.problems.registry import PROBLEMS, register
+
+    toml = tmp_path / "sine.toml"
+    toml.write_text(SINE_TOML)
+    with pytest.raises(ExperimentError, match="problem must be one of cdr, .*got 'test-sine'"):
+        load_config(toml)
+    problem = register(_sine_problem())
+    try:
+        cfg = load_config(toml)
+        out = tmp_path / "out"
+        summary = run_experiment(cfg, out, progress=False)
+        assert summary["experiment"] == "sine"
+        _check_run_dir(out, ["gnvpro"], [0, 1], "rel_err")
+        info = json.loads((out / "gnvpro/seed-1/config.json").read_text())
+        assert info["split"]["n_train"] == 40 and info["split"]["n_test"] == 10
+        md = report(out)
+        assert "Sine fit of gnvpro, seed 0." in md and "![sine_fit](sine_fit.png)" in md
+        assert (out / "sine_fit.png").stat().st_size > 1000
+        # the problem's data keys and its (absent) reference seed
+        with pytest.raises(ExperimentError, match="no data option subset"):
+            cfg.with_data(subset=10)
+        assert cfg.with_data(n_train=30).data["n_train"] == 30
+        with pytest.raises(ExperimentError, match="seed 'ref'.*only for the cdr experiment"):
+            parse_seeds("ref", cfg)
+        with pytest.raises(ExperimentError, match=r"unknown key\(s\) n_test in \[data\]"):
+            config_from_dict({**cfg.to_dict(), "data": {"n": 9, "n_test": 3}})
+        with pytest.raises(ValueError, match="exists already"):
+            register(_sine_problem())
+        assert register(problem) is problem  # registering the same object again: no-op
+        with pytest.raises(TypeError, match="expected a Problem"):
+            register(object())
+    finally:
+        PROBLEMS.pop("test-sine", None)
+    with pytest.raises(ExperimentError, match="problem must be one of"):
+        load_config(toml)
+    md = report(out)  # a run of a problem no longer registered: the table, no problem figures
+    assert "| gnvpro | 2 |" in md and "sine" not in md.split("## Figures")[1]

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
+from gnvpro.batches import fixed_batches
 from gnvpro_experiments import cli
-from gnvpro_experiments.baselines import TrainSettings, train
 from gnvpro_experiments.config import load_config
 from gnvpro_experiments.problems.base import Split
 from gnvpro_experiments.problems.images import FASHION_MNIST_DIR
 from gnvpro_experiments.problems.paths import default_data_file
+from gnvpro_experiments.train import train
 
 HAVE_IP = default_data_file("indian_pines.npz").is_file()
 HAVE_CIFAR = default_data_file("cifar10.npz").is_file()
@@ -39,15 +40,15 @@ def test_configs_paper_settings():
     for name in ("cifar10", "fashion-mnist"):
         c = load_config(name)
         s = c.method_settings("gnvpro-stochastic", 1)
-        assert s["extra"] == {"n_batches": 4, "iters_per_batch": 3, "inner_max_iter": 400,
-                              "epochs": 2}
+        assert {k: s[k] for k in ("n_batches", "iters_per_batch", "inner_max_iter", "epochs")
+                } == {"n_batches": 4, "iters_per_batch": 3, "inner_max_iter": 400, "epochs": 2}
         assert (s["max_krylov"], s["alpha_w"], s["alpha_theta"]) == (30, 5e-3, 1e-4)
         sgd = c.method_settings("sgd", 1)
         assert (sgd["lr"], sgd["batch_size"], sgd["alpha_w"], sgd["max_work"]) == (
             5e-3, 128, 1e-2, 400.0)
         e = c.with_epochs(3)
         assert e.method_settings("sgd", 1)["max_work"] == 6.0
-        assert e.method_settings("gnvpro-stochastic", 1)["extra"]["epochs"] == 3
+        assert e.method_settings("gnvpro-stochastic", 1)["epochs"] == 3
         assert c.with_data(subset=500).data["subset"] == 500
 
 
@@ -92,14 +93,14 @@ def _blob_split() -> Split:
 
 @pytest.mark.parametrize("method", ["gnvpro-stochastic", "gn-stochastic"])
 def test_trust_region_sub_batches_carry_radius_and_decrease_loss(monkeypatch, method):
-    import gnvpro.optim as optim_mod
-    import gnvpro_experiments.baselines.sub_batch as sb
+    import gnvpro.methods.gnvpro as gnvpro_mod
+    import gnvpro.methods.joint_gn as joint_mod
     from gnvpro_experiments.models.mlp import mlp
 
     data = _blob_split()
     model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
     seen = []  # (radius in, radius out, batch size) of every trust-region step
-    module = optim_mod if method == "gnvpro-stochastic" else sb
+    module = gnvpro_mod if method == "gnvpro-stochastic" else joint_mod
     real = module.trust_region_step
 
     def spy(problem, state, cfg):
@@ -108,16 +109,14 @@ def test_trust_region_sub_batches_carry_radius_and_decrease_loss(monkeypatch, me
         return new, info
 
     monkeypatch.setattr(module, "trust_region_step", spy)
-    settings = TrainSettings(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
-                             max_krylov=10, extra={"epochs": 2, "n_batches": 4,
-                                                   "iters_per_batch": 3})
+    settings = dict(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2, max_krylov=10,
+                    epochs=2, n_batches=4, iters_per_batch=3)
     recs = train(method, model, data, settings)
     assert len(recs) == 1 + 2 * 4 * 3 and len(seen) == 24
     assert {b for _, _, b in seen} == {60}  # every step on a sub-batch of 240 / 4
     # the radius the first step on a new sub-batch starts from is the previous step's radius
     for k in range(3, 24, 3):
-        assert seen[k][0] == seen[k - 1][1]
-        assert recs[k + 1]["radius_in"] == recs[k]["radius"]
+        assert seen[k][0] == seen[k - 1][1] == recs[k]["radius"]
         assert recs[k + 1]["batch"] != recs[k]["batch"]
     # work units are passes over the training set: each sub-batch's work scaled by 1/4
     wu = [r["work_units"] for r in recs]
@@ -131,7 +130,7 @@ def test_trust_region_sub_batches_carry_radius_and_decrease_loss(monkeypatch, me
     for r in recs:
         assert set(r["metrics"]) == {"train", "val"}
     # the model holds the last iterate: its predictions give the last batch's data loss
-    xb, yb = sb.fixed_batches(data.x_train, data.y_train, 4, 0)[3]
+    xb, yb = fixed_batches(data.x_train, data.y_train, 4, 0)[3]
     with torch.no_grad():
         S = model(xb).double()
     data_loss = torch.nn.functional.cross_entropy(S, yb, reduction="sum") / len(xb)
@@ -141,25 +140,26 @@ def test_trust_region_sub_batches_carry_radius_and_decrease_loss(monkeypatch, me
 
 
 def test_stochastic_lbfgs_vpro_wolfe_steps_and_fresh_memory_per_batch(monkeypatch):
-    import gnvpro_experiments.baselines.lbfgs_vpro as lb
+    from gnvpro.methods.lbfgs_vpro import LBFGSVarPro
     from gnvpro_experiments.models.mlp import mlp
 
     data = _blob_split()
     model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
     starts = []  # number of curvature pairs dropped at each (re)start
-    real_start = lb.LBFGSVarPro.start
+    real_carry = LBFGSVarPro._carry
 
-    def spy(self, obj, pt):
-        starts.append((len(self.pairs), obj.n))
-        real_start(self, obj, pt)
-        assert len(self.pairs) == 0
+    def spy(self, old, fresh):
+        new = real_carry(self, old, fresh)
+        starts.append((len(old.pairs), fresh.pt.S.shape[0]))
+        assert len(new.pairs) == 0
+        return new
 
-    monkeypatch.setattr(lb.LBFGSVarPro, "start", spy)
-    settings = TrainSettings(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
-                             extra={"epochs": 2, "n_batches": 3, "iters_per_batch": 5})
+    monkeypatch.setattr(LBFGSVarPro, "_carry", spy)
+    settings = dict(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2, epochs=2,
+                    n_batches=3, iters_per_batch=5)
     recs = train("lbfgs-vpro-stochastic", model, data, settings)
-    assert [n for _, n in starts] == [80] * 6  # one start per visit of a sub-batch
-    assert starts[0][0] == 0 and all(k > 0 for k, _ in starts[1:])
+    assert [n for _, n in starts] == [80] * 5  # one restart per new visit of a sub-batch
+    assert all(k > 0 for k, _ in starts)  # pairs were there, and were dropped
     steps = recs[1:]
     assert len(steps) == 30
     assert all(r["wolfe"] and r["line_search_evals"] <= 30 for r in steps)
@@ -176,10 +176,10 @@ def test_sub_batch_settings_in_the_image_configs():
     for name in ("cifar10", "fashion-mnist"):
         c = load_config(name)
         g = c.method_settings("gn-stochastic", 1)
-        assert g["alpha_w"] == 1e-2 and g["extra"]["iters_per_batch"] == 3
+        assert g["alpha_w"] == 1e-2 and g["iters_per_batch"] == 3
         lbs = c.method_settings("lbfgs-vpro-stochastic", 1)
-        assert lbs["extra"]["iters_per_batch"] == 30 and lbs["extra"]["max_line_search"] == 30
-        assert c.with_epochs(1).method_settings("gn-stochastic", 1)["extra"]["epochs"] == 1
+        assert lbs["iters_per_batch"] == 30 and lbs["max_line_search"] == 30
+        assert c.with_epochs(1).method_settings("gn-stochastic", 1)["epochs"] == 1
         scaled = c.method_settings("lbfgs-vpro-stochastic", 1, budget_scale=0.1)
         assert scaled["max_iter"] == round(2 * 4 * 30 * 0.1)
 
@@ -252,9 +252,8 @@ def test_jvp_mode_reaches_the_gauss_newton_methods(tmp_path):
         for method in ("gnvpro-stochastic", "gn-stochastic"):
             model = mlp(2, [6], 3, activation="tanh", dtype=torch.float64,
                         generator=torch.Generator().manual_seed(0))
-            settings = TrainSettings(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
-                                     max_krylov=10, jvp_mode=mode,
-                                     extra={"epochs": 1, "n_batches": 2, "iters_per_batch": 2})
+            settings = dict(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2, max_krylov=10,
+                            jvp_mode=mode, epochs=1, n_batches=2, iters_per_batch=2)
             recs[mode, method] = [r["loss"] for r in train(method, model, data, settings)]
     for method in ("gnvpro-stochastic", "gn-stochastic"):
         assert recs["linearize", method] == pytest.approx(recs["jvp", method], rel=1e-10)

@@ -1,4 +1,8 @@
-"""Inner solvers: closed-form least squares and Newton's method for the classifiers."""
+"""Inner solvers: closed-form least squares and Newton's method for the classifiers.
+
+Every solver takes the SampleReducer averaging over the samples: here _r(Ẑ), the mean over Ẑ's
+rows (the losses return sums; tests/test_reduce.py covers other reducers).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,14 @@ from gnvpro.inner import (
     solve_newton,
 )
 from gnvpro.losses import make_loss
+from gnvpro.reduce import SampleReducer
 
 DT = torch.float64
+
+
+def _r(Zh: torch.Tensor) -> SampleReducer:
+    """The mean over the rows of Ẑ."""
+    return SampleReducer(len(Zh))
 
 
 def _features(n: int, m: int, seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -48,13 +58,15 @@ def _problem(name: str, n: int = 150, m: int = 4, c: int = 3, seed: int = 0, noi
 
 
 def _grad_W(loss, Zh, C, W, alpha):
-    return loss.grad(Zh @ W.T, C).T @ Zh + alpha * W
+    """∇_W Φ = Gᵀ Ẑ / n + α_W W (the loss's G is per row, unnormalised)."""
+    return loss.grad(Zh @ W.T, C).T @ Zh / len(Zh) + alpha * W
 
 
 def _hess_matrix_by_columns(loss, S, C, Zh, alpha):
     N = S.shape[1] * Zh.shape[1]
     eye = torch.eye(N, dtype=DT)
-    return torch.stack([hessian_apply(loss, S, C, Zh, eye[i], alpha) for i in range(N)], dim=1)
+    R = _r(Zh)
+    return torch.stack([hessian_apply(loss, S, C, Zh, eye[i], alpha, R) for i in range(N)], dim=1)
 
 
 # ----------------------------------------------------------------------------- least squares
@@ -64,7 +76,7 @@ def _hess_matrix_by_columns(loss, S, C, Zh, alpha):
 def test_least_squares_matches_lstsq(alpha: float) -> None:
     loss, Zh, C = _problem("least_squares", n=40, m=6, c=3)
     n, p = Zh.shape
-    sol = solve_least_squares(Zh, C, alpha)
+    sol = solve_least_squares(Zh, C, alpha, _r(Zh))
     assert isinstance(sol, InnerSolution)
     A = np.vstack([Zh.numpy() / np.sqrt(n), np.sqrt(alpha) * np.eye(p)])
     B = np.vstack([C.numpy() / np.sqrt(n), np.zeros((p, C.shape[1]))])
@@ -82,14 +94,14 @@ def test_least_squares_svd_fallback_rank_deficient() -> None:
     # alpha = 0 and a duplicated feature column: Gram is singular; expect the minimum-norm solution
     _, Zh, C = _problem("least_squares", n=30, m=3, c=2)
     Zh = torch.cat([Zh[:, :1], Zh], dim=1)
-    sol = solve_least_squares(Zh, C, 0.0)
+    sol = solve_least_squares(Zh, C, 0.0, _r(Zh))
     assert "SVD" in sol.message
     W_ref = np.linalg.lstsq(Zh.numpy(), C.numpy(), rcond=None)[0].T
     np.testing.assert_allclose(sol.W.numpy(), W_ref, rtol=1e-10, atol=1e-10)
     # alpha = 1e-13 > 0: Cholesky is rejected (cond ~ 1e13); the SVD result is the min-norm one up
     # to O(alpha), with equal weights on the two identical columns (no round-off blow-up along
     # the null direction, where a normal-equation or augmented solve picks up ~1e-3 noise)
-    sol = solve_least_squares(Zh, C, 1e-13)
+    sol = solve_least_squares(Zh, C, 1e-13, _r(Zh))
     assert "SVD" in sol.message
     np.testing.assert_allclose(sol.W.numpy(), W_ref, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(sol.W[:, 0], sol.W[:, 1], rtol=1e-10, atol=1e-10)
@@ -101,10 +113,10 @@ def test_least_squares_svd_path_forced(monkeypatch: pytest.MonkeyPatch, n: int) 
 
     loss, Zh, C = _problem("least_squares", n=n, m=7, c=2, seed=4)
     alpha = 1e-2
-    ref = solve_least_squares(Zh, C, alpha)
+    ref = solve_least_squares(Zh, C, alpha, _r(Zh))
     assert "Cholesky" in ref.message
     monkeypatch.setattr(ls_mod, "_COND_MAX", 1.0)
-    sol = solve_least_squares(Zh, C, alpha)
+    sol = solve_least_squares(Zh, C, alpha, _r(Zh))
     assert "SVD" in sol.message
     torch.testing.assert_close(sol.W, ref.W, rtol=1e-11, atol=1e-12)
     assert sol.grad_norm < 1e-12
@@ -117,9 +129,9 @@ def _check_hess_inv(loss, Zh, C, sol, alpha, rtol=1e-10) -> None:
     V = torch.randn(sol.W.shape, generator=gen, dtype=DT)
     X = sol.hess_inv(V)
     assert X.shape == V.shape and X.dtype == DT
-    back = hessian_apply(loss, S, C, Zh, X, alpha)
+    back = hessian_apply(loss, S, C, Zh, X, alpha, _r(Zh))
     assert float((back - V).norm() / V.norm()) < rtol
-    HV = hessian_apply(loss, S, C, Zh, V, alpha)
+    HV = hessian_apply(loss, S, C, Zh, V, alpha, _r(Zh))
     assert float((sol.hess_inv(HV) - V).norm() / V.norm()) < rtol
     flat = sol.hess_inv(V.reshape(-1))  # flat vec(V) accepted, same ordering
     assert flat.shape == (V.numel(),)
@@ -129,7 +141,7 @@ def _check_hess_inv(loss, Zh, C, sol, alpha, rtol=1e-10) -> None:
 @pytest.mark.parametrize("alpha", [1e-4, 1.0])
 def test_least_squares_hess_inv(alpha: float) -> None:
     loss, Zh, C = _problem("least_squares", n=50, m=5, c=2)
-    _check_hess_inv(loss, Zh, C, solve_least_squares(Zh, C, alpha), alpha)
+    _check_hess_inv(loss, Zh, C, solve_least_squares(Zh, C, alpha, _r(Zh)), alpha)
 
 
 # ------------------------------------------------------------------------------ Newton
@@ -179,7 +191,7 @@ def _numpy_objective(name: str, Zh: np.ndarray, C: np.ndarray, alpha: float):
 def test_newton_matches_scipy(name: str) -> None:
     alpha = 1e-3
     loss, Zh, C = _problem(name, n=120, m=4, c=3)
-    sol = solve_newton(loss, Zh, C, alpha)
+    sol = solve_newton(loss, Zh, C, alpha, _r(Zh))
     assert sol.converged, sol.message
     g = _grad_W(loss, Zh, C, sol.W, alpha)
     assert float(g.norm()) <= 1e-10
@@ -204,7 +216,7 @@ def test_newton_matches_scipy(name: str) -> None:
     rel = np.linalg.norm(sol.W.numpy() - W_ref) / np.linalg.norm(W_ref)
     assert rel < 1e-7
     # the numpy Hessian (independent formula) equals our dense Hessian at W*
-    H = dense_hessian(loss, Zh @ sol.W.T, C, Zh, alpha)
+    H = dense_hessian(loss, Zh @ sol.W.T, C, Zh, alpha, _r(Zh))
     np.testing.assert_allclose(H.numpy(), hess(sol.W.numpy().reshape(-1)), rtol=1e-11, atol=1e-13)
 
 
@@ -212,12 +224,12 @@ def test_newton_matches_scipy(name: str) -> None:
 def test_newton_warm_start(name: str) -> None:
     alpha = 1e-2
     loss, Zh, C = _problem(name, seed=3)
-    sol = solve_newton(loss, Zh, C, alpha)
-    warm = solve_newton(loss, Zh, C, alpha, W0=sol.W)
+    sol = solve_newton(loss, Zh, C, alpha, _r(Zh))
+    warm = solve_newton(loss, Zh, C, alpha, _r(Zh), W0=sol.W)
     assert warm.converged and warm.iterations <= 1
     torch.testing.assert_close(warm.W, sol.W, rtol=1e-9, atol=1e-10)
     # a nearby warm start needs fewer iterations than the cold start
-    near = solve_newton(loss, Zh, C, alpha, W0=sol.W * (1 + 1e-3))
+    near = solve_newton(loss, Zh, C, alpha, _r(Zh), W0=sol.W * (1 + 1e-3))
     assert near.converged and near.iterations <= sol.iterations
 
 
@@ -230,7 +242,7 @@ def test_dense_hessian_equals_matrix_free(name: str, c: int) -> None:
     gen = torch.Generator().manual_seed(1)
     W = torch.randn(C.shape[1], Zh.shape[1], generator=gen, dtype=DT)
     S = Zh @ W.T
-    H = dense_hessian(loss, S, C, Zh, alpha)
+    H = dense_hessian(loss, S, C, Zh, alpha, _r(Zh))
     H_cols = _hess_matrix_by_columns(loss, S, C, Zh, alpha)
     torch.testing.assert_close(H, H_cols, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(H, H.T, rtol=0, atol=0)
@@ -239,7 +251,7 @@ def test_dense_hessian_equals_matrix_free(name: str, c: int) -> None:
     V = torch.randn(W.shape, generator=gen, dtype=DT)
     torch.testing.assert_close(
         H @ V.reshape(-1),
-        hessian_apply(loss, S, C, Zh, V, alpha).reshape(-1),
+        hessian_apply(loss, S, C, Zh, V, alpha, _r(Zh)).reshape(-1),
         rtol=1e-12,
         atol=1e-12,
     )
@@ -250,16 +262,17 @@ def test_dense_hessian_chunked_rows(monkeypatch: pytest.MonkeyPatch) -> None:
 
     loss, Zh, C = _problem("cross_entropy", n=23, m=2, c=3, seed=9)
     S = torch.randn(23, 3, dtype=DT)
-    H_full = dense_hessian(loss, S, C, Zh, 0.1)
+    H_full = dense_hessian(loss, S, C, Zh, 0.1, _r(Zh))
     monkeypatch.setattr(newton_mod, "_ROW_CHUNK_ELEMS", 20)  # ~2 rows per chunk
-    torch.testing.assert_close(dense_hessian(loss, S, C, Zh, 0.1), H_full, rtol=1e-13, atol=1e-14)
+    H_chunked = dense_hessian(loss, S, C, Zh, 0.1, _r(Zh))
+    torch.testing.assert_close(H_chunked, H_full, rtol=1e-13, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "logistic"])
 def test_dense_hess_inv(name: str) -> None:
     alpha = 1e-3
     loss, Zh, C = _problem(name, seed=11)
-    sol = solve_newton(loss, Zh, C, alpha)
+    sol = solve_newton(loss, Zh, C, alpha, _r(Zh))
     _check_hess_inv(loss, Zh, C, sol, alpha)
 
 
@@ -267,8 +280,8 @@ def test_dense_hess_inv(name: str) -> None:
 def test_cg_path_matches_dense(name: str) -> None:
     alpha = 1e-3
     loss, Zh, C = _problem(name, n=200, m=6, c=4, seed=2)
-    dense = solve_newton(loss, Zh, C, alpha)
-    cg = solve_newton(loss, Zh, C, alpha, dense_max=0)
+    dense = solve_newton(loss, Zh, C, alpha, _r(Zh))
+    cg = solve_newton(loss, Zh, C, alpha, _r(Zh), dense_max=0)
     assert cg.converged, cg.message
     assert cg.grad_norm <= 1e-10
     rel = float((cg.W - dense.W).norm() / dense.W.norm())
@@ -279,12 +292,12 @@ def test_cg_path_matches_dense(name: str) -> None:
 def test_least_squares_through_newton_is_one_step() -> None:
     alpha = 1e-2
     loss, Zh, C = _problem("least_squares", n=60, m=5, c=2)
-    ref = solve_least_squares(Zh, C, alpha)
+    ref = solve_least_squares(Zh, C, alpha, _r(Zh))
     for dense_max in (2000, 0):
-        sol = solve_newton(loss, Zh, C, alpha, dense_max=dense_max)
+        sol = solve_newton(loss, Zh, C, alpha, _r(Zh), dense_max=dense_max)
         assert sol.converged
         torch.testing.assert_close(sol.W, ref.W, rtol=1e-9, atol=1e-10)
-    assert solve_newton(loss, Zh, C, alpha).iterations == 1
+    assert solve_newton(loss, Zh, C, alpha, _r(Zh)).iterations == 1
 
 
 def test_max_iter_reports_non_convergence() -> None:
@@ -294,7 +307,7 @@ def test_max_iter_reports_non_convergence() -> None:
     loss = make_loss("logistic")
     C = loss.prepare_targets((Zh[:, 0] + 0.3 * Zh[:, 1] > 0).to(torch.int64))
     with pytest.warns(RuntimeWarning, match="did not converge"):
-        sol = solve_newton(loss, Zh, C, 1e-8, max_iter=1)
+        sol = solve_newton(loss, Zh, C, 1e-8, _r(Zh), max_iter=1)
     assert not sol.converged
     assert sol.iterations == 1
     assert "max_iter=1" in sol.message and "did not converge" in sol.message
@@ -307,8 +320,8 @@ def test_float32_inputs_are_solved_in_float64() -> None:
     alpha = 1e-3
     for name in ("cross_entropy", "least_squares"):
         loss, Zh, C = _problem(name, seed=8)
-        sol64 = solve_inner(loss, Zh, C, alpha)
-        sol32 = solve_inner(loss, Zh.float(), C.float(), alpha, W0=None)
+        sol64 = solve_inner(loss, Zh, C, alpha, _r(Zh))
+        sol32 = solve_inner(loss, Zh.float(), C.float(), alpha, _r(Zh), W0=None)
         assert sol32.W.dtype == DT
         assert sol32.hess_inv(torch.ones(sol32.W.shape, dtype=torch.float32)).dtype == DT
         g = _grad_W(loss, Zh.float().double(), C.float().double(), sol32.W, alpha)
@@ -316,7 +329,7 @@ def test_float32_inputs_are_solved_in_float64() -> None:
         torch.testing.assert_close(sol32.W, sol64.W, rtol=1e-4, atol=1e-5)
     loss, Zh, C = _problem("logistic", seed=8)
     W0 = torch.zeros(1, Zh.shape[1], dtype=torch.float32)
-    sol = solve_newton(loss, Zh.float(), C.float(), alpha, W0=W0)
+    sol = solve_newton(loss, Zh.float(), C.float(), alpha, _r(Zh), W0=W0)
     assert sol.W.dtype == DT and sol.converged
 
 
@@ -324,44 +337,44 @@ def test_relative_tolerance_is_measured_at_zero() -> None:
     alpha = 1e-3
     loss, Zh, C = _problem("cross_entropy", seed=6)
     g0 = float(_grad_W(loss, Zh, C, torch.zeros(3, Zh.shape[1], dtype=DT), alpha).norm())
-    sol = solve_newton(loss, Zh, C, alpha, rtol=1e-3, atol=0.0)
+    sol = solve_newton(loss, Zh, C, alpha, _r(Zh), rtol=1e-3, atol=0.0)
     assert sol.converged and sol.grad_norm <= 1e-3 * g0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a converged solve emits no warning
-        solve_newton(loss, Zh, C, alpha, W0=sol.W, rtol=1e-3, atol=0.0)
+        solve_newton(loss, Zh, C, alpha, _r(Zh), W0=sol.W, rtol=1e-3, atol=0.0)
 
 
 def test_input_validation() -> None:
     loss, Zh, C = _problem("cross_entropy")
     with pytest.raises(ValueError, match="W0 must have shape"):
-        solve_newton(loss, Zh, C, 1e-3, W0=torch.zeros(2, 2))
+        solve_newton(loss, Zh, C, 1e-3, _r(Zh), W0=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="same n"):
-        solve_newton(loss, Zh[:-1], C, 1e-3)
+        solve_newton(loss, Zh[:-1], C, 1e-3, _r(Zh[:-1]))
     with pytest.raises(ValueError, match="n = "):
-        solve_least_squares(Zh[:-1], C, 1e-3)
+        solve_least_squares(Zh[:-1], C, 1e-3, _r(Zh[:-1]))
     with pytest.raises(ValueError, match="alpha_w"):
-        solve_least_squares(Zh, C, -1.0)
+        solve_least_squares(Zh, C, -1.0, _r(Zh))
     bad = Zh.clone()
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN/Inf"):
-        solve_newton(loss, bad, C, 1e-3)
+        solve_newton(loss, bad, C, 1e-3, _r(bad))
     with pytest.raises(ValueError, match="NaN/Inf"):
-        solve_least_squares(bad, C, 1e-3)
+        solve_least_squares(bad, C, 1e-3, _r(bad))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_solvers_on_cuda() -> None:
     for name in ("least_squares", "cross_entropy", "logistic"):
         loss, Zh, C = _problem(name, seed=12)
-        ref = solve_inner(loss, Zh, C, 1e-3)
+        ref = solve_inner(loss, Zh, C, 1e-3, _r(Zh))
         Z32 = Zh.cuda().float()
-        sol = solve_inner(loss, Z32, C.cuda().float(), 1e-3)
+        sol = solve_inner(loss, Z32, C.cuda().float(), 1e-3, _r(Z32))
         assert sol.W.is_cuda and sol.W.dtype == DT
         torch.testing.assert_close(sol.W.cpu(), ref.W, rtol=1e-4, atol=1e-5)
         # H_W⁻¹ is the inverse of the Hessian of the problem solved: float32 Ẑ, in float64
         Zs = Z32.to(DT)
         V = torch.randn(sol.W.shape, dtype=DT, device="cuda")
-        back = hessian_apply(loss, Zs @ sol.W.T, C.cuda(), Zs, sol.hess_inv(V), 1e-3)
+        back = hessian_apply(loss, Zs @ sol.W.T, C.cuda(), Zs, sol.hess_inv(V), 1e-3, _r(Zs))
         assert float((back - V).norm() / V.norm()) < 1e-8
-        cg = solve_newton(loss, Zh.cuda(), C.cuda(), 1e-3, dense_max=0)
+        cg = solve_newton(loss, Zh.cuda(), C.cuda(), 1e-3, _r(Zh), dense_max=0)
         torch.testing.assert_close(cg.W.cpu(), ref.W, rtol=1e-7, atol=1e-8)

@@ -1,4 +1,8 @@
-"""Losses: closed-form derivatives against autograd, stability, target validation."""
+"""Losses: closed-form derivatives against autograd, stability, target validation.
+
+The losses return sums over rows (value Σ_i ℓ_i, per-row G and H_S[U]); the averaging over n
+samples is gnvpro.reduce.SampleReducer's (tests/test_reduce.py).
+"""
 
 from __future__ import annotations
 
@@ -61,18 +65,45 @@ def test_hess_apply_matches_jvp_of_grad(name: str, scale: float) -> None:
 
 
 def test_values_by_hand() -> None:
+    """value = Σ_i ℓ_i: a sum over the rows, not a mean."""
     S = torch.tensor([[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]], dtype=DT)
     C = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=DT)
     ce = CrossEntropyLoss().value(S, C)
-    expect = (torch.logsumexp(S, 1) - (C * S).sum(1)).mean()
+    expect = (torch.logsumexp(S, 1) - (C * S).sum(1)).sum()
     torch.testing.assert_close(ce, expect, rtol=1e-14, atol=0)
     ls = LeastSquaresLoss().value(S, C)
-    assert float(ls) == pytest.approx(0.5 * float(((S - C) ** 2).sum()) / 2, rel=1e-14)
+    assert float(ls) == pytest.approx(0.5 * float(((S - C) ** 2).sum()), rel=1e-14)
     s = torch.tensor([[0.3], [-2.0], [5.0]], dtype=DT)
     c = torch.tensor([[1.0], [0.0], [1.0]], dtype=DT)
     lg = LogisticLoss().value(s, c)
-    expect = (torch.log(1 + torch.exp(s)) - c * s).mean()
+    expect = (torch.log(1 + torch.exp(s)) - c * s).sum()
     torch.testing.assert_close(lg, expect, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sums_are_additive_over_rows(name: str) -> None:
+    """value, grad and hess_apply of a batch are those of its parts: no hidden 1/n."""
+    loss, S, C, U = _data(name, n=13)
+    parts = [slice(0, 5), slice(5, 13)]
+    total = sum(loss.value(S[i], C[i]) for i in parts)
+    torch.testing.assert_close(loss.value(S, C), total, rtol=1e-14, atol=0)
+    torch.testing.assert_close(loss.grad(S, C), torch.cat([loss.grad(S[i], C[i]) for i in parts]),
+                               rtol=0, atol=0)
+    HU = torch.cat([loss.hess_apply(S[i], C[i], U[i]) for i in parts])
+    torch.testing.assert_close(loss.hess_apply(S, C, U), HU, rtol=0, atol=0)
+    L, G = loss.value_and_grad(S, C)
+    torch.testing.assert_close(L, loss.value(S, C), rtol=1e-14, atol=0)
+    torch.testing.assert_close(G, loss.grad(S, C), rtol=0, atol=0)
+
+
+def test_scalar_hessian_is_unnormalised() -> None:
+    S = torch.randn(6, 2, dtype=DT)
+    U = torch.randn(6, 2, dtype=DT)
+    ls = LeastSquaresLoss()
+    assert ls.scalar_hessian() == 1.0
+    torch.testing.assert_close(ls.hess_apply(S, torch.zeros_like(S), U), U, rtol=0, atol=0)
+    assert CrossEntropyLoss().scalar_hessian() is None
+    assert LogisticLoss().scalar_hessian() is None
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "logistic"])
@@ -86,9 +117,9 @@ def test_stable_for_large_predictions(name: str) -> None:
     if name == "logistic":
         s = torch.tensor([[1e3], [-1e3], [1e3], [-1e3]], dtype=DT)
         c = torch.tensor([[1.0], [0.0], [0.0], [1.0]], dtype=DT)
-        assert float(loss.value(s, c)) == pytest.approx(0.5 * 1e3, rel=1e-15)
+        assert float(loss.value(s, c)) == pytest.approx(2e3, rel=1e-15)
         torch.testing.assert_close(
-            loss.grad(s, c), torch.tensor([[0.0], [0], [0.25], [-0.25]]).to(DT)
+            loss.grad(s, c), torch.tensor([[0.0], [0], [1.0], [-1.0]]).to(DT)
         )
         assert float(loss.hess_apply(s, c, torch.ones_like(s)).abs().max()) < 1e-300
         s = torch.tensor([[40.0]], dtype=DT)  # log(1+e^40) - 40 = e^-40, not rounded to 0
@@ -96,7 +127,7 @@ def test_stable_for_large_predictions(name: str) -> None:
     else:
         s = torch.tensor([[1e3, -1e3, 0.0], [1e3, 999.0, -1e3]], dtype=DT)
         c = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=DT)
-        expect = 0.5 * (0.0 + float(torch.log1p(torch.exp(torch.tensor(1.0, dtype=DT)))))
+        expect = 0.0 + float(torch.log1p(torch.exp(torch.tensor(1.0, dtype=DT))))
         assert float(loss.value(s, c)) == pytest.approx(expect, rel=1e-14)
 
 
@@ -202,9 +233,8 @@ def test_shape_mismatch_raises() -> None:
 
 @pytest.mark.parametrize("name", ["least_squares", "cross_entropy", "logistic"])
 def test_hessian_factors_reproduce_hess_apply(name):
-    """H_S,i = (diag(d_i) − u_i u_iᵀ)/n: the factors the inner Newton solver builds H_W from."""
+    """H_i = diag(d_i) − u_i u_iᵀ: the factors the inner Newton solver builds H_W from."""
     loss, S, C, U = _data(name)
     D, V = loss.hessian_factors(S)
-    n = S.shape[0]
     HU = D * U if V is None else D * U - V * (V * U).sum(1, keepdim=True)
-    assert torch.allclose(HU / n, loss.hess_apply(S, C, U), rtol=1e-13, atol=1e-15)
+    assert torch.allclose(HU, loss.hess_apply(S, C, U), rtol=1e-13, atol=1e-15)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from gnvpro import GNvpro, GNvproConfig, split_model
+from gnvpro import GNvpro, GNvproConfig, load_checkpoint, save_checkpoint, split_model
 
 
 def test_run_writes_back_and_lowers_loss(tiny_regression):
@@ -40,21 +40,24 @@ def test_max_work_budget(tiny_regression):
     assert hist.termination.name == "MAX_WORK"
 
 
-def test_state_dict_roundtrip(tiny_regression):
+def test_state_dict_roundtrip(tiny_regression, tmp_path):
     model, x, y = tiny_regression
     opt = GNvpro(model)
     opt.run(x, y, max_iter=3)
     sd = opt.state_dict()
+    assert "model" not in sd and sd["iteration"] == 3  # optimiser state only, as torch.optim
+    save_checkpoint(tmp_path / "ck.pt", model, opt, note="after 3")
     model2 = type(model)(*[type(m)(m.in_features, m.out_features, dtype=torch.float64)
                            if isinstance(m, nn.Linear) else m for m in model])
     opt2 = GNvpro(model2)
-    opt2.load_state_dict(sd)
+    assert load_checkpoint(tmp_path / "ck.pt", model2, opt2) == {"note": "after 3"}
     for a, b in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(a, b)
     rec = opt2.step(x, y)
     assert rec.iteration == 4 and rec.work_units > sd["work"]
+    assert len(opt2.state.pairs) == len(opt.state.pairs) + 1 == 4  # TN pairs carried over
     with pytest.raises(ValueError, match="not a GNvpro state dict"):
-        opt2.load_state_dict({"model": {}})
+        opt2.load_state_dict({"radius": None})
 
 
 def test_named_head_and_float32(tiny_regression):

@@ -98,7 +98,7 @@ def test_auto_mode_rule():
 class _NoScalarHessian(type(make_loss("least_squares"))):
     """Least squares through the general (n×c) product path."""
 
-    def scalar_hessian(self, n):
+    def scalar_hessian(self):
         return None
 
 

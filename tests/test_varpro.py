@@ -138,3 +138,22 @@ def test_time_smoothness_regulariser_derivatives():
     assert adjoint_test(r.forward, r.adjoint, v, u) < 1e-12
     Hv = obj.gn_operator(pt)(v)
     assert torch.allclose(Hv, r.adjoint(r.forward(v)), rtol=1e-10, atol=1e-13)
+
+
+def test_affine_head_shared_by_reduced_and_joint_objectives(tiny_regression):
+    from gnvpro.affine import AffineHead
+    from gnvpro.joint import JointProblem
+
+    obj = _objective(*tiny_regression)
+    joint = JointProblem(obj.split, obj.loss, *tiny_regression[1:], ALPHA_W, ALPHA_T)
+    head = obj.head
+    assert (head.m, head.c, head.p, head.bias) == (4, 2, 5, True)
+    assert joint.w_shape == head.w_shape == (2, 5) and joint.m == 4
+    Z = torch.randn(3, 4, dtype=torch.float32)
+    Zh = obj.augment(Z)
+    assert Zh.dtype == torch.float64 and torch.equal(Zh[:, :4], Z.double())
+    assert torch.equal(Zh[:, 4], torch.ones(3, dtype=torch.float64))
+    assert torch.equal(head.pad(Z), torch.cat([Z, torch.zeros(3, 1)], 1))
+    no_bias = AffineHead(4, 2, bias=False)
+    assert no_bias.w_shape == (2, 4)
+    assert torch.equal(no_bias.augment(Z), Z.double()) and no_bias.pad(Z) is Z

@@ -9,6 +9,10 @@ The reference's block-diagonal variant ("gn-blockdiag") drops the θ–W couplin
 
     H_θθ dθ = J_Zᵀ(H_S[dẐ Wᵀ] W̃) + α_θ BᵀB dθ,    H_WW dW = H_S[Ẑ dWᵀ]ᵀ Ẑ + α_W dW
 
+L = (1/n) Σ_i ℓ_i is the average loss, G and H_S its derivatives: the losses return sums and
+per-row terms, the problem's SampleReducer (gnvpro.reduce) takes every average over samples, as
+in gnvpro.varpro. Ẑ and dẐ come from the shared gnvpro.affine.AffineHead.
+
 The same gnvpro.solver (trust_region_step, Lanczos or Steihaug) runs it, so
 work units are counted exactly as for GNvpro: objective + gradient 2, each H_GN v 2 (also for the
 block-diagonal operator, whose W block is cheap), each trial value 1, the gradient at an accepted
@@ -23,9 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .affine import AffineHead
 from .autodiff import FeatureMap, Linearisation
 from .head import HeadSplit
 from .losses import Loss
+from .reduce import SampleReducer, resolve_reducer
 from .regularizer import LinearMap, Regularizer
 from .varpro import batch_targets
 
@@ -48,7 +54,10 @@ class JointPoint:
 
 
 class JointProblem:
-    """Φ(θ, W) on one batch as a gnvpro.solver Problem over z = [θ; vec W] (row-major vec)."""
+    """Φ(θ, W) on one batch as a gnvpro.solver Problem over z = [θ; vec W] (row-major vec).
+
+    ``reducer`` averages every sum over the batch's rows (default SampleReducer(len(x))).
+    """
 
     def __init__(
         self,
@@ -61,19 +70,22 @@ class JointProblem:
         B: LinearMap | None = None,
         coupled: bool = True,
         jvp_mode: str = "auto",
+        reducer: SampleReducer | None = None,
     ) -> None:
         if alpha_w < 0:
             raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
         self.split = split
         self.loss = loss
         self.C = batch_targets(split, loss, x, y)
+        self.reducer = resolve_reducer(reducer, x.shape[0])
+        self.head = AffineHead.from_split(split)
         self.features = FeatureMap(split, x, jvp_mode)
         self.reg = Regularizer(alpha_theta, self.features.layout, B)
         self.alpha_w = float(alpha_w)
         self.coupled = coupled
-        self.m = split.n_features
+        self.m = self.head.m
         self.n_theta = self.features.layout.size
-        self.w_shape = (split.n_outputs, self.m + int(split.has_bias))
+        self.w_shape = self.head.w_shape
 
     # ------------------------------------------------------------------ layout
     def pack(self, theta: Tensor, W: Tensor) -> Tensor:
@@ -84,18 +96,9 @@ class JointProblem:
         """(θ, W) views of z."""
         return z[: self.n_theta], z[self.n_theta :].reshape(self.w_shape)
 
-    def _augment(self, Z: Tensor) -> Tensor:
-        Z = Z.to(torch.float64)
-        if self.split.has_bias:
-            Z = torch.cat([Z, Z.new_ones(Z.shape[0], 1)], 1)
-        return Z
-
-    def _pad(self, dZ: Tensor) -> Tensor:
-        """dẐ = [dZ, 0]: the ones column does not move."""
-        return torch.nn.functional.pad(dZ, (0, 1)) if self.split.has_bias else dZ
-
     def _hs(self, pt: JointPoint, U: Tensor) -> Tensor:
-        return self.loss.hess_apply(pt.S, self.C, U)
+        """H_S[U] of the averaged loss: the loss's per-row H_i u_i, divided by n."""
+        return self.reducer.scale(self.loss.hess_apply(pt.S, self.C, U))
 
     # ----------------------------------------------------------------- Problem
     def evaluate(self, z: Tensor, prev: object = None) -> JointPoint:
@@ -103,12 +106,13 @@ class JointProblem:
         z = z.detach().to(torch.float64)
         theta, W = self.unpack(z)
         Z, vjp_fn = self.features.with_vjp(theta)
-        Zh = self._augment(Z.detach())
+        Zh = self.head.augment(Z.detach())
         if not torch.isfinite(Zh).all():
             inf = torch.full((), float("inf"), dtype=torch.float64)
             return JointPoint(z, float("inf"), float("inf"), W, Zh, inf, inf, None)
         S = Zh @ W.T
         L, G = self.loss.value_and_grad(S, self.C)
+        L, G = self.reducer.mean(L), self.reducer.scale(G, inplace=True)
         value = L + 0.5 * self.alpha_w * W.square().sum() + self.reg.value(theta)
         return JointPoint(z, float(value), float(L), W, Zh, S, G, vjp_fn)
 
@@ -117,8 +121,8 @@ class JointProblem:
         theta, W = self.unpack(pt.theta)
         if pt.vjp_fn is None:
             pt.vjp_fn = self.features.with_vjp(theta)[1]
-        g_theta = pt.vjp_fn(pt.G @ W[:, : self.m]) + self.reg.gradient(theta)
-        g_W = pt.G.T @ pt.Zh + self.alpha_w * W
+        g_theta = self.reducer.sum(pt.vjp_fn(pt.G @ W[:, : self.m])) + self.reg.gradient(theta)
+        g_W = self.reducer.sum(pt.G.T @ pt.Zh) + self.alpha_w * W
         return self.pack(g_theta, g_W)
 
     def gn_operator(self, pt: JointPoint) -> Callable[[Tensor], Tensor]:
@@ -128,42 +132,46 @@ class JointProblem:
             pt.vjp_fn = self.features.with_vjp(theta)[1]
         vjp, jvp = pt.vjp_fn, pt.vjp_fn.jvp  # both through the point's recorded graph
         Wt = W[:, : self.m]
-        h = self.loss.scalar_hessian(len(pt.Zh))
+        pad, rsum = self.head.pad, self.reducer.sum
+        h = self.loss.scalar_hessian()
         if h is not None and pt.Zh.shape[1] <= 2 * W.shape[0]:
-            return self._scalar_hessian_operator(pt, W, h)
+            return self._scalar_hessian_operator(pt, W, self.reducer.scale(h))
 
         def coupled(v: Tensor) -> Tensor:
             d_theta, dW = self.unpack(v.to(torch.float64))
-            dS = self._pad(jvp(d_theta)) @ W.T + pt.Zh @ dW.T
+            dS = pad(jvp(d_theta)) @ W.T + pt.Zh @ dW.T
             U = self._hs(pt, dS)
-            out_theta = vjp(U @ Wt) + self.reg.gauss_newton(d_theta)
-            return self.pack(out_theta, U.T @ pt.Zh + self.alpha_w * dW)
+            out_theta = rsum(vjp(U @ Wt)) + self.reg.gauss_newton(d_theta)
+            return self.pack(out_theta, rsum(U.T @ pt.Zh) + self.alpha_w * dW)
 
         def blockdiag(v: Tensor) -> Tensor:
             d_theta, dW = self.unpack(v.to(torch.float64))
-            U_theta = self._hs(pt, self._pad(jvp(d_theta)) @ W.T)
-            out_theta = vjp(U_theta @ Wt) + self.reg.gauss_newton(d_theta)
-            out_W = self._hs(pt, pt.Zh @ dW.T).T @ pt.Zh + self.alpha_w * dW
+            U_theta = self._hs(pt, pad(jvp(d_theta)) @ W.T)
+            out_theta = rsum(vjp(U_theta @ Wt)) + self.reg.gauss_newton(d_theta)
+            out_W = rsum(self._hs(pt, pt.Zh @ dW.T).T @ pt.Zh) + self.alpha_w * dW
             return self.pack(out_theta, out_W)
 
         return coupled if self.coupled else blockdiag
 
     def _scalar_hessian_operator(self, pt: JointPoint, W: Tensor,
                                  h: float) -> Callable[[Tensor], Tensor]:
-        """The same products for H_S = h·I without n×c temporaries (A = ẐᵀẐ, K̃ = WᵀW̃):
+        """The same products for H_S = h·I (h: the loss's h scaled by the reducer, h/n) without n×c
+        temporaries (A = ẐᵀẐ, K̃ = WᵀW̃; the row sums A, dẐᵀẐ and the θ-pullback through the
+        reducer):
         U W̃ = h (dẐ K̃ + Ẑ dWᵀW̃),  Uᵀ Ẑ = h (W dẐᵀẐ + dW A); block-diagonal drops the
         cross terms Ẑ dWᵀW̃ and W dẐᵀẐ."""
         vjp, jvp = pt.vjp_fn, pt.vjp_fn.jvp
-        A, hKt = h * (pt.Zh.T @ pt.Zh), h * (W.T @ W[:, : self.m])
+        pad, rsum = self.head.pad, self.reducer.sum
+        A, hKt = h * rsum(pt.Zh.T @ pt.Zh), h * (W.T @ W[:, : self.m])
 
         def apply(v: Tensor) -> Tensor:
             d_theta, dW = self.unpack(v.to(torch.float64))
-            dZh = self._pad(jvp(d_theta))
+            dZh = pad(jvp(d_theta))
             E = dZh @ hKt
             out_W = dW @ A + self.alpha_w * dW
             if self.coupled:
                 E = E + pt.Zh @ (h * (dW.T @ W[:, : self.m]))
-                out_W = out_W + W @ (h * (dZh.T @ pt.Zh))
-            return self.pack(vjp(E) + self.reg.gauss_newton(d_theta), out_W)
+                out_W = out_W + W @ (h * rsum(dZh.T @ pt.Zh))
+            return self.pack(rsum(vjp(E)) + self.reg.gauss_newton(d_theta), out_W)
 
         return apply

@@ -1,14 +1,18 @@
-"""Loss functions L(S, C) of the predictions S = Ẑ Wᵀ ∈ R^{n×c} (rows are samples).
+"""Loss functions L(S, C) = Σ_i ℓ(s_i, c_i) of the predictions S = Ẑ Wᵀ ∈ R^{n×c} (rows are
+samples).
 
-All losses are averaged over the n samples (method.md, section 1). Each loss provides its value,
-its gradient G = ∂L/∂S and the action of its Hessian H_S[U], everything in closed form so that the
-variable-projection machinery never differentiates through the loss with autograd:
+A loss returns SUMS over the rows it sees and never divides by n: the objective's average
+(1/n) Σ_i ℓ_i over the n samples (method.md, section 1) is taken by gnvpro.reduce.SampleReducer,
+the one place that knows n (and, later, the other processes' rows). Each loss provides its value,
+the per-row gradient G = ∂L/∂S (row i: ∂ℓ_i/∂s_i) and the per-row Hessian action H_S[U]
+(row i: H_i u_i), everything in closed form so that the variable-projection machinery never
+differentiates through the loss with autograd:
 
-- least squares:  L = 1/(2n) ‖S − C‖_F²,                     G = (S − C)/n,  H_S[U] = U/n
-- cross-entropy:  L = (1/n) Σ_i [−c_iᵀ s_i + logsumexp(s_i)],  G = (P − C)/n,
-                  H_S[U]_i = (diag p_i − p_i p_iᵀ) u_i / n,     P = softmax(S) row-wise
-- logistic:       L = (1/n) Σ_i [log(1 + e^{s_i}) − c_i s_i],   G = (σ − C)/n,
-                  H_S[U] = σ(1 − σ) ∘ U / n,                   σ = sigmoid(S), c = 1
+- least squares:  L = ½ ‖S − C‖_F²,                       G = S − C,  H_S[U] = U
+- cross-entropy:  L = Σ_i [−c_iᵀ s_i + logsumexp(s_i)],     G = P − C,
+                  H_S[U]_i = (diag p_i − p_i p_iᵀ) u_i,      P = softmax(S) row-wise
+- logistic:       L = Σ_i [log(1 + e^{s_i}) − c_i s_i],      G = σ − C,
+                  H_S[U] = σ(1 − σ) ∘ U,                    σ = sigmoid(S), c = 1
 
 Targets C are float (n, c): real values (least squares), one-hot rows (cross-entropy), 0/1 in a
 single column (logistic). ``Loss.prepare_targets`` converts and validates user targets.
@@ -31,8 +35,8 @@ __all__ = [
 ]
 
 
-def _check_pair(S: Tensor, C: Tensor) -> int:
-    """Check that S and C are (n, c) tensors of the same shape; return n."""
+def _check_pair(S: Tensor, C: Tensor) -> None:
+    """Check that S and C are (n, c) tensors of the same shape with n ≥ 1."""
     if S.ndim != 2 or S.shape != C.shape:
         raise ValueError(
             f"predictions S and targets C must both have shape (n, c); got S {tuple(S.shape)} "
@@ -40,7 +44,6 @@ def _check_pair(S: Tensor, C: Tensor) -> int:
         )
     if S.shape[0] == 0:
         raise ValueError("the loss of an empty batch (n = 0) is undefined")
-    return S.shape[0]
 
 
 def _float_dtype(y: Tensor) -> torch.dtype:
@@ -69,7 +72,10 @@ def _check_integer_valued(y: Tensor, what: str) -> None:
 
 
 class Loss(ABC):
-    """A convex loss L(S, C) of the predictions S ∈ R^{n×c}, averaged over the n rows.
+    """A convex loss L(S, C) = Σ_i ℓ(s_i, c_i) of the predictions S ∈ R^{n×c}: a sum over rows.
+
+    Nothing here divides by n; gnvpro.reduce.SampleReducer averages (``mean`` of the value,
+    ``scale`` of the per-row G and H_S[U]).
 
     Attributes:
         name: registry name ("least_squares", "cross_entropy", "logistic").
@@ -87,28 +93,31 @@ class Loss(ABC):
 
     @abstractmethod
     def value(self, S: Tensor, C: Tensor) -> Tensor:
-        """L(S, C) as a 0-d tensor."""
+        """L(S, C) = Σ_i ℓ(s_i, c_i) (a sum over the rows, not a mean) as a 0-d tensor."""
 
     @abstractmethod
     def grad(self, S: Tensor, C: Tensor) -> Tensor:
-        """G = ∂L/∂S, shape (n, c)."""
+        """G = ∂L/∂S, shape (n, c): row i is ∂ℓ_i/∂s_i."""
 
     @abstractmethod
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
-        """H_S[U]: the Hessian of L in S applied to U (n, c)."""
+        """H_S[U]: the Hessian of L in S applied to U (n, c); row i is H_i u_i with
+        H_i = ∂²ℓ_i/∂s_i². May return U itself (least squares)."""
 
     def value_and_grad(self, S: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
-        """(L(S, C), G) together (a loss may share the work between them)."""
+        """(L(S, C), G) together (a loss may share the work between them). G is a new tensor
+        that the caller owns (it may scale it in place)."""
         return self.value(S, C), self.grad(S, C)
 
     def hessian_factors(self, S: Tensor) -> tuple[Tensor, Tensor | None] | None:
-        """(D, U) with the per-sample Hessian of L in s_i equal to (diag(d_i) − u_i u_iᵀ)/n
-        (U None: diagonal), or None when the loss does not say: the inner Newton solver then
-        forms H_W column by column and runs CG without a preconditioner."""
+        """(D, U) with the Hessian of ℓ_i in s_i equal to diag(d_i) − u_i u_iᵀ (U None:
+        diagonal), or None when the loss does not say: the inner Newton solver then forms H_W
+        column by column and runs CG without a preconditioner."""
         return None
 
-    def scalar_hessian(self, n: int) -> float | None:
-        """h when H_S[U] = h·U for every S (the GN product then needs no n×c temporary)."""
+    def scalar_hessian(self) -> float | None:
+        """h when H_S[U] = h·U for every S (the GN product then needs no n×c temporary);
+        unnormalised: the objective's h/n is SampleReducer.scale(h)."""
         return None
 
     def predict_labels(self, S: Tensor) -> Tensor:
@@ -120,7 +129,7 @@ class Loss(ABC):
 
 
 class LeastSquaresLoss(Loss):
-    """L = 1/(2n) ‖S − C‖_F²,  G = (S − C)/n,  H_S[U] = U/n."""
+    """L = ½ ‖S − C‖_F²,  G = S − C,  H_S[U] = U."""
 
     name = "least_squares"
     is_quadratic = True
@@ -149,37 +158,37 @@ class LeastSquaresLoss(Loss):
         return y.to(_float_dtype(y))
 
     def value(self, S: Tensor, C: Tensor) -> Tensor:
-        n = _check_pair(S, C)
-        return 0.5 * (S - C).square().sum() / n
+        _check_pair(S, C)
+        return 0.5 * (S - C).square().sum()
 
     def grad(self, S: Tensor, C: Tensor) -> Tensor:
-        n = _check_pair(S, C)
-        return (S - C) / n
+        _check_pair(S, C)
+        return S - C
 
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
-        n = _check_pair(S, C)
-        return U / n
+        _check_pair(S, C)
+        return U
 
     def hessian_factors(self, S: Tensor) -> tuple[Tensor, Tensor | None]:
         return torch.ones_like(S), None
 
     def value_and_grad(self, S: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
-        """One n×c temporary D = S − C: L = ⟨D, D⟩/(2n), then G = D/n in place."""
-        n = _check_pair(S, C)
+        """One n×c temporary D = S − C: L = ⟨D, D⟩/2 and G = D."""
+        _check_pair(S, C)
         D = S - C
         flat = D.reshape(-1)
-        return 0.5 * torch.dot(flat, flat) / n, D.div_(n)
+        return 0.5 * torch.dot(flat, flat), D
 
-    def scalar_hessian(self, n: int) -> float | None:
-        return 1.0 / n
+    def scalar_hessian(self) -> float | None:
+        return 1.0
 
 
 class CrossEntropyLoss(Loss):
     """Softmax cross-entropy over all c classes (no reference class).
 
-    L = (1/n) Σ_i [−c_iᵀ s_i + logsumexp(s_i)] (evaluated as −(1/n) Σ_i c_iᵀ log_softmax(s_i),
-    identical because the rows of C sum to one), G = (P − C)/n,
-    H_S[U]_i = (diag p_i − p_i p_iᵀ) u_i / n = (p_i ∘ u_i − p_i (p_iᵀ u_i)) / n.
+    L = Σ_i [−c_iᵀ s_i + logsumexp(s_i)] (evaluated as −Σ_i c_iᵀ log_softmax(s_i), identical
+    because the rows of C sum to one), G = P − C,
+    H_S[U]_i = (diag p_i − p_i p_iᵀ) u_i = p_i ∘ u_i − p_i (p_iᵀ u_i).
     """
 
     name = "cross_entropy"
@@ -272,18 +281,18 @@ class CrossEntropyLoss(Loss):
         return C
 
     def value(self, S: Tensor, C: Tensor) -> Tensor:
-        n = _check_pair(S, C)
-        return -(C * torch.log_softmax(S, dim=1)).sum() / n
+        _check_pair(S, C)
+        return -(C * torch.log_softmax(S, dim=1)).sum()
 
     def grad(self, S: Tensor, C: Tensor) -> Tensor:
-        n = _check_pair(S, C)
-        return (torch.softmax(S, dim=1) - C) / n
+        _check_pair(S, C)
+        return torch.softmax(S, dim=1) - C
 
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
-        n = _check_pair(S, C)
+        _check_pair(S, C)
         P = torch.softmax(S, dim=1)
         PU = P * U
-        return (PU - P * PU.sum(dim=1, keepdim=True)) / n
+        return PU - P * PU.sum(dim=1, keepdim=True)
 
     def hessian_factors(self, S: Tensor) -> tuple[Tensor, Tensor | None]:
         """diag(p_i) − p_i p_iᵀ, p_i = softmax(s_i)."""
@@ -298,8 +307,8 @@ class CrossEntropyLoss(Loss):
 class LogisticLoss(Loss):
     """Binary logistic loss, one output column (c = 1), labels 0/1.
 
-    L = (1/n) Σ_i [log(1 + e^{s_i}) − c_i s_i], evaluated stably as
-    max(s, 0) − c s + log1p(e^{−|s|}); G = (σ − C)/n; H_S[U] = σ(s) σ(−s) U / n.
+    L = Σ_i [log(1 + e^{s_i}) − c_i s_i], evaluated stably as
+    Σ_i [max(s_i, 0) − c_i s_i + log1p(e^{−|s_i|})]; G = σ − C; H_S[U] = σ(s) σ(−s) U.
     """
 
     name = "logistic"
@@ -352,19 +361,19 @@ class LogisticLoss(Loss):
             )
 
     def value(self, S: Tensor, C: Tensor) -> Tensor:
-        n = _check_pair(S, C)
+        _check_pair(S, C)
         self._check_c(S)
-        return (torch.relu(S) - C * S + torch.log1p(torch.exp(-S.abs()))).sum() / n
+        return (torch.relu(S) - C * S + torch.log1p(torch.exp(-S.abs()))).sum()
 
     def grad(self, S: Tensor, C: Tensor) -> Tensor:
-        n = _check_pair(S, C)
+        _check_pair(S, C)
         self._check_c(S)
-        return (torch.sigmoid(S) - C) / n
+        return torch.sigmoid(S) - C
 
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
-        n = _check_pair(S, C)
+        _check_pair(S, C)
         self._check_c(S)
-        return torch.sigmoid(S) * torch.sigmoid(-S) * U / n
+        return torch.sigmoid(S) * torch.sigmoid(-S) * U
 
     def hessian_factors(self, S: Tensor) -> tuple[Tensor, Tensor | None]:
         """σ(s_i)(1 − σ(s_i))."""

@@ -2,6 +2,8 @@
 
 Regression: loss L and the per-sample relative error ‖s_j − c_j‖/‖c_j‖ (mean, std, min, max).
 Classification: loss, accuracy, and per-class counts (support, correct).
+The loss is the average (1/n) Σ_i ℓ_i taken by a SampleReducer (gnvpro.reduce; default: the mean
+over the rows of S).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .losses import LeastSquaresLoss, Loss
+from .reduce import SampleReducer, resolve_reducer
 
 # id(y) → (weakref to y, key, C, ‖c_j‖) for the few target tensors metrics are taken on at
 # every iteration (training, validation, test sets)
@@ -36,14 +39,18 @@ def _targets(loss: Loss, y: Tensor, n_outputs: int, like: Tensor) -> tuple[Tenso
 
 
 @torch.no_grad()
-def prediction_metrics(loss: Loss, S: Tensor, y: Tensor, n_outputs: int) -> dict:
-    """Loss and task metrics of predictions S (n, c) against user targets y."""
+def prediction_metrics(
+    loss: Loss, S: Tensor, y: Tensor, n_outputs: int, reducer: SampleReducer | None = None
+) -> dict:
+    """Loss and task metrics of predictions S (n, c) against user targets y; the loss is
+    averaged by ``reducer`` (default: over the n rows of S)."""
+    reducer = resolve_reducer(reducer, len(S))
     S = S.to(torch.float64)
     C, c_norms = _targets(loss, y, n_outputs, S)
     if not loss.classification:  # one n×c pass: residual row norms r_j, e_j = r_j / ‖c_j‖
         r = (S - C).norm(dim=1)
-        L = 0.5 * r.square().sum() / len(S) if isinstance(loss, LeastSquaresLoss) else \
-            loss.value(S, C)
+        L = reducer.mean(0.5 * r.square().sum() if isinstance(loss, LeastSquaresLoss) else
+                         loss.value(S, C))
         e = r / c_norms.clamp_min(torch.finfo(S.dtype).tiny)
         return {"loss": float(L), "rel_err": float(e.mean()),
                 "rel_err_std": float(e.std()) if len(e) > 1 else 0.0,
@@ -52,6 +59,7 @@ def prediction_metrics(loss: Loss, S: Tensor, y: Tensor, n_outputs: int) -> dict
     true = loss.predict_labels(C) if C.shape[1] > 1 else C[:, 0].round().long()
     correct = pred == true
     k = max(n_outputs, 2)
-    return {"loss": float(loss.value(S, C)), "accuracy": float(correct.double().mean()),
+    L = reducer.mean(loss.value(S, C))
+    return {"loss": float(L), "accuracy": float(correct.double().mean()),
             "support": torch.bincount(true, minlength=k).tolist(),
             "correct": torch.bincount(true[correct], minlength=k).tolist()}

@@ -61,6 +61,8 @@ class Termination(str, Enum):
     LINE_SEARCH = "line search found no decrease along the Gauss-Newton direction"
     STOPPED = "stopped by callback"
     MAX_SECONDS = "time budget spent"
+    DIVERGED = "diverged (non-finite objective)"
+    EPOCHS_DONE = "epochs done"
 
 
 SUBPROBLEMS = ("lanczos", "steihaug", "tn")
@@ -115,15 +117,15 @@ class StepInfo:
     loss: float
     data_loss: float
     grad_norm: float
-    radius: float
-    rho: float
-    outcome: str
-    accepted: bool
-    step_norm: float
-    krylov_iters: int
-    krylov_relres: float
-    work_units: float
-    seconds: float
+    radius: float = math.nan
+    rho: float = math.nan
+    outcome: str = "accepted"
+    accepted: bool = True
+    step_norm: float = 0.0
+    krylov_iters: int = 0
+    krylov_relres: float = 0.0
+    work_units: float = 0.0
+    seconds: float = 0.0
     inner_iterations: int = 0
     inner_grad_norm: float = 0.0
     inner_seconds: float = 0.0
@@ -132,9 +134,12 @@ class StepInfo:
     line_search_evals: int = 0
     status: str = "ok"
     metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # method-specific fields (flattened by to_dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
 
 
 def initial_state(problem: Problem, theta: Tensor, prev: Any = None) -> SolverState:
@@ -358,5 +363,43 @@ def truncated_newton_step(
         inner_grad_norm=inner.grad_norm if inner else 0.0, inner_seconds=inner_seconds,
         inner_converged=inner.converged if inner else True, step_length=alpha,
         line_search_evals=ls.evals, status=_inner_status(state, trial),
+    )
+    return new, info
+
+
+def lbfgs_step(
+    problem: Problem, state: SolverState, memory: int, max_line_search: int = 25,
+    c1: float = 1e-4, c2: float = 0.9,
+) -> tuple[SolverState, StepInfo | None]:
+    """One L-BFGS iteration: d = −H g (two-loop over the pairs), strong Wolfe line search from
+    α = 1 (from min(1, 1/‖g‖₁) without pairs, as torch.optim.LBFGS), new pair (s, Δg).
+
+    A failed line search takes no step: the state says so (stalled; LINE_SEARCH) and no record
+    is returned."""
+    t0 = time.perf_counter()
+    pt, g, pairs = state.pt, state.g, state.pairs
+    d = -two_loop(g, pairs)
+    dg = float(g @ d)
+    if not dg < 0:  # lost positive definiteness numerically: restart from −g
+        pairs, d, dg = (), -g, -float(g @ g)
+    alpha1 = 1.0 if pairs else min(1.0, 1.0 / float(g.abs().sum()))
+    step = wolfe_line_step(problem, pt, d, dg, alpha1, max_line_search, c1, c2)
+    ls, trial = step.search, step.point
+    new = replace(state, work=state.work + step.work, pairs=pairs,
+                  inner_seconds=state.inner_seconds + step.inner_seconds)
+    if trial is None:
+        return replace(new, stalled=True, seconds=state.seconds + time.perf_counter() - t0), None
+    s = trial.theta - pt.theta
+    pairs = newest(pairs, curvature_pair(s, step.gradient - g), memory)
+    new = replace(new, pt=trial, g=step.gradient, pairs=pairs, iteration=state.iteration + 1,
+                  seconds=state.seconds + time.perf_counter() - t0)
+    info = StepInfo(
+        iteration=new.iteration, loss=trial.value, data_loss=trial.loss,
+        grad_norm=new.grad_norm, step_norm=float(s.norm()), work_units=new.work,
+        seconds=new.seconds, inner_iterations=trial.inner.iterations,
+        inner_grad_norm=trial.inner.grad_norm, inner_seconds=new.inner_seconds,
+        inner_converged=trial.inner.converged, step_length=float(ls.alpha),
+        line_search_evals=ls.evals, status=_inner_status(state, trial),
+        extra={"wolfe": ls.wolfe, "line_search": ls.message},
     )
     return new, info

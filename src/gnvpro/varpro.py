@@ -1,7 +1,10 @@
 """Variable projection: the reduced objective Φ_red(θ) = Φ(θ, W*(θ)) and its derivatives.
 
-Rows are samples: features Z ∈ R^{n×m}, Ẑ = [Z, 1] ∈ R^{n×p}, head W = [W̃, b] ∈ R^{c×p},
-predictions S = Ẑ Wᵀ, loss derivatives G = ∂L/∂S and H_S[U] (gnvpro.losses).
+Rows are samples: features Z ∈ R^{n×m}, Ẑ = [Z, 1] ∈ R^{n×p}, head W = [W̃, b] ∈ R^{c×p}
+(gnvpro.affine.AffineHead), predictions S = Ẑ Wᵀ. L = (1/n) Σ_i ℓ_i is the average loss and
+G = ∂L/∂S, H_S[U] its derivatives: the losses (gnvpro.losses) return the sums and per-row
+terms, and the objective's SampleReducer (gnvpro.reduce) takes every average over samples —
+mean of the loss and of each product summed over rows (XᵀẐ, J_Zᵀ E), scale of G and H_S[U].
 
     Φ(θ, W)   = L(Ẑ(θ) Wᵀ, C) + (α_W/2)‖W‖² + (α_θ/2)‖Bθ‖²
     ∇Φ_red    = J_Zᵀ (G W̃) + α_θ BᵀBθ                          (envelope: ∇_W Φ(θ, W*) = 0)
@@ -24,10 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .affine import AffineHead
 from .autodiff import FeatureMap, Linearisation
 from .head import HeadSplit
 from .inner import InnerSolution, solve_inner
 from .losses import Loss
+from .reduce import SampleReducer, resolve_reducer
 from .regularizer import LinearMap, Regularizer
 from .validate import check_batch
 
@@ -85,7 +90,12 @@ def batch_targets(split: HeadSplit, loss: Loss, x: Tensor, y: Tensor) -> Tensor:
 
 
 class ReducedObjective:
-    """Φ_red on one batch (x, C) for the model described by `split`."""
+    """Φ_red on one batch (x, C) for the model described by `split`.
+
+    ``reducer`` averages every sum over the batch's rows (default SampleReducer(len(x)): the
+    mean over this batch); a reducer with the global n makes the batch one part of a larger
+    objective (data-parallel processes, accumulated mini-batches). ``n`` is the local row count.
+    """
 
     def __init__(
         self,
@@ -100,6 +110,7 @@ class ReducedObjective:
         gn_alpha_w: bool = True,
         inner: InnerOptions | None = None,
         jvp_mode: str = "auto",
+        reducer: SampleReducer | None = None,
     ) -> None:
         if jacobian not in ("full", "kaufman"):
             raise ValueError(f"jacobian must be 'full' or 'kaufman', got {jacobian!r}")
@@ -111,6 +122,8 @@ class ReducedObjective:
         self.loss = loss
         self.C = batch_targets(split, loss, x, y)
         self.n = x.shape[0]
+        self.reducer = resolve_reducer(reducer, self.n)
+        self.head = AffineHead.from_split(split)
         self.alpha_w = float(alpha_w)
         self.features = FeatureMap(split, x, jvp_mode)
         self.reg = Regularizer(alpha_theta, self.features.layout, B)
@@ -121,17 +134,14 @@ class ReducedObjective:
     # ------------------------------------------------------------------ value
     def augment(self, Z: Tensor) -> Tensor:
         """Ẑ = [Z, 1] in float64 (no ones column for a head without bias)."""
-        Z = Z.to(torch.float64)
-        if self.split.has_bias:
-            Z = torch.cat([Z, torch.ones(Z.shape[0], 1, dtype=Z.dtype, device=Z.device)], 1)
-        return Z
+        return self.head.augment(Z)
 
     def solve_inner(self, Zh: Tensor, W0: Tensor | None = None,
                     finite: bool = False) -> InnerSolution:
         """W*(Ẑ) (finite=True: Ẑ is known to be finite; C always is, batch_targets checked it)."""
         o = self.inner_options
-        return solve_inner(self.loss, Zh, self.C, self.alpha_w, W0, finite=finite, rtol=o.rtol,
-                           atol=o.atol, max_iter=o.max_iter)
+        return solve_inner(self.loss, Zh, self.C, self.alpha_w, self.reducer, W0, finite=finite,
+                           rtol=o.rtol, atol=o.atol, max_iter=o.max_iter)
 
     def evaluate(self, theta: Tensor, prev: Point | None = None, with_vjp: bool = True) -> Point:
         """Forward pass, inner solve W*(θ) (warm-started from prev.W), Φ_red(θ).
@@ -140,8 +150,7 @@ class ReducedObjective:
         """
         theta = theta.detach().to(torch.float64)
         W0 = prev.W if prev is not None and prev.W.numel() else None
-        p = self.split.n_features + int(self.split.has_bias)
-        if W0 is not None and tuple(W0.shape) != (self.split.n_outputs, p):
+        if W0 is not None and tuple(W0.shape) != self.head.w_shape:
             W0 = None
         if with_vjp:
             Z, vjp_fn = self.features.with_vjp(theta)
@@ -162,6 +171,7 @@ class ReducedObjective:
         sol = self.solve_inner(Zh, W0, finite=True)
         S = Zh @ sol.W.T
         L, G = self.loss.value_and_grad(S, self.C)
+        L, G = self.reducer.mean(L), self.reducer.scale(G, inplace=True)
         value = L + 0.5 * self.alpha_w * sol.W.square().sum() + self.reg.value(theta)
         return Point(theta, float(value), float(L), Zh, sol.W, S, G, sol, vjp_fn)
 
@@ -170,8 +180,8 @@ class ReducedObjective:
         """∇Φ_red(θ) = J_Zᵀ(G W̃) + α_θ BᵀBθ (one backward pass)."""
         if pt.vjp_fn is None:
             pt.vjp_fn = self.features.with_vjp(pt.theta)[1]
-        m = self.split.n_features
-        return pt.vjp_fn(pt.G @ pt.W[:, :m]) + self.reg.gradient(pt.theta)
+        m = self.head.m
+        return self.reducer.sum(pt.vjp_fn(pt.G @ pt.W[:, :m])) + self.reg.gradient(pt.theta)
 
     def jacobian(self, pt: Point) -> VarProJacobian:
         return VarProJacobian(self, pt)
@@ -192,16 +202,15 @@ class VarProJacobian:
         if pt.vjp_fn is None:
             pt.vjp_fn = obj.features.with_vjp(pt.theta)[1]
         self._vjp, self._jvp = pt.vjp_fn, pt.vjp_fn.jvp
-        self.m = obj.split.n_features
-        self._h = obj.loss.scalar_hessian(obj.n)
+        self.m = obj.head.m
+        self._pad, self._sum = obj.head.pad, obj.reducer.sum
+        h = obj.loss.scalar_hessian()
+        self._h = None if h is None else obj.reducer.scale(h)  # H_S = (h/n)·I
         self._hK: Tensor | None = None
 
-    def _pad(self, dZ: Tensor) -> Tensor:
-        """dẐ = [dZ, 0]: the bias column is never perturbed."""
-        return dZ if not self.obj.split.has_bias else torch.nn.functional.pad(dZ, (0, 1))
-
     def _hs(self, U: Tensor) -> Tensor:
-        return self.obj.loss.hess_apply(self.pt.S, self.obj.C, U)
+        """H_S[U] of the averaged loss: the loss's per-row H_i u_i, divided by n."""
+        return self.obj.reducer.scale(self.obj.loss.hess_apply(self.pt.S, self.obj.C, U))
 
     def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """(J_S v, J_W v) = (dẐ Wᵀ + Ẑ dWᵀ, dW) for a flat direction v."""
@@ -210,7 +219,7 @@ class VarProJacobian:
         dS = dZh @ pt.W.T
         if self.obj.kaufman:
             return dS, torch.zeros_like(pt.W)
-        BZ = self._hs(dS).T @ pt.Zh + pt.G.T @ dZh
+        BZ = self._sum(self._hs(dS).T @ pt.Zh + pt.G.T @ dZh)
         dW = -pt.inner.hess_inv(BZ)
         return dS + pt.Zh @ dW.T, dW
 
@@ -219,10 +228,10 @@ class VarProJacobian:
         pt = self.pt
         E = X @ pt.W
         if not self.obj.kaufman:
-            rhs = X.T @ pt.Zh if R is None else X.T @ pt.Zh + R
-            Y = pt.inner.hess_inv(rhs)
+            XZ = self._sum(X.T @ pt.Zh)
+            Y = pt.inner.hess_inv(XZ if R is None else XZ + R)
             E = E - self._hs(pt.Zh @ Y.T) @ pt.W - pt.G @ Y
-        return self._vjp(E[:, : self.m])
+        return self._sum(self._vjp(E[:, : self.m]))
 
     def gauss_newton(self, v: Tensor) -> Tensor:
         """H_GN v = J_Sᵀ H_S[J_S v] + α_W J_Wᵀ J_W v + α_θ BᵀB v (one JVP + one VJP)."""
@@ -235,7 +244,8 @@ class VarProJacobian:
     def _gauss_newton_scalar_hessian(self, v: Tensor, h: float) -> Tensor:
         """H_GN v when H_S = h·I (least squares), without any n×c temporary.
 
-        With K = WᵀW (once per point), P = Ẑᵀ dẐ and H_W = h ẐᵀẐ + α_W I:
+        With K = WᵀW (once per point), P = Ẑᵀ dẐ and H_W = h ẐᵀẐ + α_W I (h includes the 1/n,
+        the row sums P and Gᵀ dẐ and the θ-pullback go through the reducer):
             Q = H_W⁻¹(h W Pᵀ),  M = H_W⁻¹(Gᵀ dẐ),  dW = −Q − M,
             Y = H_W⁻¹(h (W Pᵀ + dW ẐᵀẐ) + α_W dW) = dW + Q = −M   (α_W J_Wᵀ J_W included),
             E = h dẐ K + h Ẑ (dW − Y)ᵀ W − G Y = h dẐ K − h Ẑ Qᵀ W + G M,
@@ -249,11 +259,11 @@ class VarProJacobian:
         dZh = self._pad(self._jvp(v))
         E = dZh @ self._hK
         if not obj.kaufman:
-            Q = pt.inner.hess_inv(pt.W @ (h * (dZh.T @ pt.Zh)))
-            M = pt.inner.hess_inv(pt.G.T @ dZh)
+            Q = pt.inner.hess_inv(pt.W @ (h * self._sum(dZh.T @ pt.Zh)))
+            M = pt.inner.hess_inv(self._sum(pt.G.T @ dZh))
             D, Y = -Q, -M  # dW − Y and Y
             if not obj.gn_alpha_w and obj.alpha_w > 0:
                 extra = obj.alpha_w * pt.inner.hess_inv(Q + M)
                 D, Y = D - extra, Y + extra
             E = E + pt.Zh @ (h * (D.T @ pt.W)) - pt.G @ Y
-        return self._vjp(E[:, : self.m]) + obj.reg.gauss_newton(v)
+        return self._sum(self._vjp(E[:, : self.m])) + obj.reg.gauss_newton(v)

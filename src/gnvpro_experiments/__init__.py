@@ -15,11 +15,10 @@ from .config import (
     ExperimentError,
     available_experiments,
     load_config,
-    parse_methods,
-    parse_seeds,
 )
 from .report import report, summary_table
 from .runner import run_experiment
+from .selection import parse_methods, parse_seeds
 
 __all__ = [
     "KNOWN_METHODS",

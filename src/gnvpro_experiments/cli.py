@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, help="torch intra-op threads (default: the "
                    "experiment's, 1 for the small networks, where more threads only add overhead "
                    "and oversubscribe a shared machine; 2 for DCR's 882-output head)")
+    r.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="set any setting of a method's [methods.METHOD] table, e.g. "
+                   "gnvpro.max_krylov=30, gnvpro.jacobian=kaufman, "
+                   "gnvpro.radius_rule.eta_expand=0.8, adam.lr=1e-2 (a TOML value; repeatable)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--resume", action="store_true", help="continue killed runs in --out from "
                    "their last level checkpoint (finished runs are always kept)")
@@ -111,13 +115,14 @@ def _set_threads(n: int | None) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config, parse_methods, parse_seeds
+    from .config import load_config
     from .report import summary_table
     from .runner import run_experiment
+    from .selection import parse_methods, parse_seeds
 
     cfg = load_config(args.experiment).with_levels(args.levels).with_epochs(args.epochs)
     cfg = cfg.with_data(subset=args.subset).with_jvp_mode(args.jvp_mode)
-    cfg = cfg.with_max_seconds(args.max_seconds)
+    cfg = cfg.with_max_seconds(args.max_seconds).with_settings(args.set)
     _set_threads(args.threads if args.threads is not None else cfg.threads)
     methods = parse_methods(args.methods, cfg)
     seeds = parse_seeds(args.seeds, cfg)

@@ -2,15 +2,15 @@
 
 A config file (``experiments/configs/NAME.toml``, or any path) has the top-level keys
 
-    name, problem ("cdr" | "dcr" | "ellipse" | "indian_pines" | "cifar10" | "fashion-mnist"),
+    name, problem (problems/registry.py: "cdr" | "dcr" | "ellipse" | "indian_pines" | ...),
     metric ("rel_err" | "accuracy"), loss, levels,
     default_methods, default_seeds
 
 and the tables ``[data]``, ``[model]``, ``[train]`` (α_W, α_θ, α_θ factor per level, regulariser)
-and ``[methods.NAME]`` (TrainSettings fields per method; ``max_work`` is the work-unit budget of
-one level; a method may override levels, model, alpha_w, alpha_theta and, for stochastic
-methods, give epochs instead).  Unknown keys are errors, so a typo never silently falls back to
-a default.
+and ``[methods.NAME]`` (the method's config fields, gnvpro_experiments.train; ``max_work`` is
+the work-unit budget of one level; a method may override levels, model, alpha_w, alpha_theta
+and, for stochastic methods, give epochs instead). Unknown keys and wrong types are errors at
+load time, naming the key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from types import MappingProxyType
 from typing import Any
 
 from gnvpro.autodiff import JVP_MODES
+from gnvpro.methods import FirstOrder
+
+from .train import METHODS, config_keys, make_config
 
 try:  # Python >= 3.11
     import tomllib
@@ -35,32 +38,29 @@ __all__ = [
     "ExperimentError",
     "available_experiments",
     "load_config",
-    "parse_methods",
-    "parse_seeds",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-SUB_BATCH_METHODS = ("gnvpro-stochastic", "gnvpro-tn-stochastic", "gn-stochastic",
-                     "lbfgs-vpro-stochastic")
-# the methods that take Jacobian-vector products J_Z v (Gauss-Newton products)
-GN_METHODS = ("gnvpro", "gnvpro-tn", "gn", "gn-blockdiag", "gnvpro-stochastic",
-              "gnvpro-tn-stochastic", "gn-stochastic")
-KNOWN_METHODS = ("gnvpro", "gnvpro-tn", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd",
-                 *SUB_BATCH_METHODS)
-STOCHASTIC_METHODS = ("adam", "sgd", *SUB_BATCH_METHODS)
-PROBLEMS = ("cdr", "dcr", "ellipse", "indian_pines", "cifar10", "fashion-mnist")
-IMAGE_PROBLEMS = ("cifar10", "fashion-mnist")
+# the methods: gnvpro_experiments.train.METHODS (a live view, so a registered method is known)
+KNOWN_METHODS = METHODS.keys()
+
+
+def _sub_batch(method: str) -> bool:
+    """The paper's stochastic scheme (fixed sub-batches)."""
+    return METHODS[method].schedule == "sub-batches"
+
+
+def _takes_epochs(method: str) -> bool:
+    """Stochastic methods: the sub-batch scheme, ADAM and SGD (their budget may be epochs)."""
+    return _sub_batch(method) or METHODS[method].cls is FirstOrder
+
+
+def _gauss_newton(method: str) -> bool:
+    """The methods that take Jacobian-vector products J_Z v (a jvp_mode setting)."""
+    return "jvp_mode" in {f.name for f in dataclasses.fields(METHODS[method].config_type)}
 METRICS = ("rel_err", "accuracy")
 REGULARIZERS = ("identity", "time_smoothness")
 
-_DATA_KEYS = {
-    "cdr": {"n_train", "n_val", "n_test"},
-    "dcr": {"n", "data_seed", "n_train", "n_val", "n_test", "cache_dir", "workers"},
-    "ellipse": {"n_per_class", "n_train", "n_val"},
-    "indian_pines": {"n_max", "holdout", "test_fraction"},
-    "cifar10": {"n_train", "n_val", "subset"},
-    "fashion-mnist": {"n_train", "n_val", "subset"},
-}
 _MODEL_KEYS = {
     "resnet": {"kind", "width", "n_nodes", "T", "n_steps", "open_bias", "steps_follow_grid"},
     "mlp": {"kind", "hidden", "activation", "out_features"},
@@ -71,17 +71,13 @@ _TOP_KEYS = {
     "name", "problem", "metric", "loss", "levels", "default_methods", "default_seeds",
     "description", "data", "model", "train", "methods", "max_seconds", "threads",
 }
-# TrainSettings fields a config may set per method (others are the runner's business).
-_METHOD_KEYS = {
-    "max_work", "max_iter", "max_krylov", "krylov_rtol", "subproblem", "jvp_mode", "lr",
-    "batch_size", "momentum", "nesterov", "keep_best_val", "lbfgs_memory", "extra",
-    "tn_memory", "extrapolate", "jacobian", "inner_rtol", "inner_atol", "min_radius",
-}
+# besides its method's config fields (gnvpro_experiments.train.config_keys), a [methods.NAME]
+# table may set the budget:
+_BUDGET_KEYS = ("max_work", "max_iter", "epochs")
 # per-method overrides of the experiment's settings ("one level with its own model settings"):
 # levels, model (a table of [model] keys), alpha_w, alpha_theta; epochs (stochastic methods:
-# ADAM/SGD max_work = 2 * epochs, the sub-batch methods' extra.epochs)
+# ADAM/SGD max_work = 2 * epochs, the sub-batch methods' epochs)
 _OVERRIDE_KEYS = {"levels", "model", "alpha_w", "alpha_theta", "epochs"}
-_BUDGET_KEYS = ("max_work", "max_iter", "epochs")
 MAX_SEEDS = 1000  # one invocation runs at most this many seeds (a typo must not run forever)
 
 
@@ -118,7 +114,7 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------------------------------------
     def method_settings(self, method: str, level: int, budget_scale: float = 1.0) -> dict:
-        """TrainSettings keyword arguments for ``method`` at ``level`` (1-based). With
+        """The settings (gnvpro_experiments.train.train) of ``method`` at ``level`` (1-based). With
         max_seconds set, each level's budget is its share of those seconds, not work."""
         if method not in self.methods:
             raise ExperimentError(
@@ -132,16 +128,13 @@ class ExperimentConfig:
         over = self.methods[method]
         if "epochs" in over:
             epochs = int(over["epochs"])
-            if method in SUB_BATCH_METHODS:
-                extra = dict(kw.get("extra", {}))
-                extra["epochs"] = epochs
-                kw["extra"] = extra
+            if _sub_batch(method):
+                kw["epochs"] = epochs
                 kw.setdefault("max_work", 1e12)  # the epochs are the budget
                 if budget_scale != 1.0 and kw.get("max_iter") is None:
                     # scale the number of outer iterations (epochs x batches x iterations)
-                    default_iters = 30 if method == "lbfgs-vpro-stochastic" else 3
-                    n_it = epochs * int(extra.get("n_batches", 4)) * int(
-                        extra.get("iters_per_batch", default_iters))
+                    n_it = epochs * int(kw.get("n_batches", 4)) * int(
+                        kw.get("iters_per_batch", METHODS[method].iters))
                     kw["max_iter"] = max(1, round(n_it * budget_scale))
                     budget_scale = 1.0  # already applied
             else:
@@ -154,8 +147,8 @@ class ExperimentConfig:
         if self.max_seconds is not None:  # equal wall time: seconds replace the other budgets
             share = self.max_seconds / self.method_levels(method)
             kw.update(max_seconds=share, max_work=1e12, max_iter=None)
-            if method in SUB_BATCH_METHODS:
-                kw["extra"] = {**kw.get("extra", {}), "epochs": 10**6}
+            if _sub_batch(method):
+                kw["epochs"] = 10**6
         alpha_theta = float(over.get("alpha_theta", self.alpha_theta))
         kw.update(
             loss=self.loss,
@@ -181,7 +174,7 @@ class ExperimentConfig:
         methods = {}
         for m, st in self.methods.items():
             st = dict(st)
-            if m in STOCHASTIC_METHODS:
+            if _takes_epochs(m):
                 st.pop("max_work", None)
                 st.pop("max_iter", None)
                 st["epochs"] = int(epochs)
@@ -195,7 +188,7 @@ class ExperimentConfig:
         if mode not in JVP_MODES:
             raise ExperimentError(f"--jvp-mode must be one of {', '.join(JVP_MODES)}, got "
                                   f"{mode!r}")
-        methods = {m: _frozen({**st, "jvp_mode": mode}) if m in GN_METHODS else st
+        methods = {m: _frozen({**st, "jvp_mode": mode}) if _gauss_newton(m) else st
                    for m, st in self.methods.items()}
         return dataclasses.replace(self, methods=_frozen(methods))
 
@@ -204,11 +197,14 @@ class ExperimentConfig:
         upd = {k: v for k, v in updates.items() if v is not None}
         if not upd:
             return self
-        bad = sorted(set(upd) - _DATA_KEYS[self.problem])
+        from .problems.registry import get_problem, names
+
+        bad = sorted(set(upd) - get_problem(self.problem).data_keys)
         if bad:
             raise ExperimentError(
                 f"experiment {self.name!r} has no data option {', '.join(bad)}"
-                + (" (--subset is for cifar10 and fashion-mnist)" if "subset" in bad else "")
+                + (f" (--subset is for {names(lambda p: 'subset' in p.data_keys)})"
+                   if "subset" in bad else "")
             )
         for k, v in upd.items():
             if k.startswith("n") or k == "subset":
@@ -243,6 +239,36 @@ class ExperimentConfig:
             **({} if self.threads == 1 else {"threads": self.threads}),
         }
 
+    def with_settings(self, assignments: list[str] | None) -> ExperimentConfig:
+        """Apply ``METHOD.KEY=VALUE`` assignments (VALUE a TOML value, else a string; KEY may
+        be nested: ``gnvpro.radius_rule.eta_expand=0.8``) to the [methods] tables; the result
+        is validated like a loaded file (unknown keys and wrong types named)."""
+        if not assignments:
+            return self
+        doc = self.to_dict()
+        for a in assignments:
+            key, sep, text = a.partition("=")
+            path = [k.strip() for k in key.split(".")]
+            if not sep or len(path) < 2 or not all(path):
+                raise ExperimentError(f"--set {a!r}: expected METHOD.KEY=VALUE, e.g. "
+                                      "gnvpro.max_krylov=30")
+            if path[0] not in doc["methods"]:
+                raise ExperimentError(f"--set {a!r}: method {path[0]!r} is not configured for "
+                                      f"experiment {self.name!r}; configured: "
+                                      f"{', '.join(doc['methods'])}")
+            try:
+                value = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                value = text.strip()
+            table = doc["methods"][path[0]]
+            for k in path[1:-1]:
+                table = table.setdefault(k, {})
+                if not isinstance(table, dict):
+                    raise ExperimentError(f"--set {a!r}: {k} is not a table")
+            table[path[-1]] = value
+        cfg = config_from_dict(doc, "--set")
+        return dataclasses.replace(cfg, source=self.source)
+
     def with_max_seconds(self, seconds: float | None) -> ExperimentConfig:
         """Every run gets `seconds` of training (equal shares per level) instead of its work
         budget: the equal-wall-time comparison."""
@@ -256,6 +282,12 @@ class ExperimentConfig:
 # ----------------------------------------------------------------------------------------------
 def available_experiments() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def method_keys(method: str) -> set[str]:
+    """Every key a [methods.NAME] table may hold: the method's config fields, the budget, the
+    schedule (sub-batch methods) and the per-method overrides."""
+    return config_keys(method) | set(_BUDGET_KEYS) | _OVERRIDE_KEYS
 
 
 def _check_keys(where: str, got: Mapping[str, Any], allowed: set[str], src: str) -> None:
@@ -279,20 +311,18 @@ def _num(src: str, key: str, v: Any, *, positive: bool = False, integer: bool = 
     return v
 
 
-_SOLVER_KEYS = ("max_krylov", "krylov_rtol", "subproblem", "jvp_mode", "tn_memory",
-                "extrapolate", "jacobian", "inner_rtol", "inner_atol", "min_radius")
-
-
-def _check_solver_settings(src: str, method: str, settings: Mapping[str, Any]) -> None:
-    """Refuse, at load time and naming the key, a solver setting GNvproConfig would refuse."""
-    from gnvpro.optim import GNvproConfig
-
-    for k in _SOLVER_KEYS:
-        if k in settings:
-            try:
-                GNvproConfig(**{k: settings[k]})
-            except (TypeError, ValueError) as e:
-                raise ExperimentError(f"{src}: methods.{method}.{k}: {e}") from None
+def _check_method_settings(src: str, method: str, settings: Mapping[str, Any]) -> None:
+    """Refuse, at load time and naming the key, a setting the method's config refuses (each
+    key alone, then all together; keys that are not config fields are checked elsewhere)."""
+    for k, v in settings.items():
+        try:
+            make_config(method, {k: v})
+        except (TypeError, ValueError) as e:
+            raise ExperimentError(f"{src}: methods.{method}.{k}: {e}") from None
+    try:
+        make_config(method, settings)
+    except (TypeError, ValueError) as e:
+        raise ExperimentError(f"{src}: [methods.{method}]: {e}") from None
 
 
 def load_config(name_or_path: str | Path) -> ExperimentConfig:
@@ -315,14 +345,34 @@ def load_config(name_or_path: str | Path) -> ExperimentConfig:
     return config_from_dict(raw, str(path))
 
 
+def _upgrade(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Read method tables of earlier versions (run directories keep their config.json):
+    ``lbfgs_memory`` is now ``memory``, and the keys of an ``extra`` table are plain keys."""
+    methods = raw.get("methods")
+    if not isinstance(methods, Mapping):
+        return raw
+    new = {}
+    for m, st in methods.items():
+        if isinstance(st, Mapping) and ("lbfgs_memory" in st or "extra" in st):
+            st = {**{k: v for k, v in st.items() if k not in ("lbfgs_memory", "extra")},
+                  **({"memory": st["lbfgs_memory"]} if "lbfgs_memory" in st else {}),
+                  **dict(st.get("extra") or {})}
+            st.pop("head", None)
+        new[m] = st
+    return {**raw, "methods": new}
+
+
 def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentConfig:
     """Validate a parsed TOML document and build the :class:`ExperimentConfig`."""
+    raw = _upgrade(raw)
     _check_keys("the top level", raw, _TOP_KEYS, src)
     for key in ("name", "problem", "metric", "loss", "levels", "data", "model", "train", "methods"):
         if key not in raw:
             raise ExperimentError(f"{src}: missing required key {key!r}")
+    from .problems.registry import PROBLEMS
+
     problem = raw["problem"]
-    if problem not in PROBLEMS:
+    if not isinstance(problem, str) or problem not in PROBLEMS:
         raise ExperimentError(
             f"{src}: problem must be one of {', '.join(PROBLEMS)}, got {problem!r}"
         )
@@ -332,7 +382,7 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
     levels = _num(src, "levels", raw["levels"], positive=True, integer=True)
 
     data = dict(raw["data"])
-    _check_keys("[data]", data, _DATA_KEYS[problem], src)
+    _check_keys("[data]", data, set(PROBLEMS[problem].data_keys), src)
     for k, v in data.items():
         if k.startswith("n"):
             _num(src, f"data.{k}", v, positive=True, integer=True)
@@ -379,7 +429,7 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
     for m, settings in methods_raw.items():
         if m not in KNOWN_METHODS:
             raise ExperimentError(f"{src}: unknown method {m!r}; known: {', '.join(KNOWN_METHODS)}")
-        _check_keys(f"[methods.{m}]", settings, _METHOD_KEYS | _OVERRIDE_KEYS, src)
+        _check_keys(f"[methods.{m}]", settings, method_keys(m), src)
         if "model" in settings:
             if not isinstance(settings["model"], Mapping):
                 raise ExperimentError(f"{src}: methods.{m}.model must be a table")
@@ -388,15 +438,15 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
             settings = {**settings, "model": _frozen(settings["model"])}
         if "levels" in settings:
             _num(src, f"methods.{m}.levels", settings["levels"], positive=True, integer=True)
-        if "epochs" in settings and m not in STOCHASTIC_METHODS:
+        if "epochs" in settings and not _takes_epochs(m):
             raise ExperimentError(f"{src}: methods.{m}.epochs is only for "
-                                  f"{', '.join(STOCHASTIC_METHODS)}")
-        if "jvp_mode" in settings and (m not in GN_METHODS
-                                       or settings["jvp_mode"] not in JVP_MODES):
-            raise ExperimentError(f"{src}: methods.{m}.jvp_mode must be one of "
-                                  f"{', '.join(JVP_MODES)}, for {', '.join(GN_METHODS)} only")
-        if m in GN_METHODS:
-            _check_solver_settings(src, m, settings)
+                                  f"{', '.join(k for k in METHODS if _takes_epochs(k))}")
+        _check_method_settings(src, m, settings)
+        for k in ("n_batches", "iters_per_batch"):
+            if k in settings:
+                _num(src, f"methods.{m}.{k}", settings[k], positive=True, integer=True)
+        if not isinstance(settings.get("keep_best_val", False), bool):
+            raise ExperimentError(f"{src}: methods.{m}.keep_best_val must be true or false")
         if not any(k in settings for k in _BUDGET_KEYS):
             raise ExperimentError(f"{src}: [methods.{m}] needs max_work or max_iter (the budget)")
         for k in _BUDGET_KEYS:
@@ -421,66 +471,7 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
                                                             positive=True, integer=True)))
     if raw.get("max_seconds") is not None:
         cfg = cfg.with_max_seconds(_num(src, "max_seconds", raw["max_seconds"], positive=True))
+    from .selection import parse_seeds  # (selection imports this module)
+
     parse_seeds(default_seeds, cfg)
     return cfg
-
-
-# ----------------------------------------------------------------------------------------------
-def parse_methods(text: str | None, cfg: ExperimentConfig) -> list[str]:
-    """``"gnvpro,gn"`` → ["gnvpro", "gn"] (validated against the config); None → defaults."""
-    if text is None:
-        return list(cfg.default_methods)
-    out = [m.strip().lower() for m in text.split(",") if m.strip()]
-    if not out:
-        raise ExperimentError("--methods: give at least one method")
-    for m in out:
-        if m not in KNOWN_METHODS:
-            raise ExperimentError(f"unknown method {m!r}; known: {', '.join(KNOWN_METHODS)}")
-        if m not in cfg.methods:
-            raise ExperimentError(
-                f"method {m!r} is not configured for experiment {cfg.name!r}; "
-                f"configured: {', '.join(cfg.methods)}"
-            )
-    return list(dict.fromkeys(out))
-
-
-def parse_seeds(text: str | None, cfg: ExperimentConfig) -> list[int | str]:
-    """``"0-5"`` / ``"0,2,4"`` / ``"ref"`` / ``"ref,0-2"`` → seeds (ints, or "ref" for CDR)."""
-    if text is None:
-        text = cfg.default_seeds
-    seeds: list[int | str] = []
-    for part in (p.strip() for p in str(text).split(",")):
-        if not part:
-            continue
-        if part == "ref":
-            if cfg.problem != "cdr":
-                raise ExperimentError(f"seed 'ref' (the reference split and θ0) exists only for "
-                                      f"the cdr experiment, not {cfg.name!r}")
-            seeds.append("ref")
-            continue
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                if hi - lo + 1 > MAX_SEEDS:
-                    raise ExperimentError(f"--seeds: {part} is {hi - lo + 1} seeds; at most "
-                                          f"{MAX_SEEDS} per invocation")
-                seeds.extend(range(lo, hi + 1))
-            else:
-                seeds.append(int(part))
-        except ExperimentError:
-            raise
-        except ValueError:
-            raise ExperimentError(
-                f"--seeds: cannot read {part!r}; use e.g. 0-5, 0,2,4 or ref"
-            ) from None
-        if len(seeds) > MAX_SEEDS:
-            raise ExperimentError(f"--seeds: more than {MAX_SEEDS} seeds; at most {MAX_SEEDS} "
-                                  "per invocation")
-    if not seeds:
-        raise ExperimentError("--seeds: give at least one seed")
-    if any(isinstance(s, int) and s < 0 for s in seeds):
-        raise ExperimentError("--seeds: seeds must be >= 0")
-    return list(dict.fromkeys(seeds))

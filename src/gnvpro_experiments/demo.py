@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .baselines import train
-from .baselines.base import TrainSettings
 from .models import paper_network
 from .problems.base import Split
+from .train import train
 
 N_OBS, T_OBS = 40, 0.05
 
@@ -69,9 +68,9 @@ def run_demo(out: Path | str = "out/demo", progress: bool = True, max_work: floa
         for method, extra in methods:
             model = paper_network(4, N_OBS, width=8)
             model.load_state_dict(start.state_dict())
-            settings = TrainSettings(alpha_w=1e-10, alpha_theta=1e-10,
-                                     max_work=10 if warm_up else max_work,
-                                     progress=progress and not warm_up, seed=seed, **extra)
+            settings = {"alpha_w": 1e-10, "alpha_theta": 1e-10,
+                        "max_work": 10 if warm_up else max_work,
+                        "progress": progress and not warm_up, "seed": seed, **extra}
             t = time.perf_counter()
             records = train(method, model, data, settings)
             runs[method] = {"records": records, "seconds": time.perf_counter() - t}

@@ -41,20 +41,21 @@ from gnvpro.metrics import prediction_metrics
 from gnvpro.progress import bar as progress_bar
 from gnvpro.progress import on_terminal
 
-from .config import ExperimentConfig, ExperimentError, parse_methods, parse_seeds
+from .config import ExperimentConfig, ExperimentError
 from .data import (
     _check_split_finite,
     _data_errors,
-    _reference,
     _regularizer,
     build_data,
     build_final_model,
     build_model,
     load_problem_data,
     predict,
+    problem_of,
     to_device,
 )
 from .problems.base import Split
+from .selection import parse_methods, parse_seeds
 from .store import (
     CHECKPOINT,
     _claim,
@@ -71,6 +72,7 @@ from .store import (
     to_jsonable,
     write_summary,
 )
+from .train import train
 
 __all__ = [
     "build_data", "build_final_model", "build_model", "load_problem_data", "predict",
@@ -99,15 +101,6 @@ def final_metrics(cfg: ExperimentConfig, model: nn.Module, data: Split) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _train_fn():
-    from . import baselines
-
-    fn = getattr(baselines, "train", None)
-    if fn is None:
-        raise ExperimentError("gnvpro_experiments.baselines.train is not available")
-    return fn
-
-
 def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, seed: int | str,
             run_dir: Path, budget_scale: float, device: str, progress: bool,
             data_path: str | None = None, resume: bool = False) -> dict:
@@ -117,12 +110,9 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
     is returned. After every level but the last a checkpoint (model, history, counters, RNG
     state) is written atomically; with ``resume`` a killed run continues from it.
     """
-    from .baselines.base import TrainSettings
-
     done = finished_row(run_dir, seed, cfg.metric)
     if done is not None:
         return done
-    train = _train_fn()
     run_dir.mkdir(parents=True, exist_ok=True)
     n_levels = cfg.method_levels(method)
     follow = bool(cfg.method_model(method).get("steps_follow_grid", False))
@@ -145,9 +135,8 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
             kw = cfg.method_settings(method, level, budget_scale)
             kw.update(seed=int(seed) if isinstance(seed, int) else 0, progress=progress,
                       regularizer=_regularizer(cfg, model))
-            settings = TrainSettings(**kw)
             level_cfgs.append({k: v for k, v in kw.items() if k != "regularizer"})
-            records = train(method, model, data, settings)
+            records = train(method, model, data, kw)
             last = dict.fromkeys(_CUMULATIVE, 0.0)
             for i, rec in enumerate(records):
                 rec = to_jsonable(dict(rec))
@@ -205,32 +194,6 @@ def _split_info(data: Split) -> dict:
     return info
 
 
-def reference_history(levels: int) -> dict:
-    """The reference GNvpro history (hist_level1..L: Jc, F(val), TotalWork cumulated)."""
-    ref = _reference()
-    cols = [str(c) for c in ref["hist_columns"]]
-    ij, iw, iv = cols.index("Jc"), cols.index("TotalWork"), cols.index("F(val)")
-    out = {"method": "gnvpro (reference, Meganet.m)", "work_units": [], "loss": [],
-           "val_loss": [], "level": [], "level_starts": []}
-    offset = 0.0
-    for lvl in range(1, levels + 1):
-        key = f"hist_level{lvl}"
-        if key not in ref:
-            break
-        h = np.asarray(ref[key])
-        wu = h[:, iw].copy()
-        wu[0] = 2.0  # row 0 shows 0; the initial evaluation costs 2
-        out["level_starts"].append(offset)
-        out["work_units"] += (offset + wu).tolist()
-        out["loss"] += h[:, ij].tolist()
-        out["val_loss"] += h[:, iv].tolist()
-        out["level"] += [lvl] * len(h)
-        offset += float(wu[-1])
-    out["finals"] = {"train": float(ref["relerr_mean"][0]), "val": float(ref["relerr_mean"][1]),
-                     "test": float(ref["relerr_mean"][2])}
-    return out
-
-
 def run_experiment(
     cfg: ExperimentConfig,
     out: str | os.PathLike,
@@ -254,7 +217,6 @@ def run_experiment(
         raise ExperimentError("--device cuda: no CUDA device is available")
     mlist = methods if isinstance(methods, list) else parse_methods(methods, cfg)
     slist = seeds if isinstance(seeds, list) else parse_seeds(seeds, cfg)
-    _train_fn()
     out = _prepare_out(Path(out).expanduser())
     settings = {"config": cfg.to_dict(), "budget_scale": budget_scale, "device": device,
                 "data_path": None if data_path is None
@@ -267,7 +229,8 @@ def run_experiment(
     summary: dict = {"experiment": cfg.name, "metric": cfg.metric, "settings": settings,
                      "methods": {m: [] for m in mlist}}
     if "ref" in slist:
-        _write_json(out / "reference_history.json", reference_history(cfg.levels))
+        _write_json(out / "reference_history.json",
+                    problem_of(cfg).reference_history(cfg.levels))
 
     bar = progress_bar(progress, len(mlist) * len(slist), "run", desc=cfg.name)
     try:

@@ -1,4 +1,7 @@
-"""Inner solvers W*(θ) = argmin_W L(Ẑ Wᵀ, C) + (α_W/2)‖W‖_F² (rows are samples)."""
+"""Inner solvers W*(θ) = argmin_W L(Ẑ Wᵀ, C)/n + (α_W/2)‖W‖_F² (rows are samples).
+
+Every solver takes the SampleReducer that averages its sums over samples (n = reducer.n).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from gnvpro.inner.base import InnerSolution
 from gnvpro.inner.least_squares import solve_least_squares
 from gnvpro.inner.newton import dense_hessian, hessian_apply, solve_newton
 from gnvpro.losses import Loss
+from gnvpro.reduce import SampleReducer
 
 __all__ = [
     "InnerSolution",
@@ -24,6 +28,7 @@ def solve_inner(
     Zh: Tensor,
     C: Tensor,
     alpha_w: float,
+    reducer: SampleReducer,
     W0: Tensor | None = None,
     finite: bool = False,
     **newton_options: float | int,
@@ -32,5 +37,5 @@ def solve_inner(
     Newton's method (``solve_newton``, warm-started from W0) otherwise. finite=True: Ẑ and C
     are known to be finite (not scanned again)."""
     if loss.is_quadratic:
-        return solve_least_squares(Zh, C, alpha_w, finite)
-    return solve_newton(loss, Zh, C, alpha_w, W0=W0, finite=finite, **newton_options)
+        return solve_least_squares(Zh, C, alpha_w, reducer, finite)
+    return solve_newton(loss, Zh, C, alpha_w, reducer, W0=W0, finite=finite, **newton_options)

@@ -4,7 +4,8 @@
 
     W* = (Cᵀ Ẑ / n) Gram⁻¹,   Gram = Ẑᵀ Ẑ / n + α_W I  (p × p),
 
-and its Hessian in W is H_W[V] = V Gram, so H_W⁻¹[V] = V Gram⁻¹.
+and its Hessian in W is H_W[V] = V Gram, so H_W⁻¹[V] = V Gram⁻¹. The sums over samples ẐᵀẐ and
+CᵀẐ are averaged by the SampleReducer (n: the global sample count, reducer.mean).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from gnvpro.inner.base import InnerSolution
+from gnvpro.reduce import SampleReducer
 
 __all__ = ["solve_least_squares"]
 
@@ -44,9 +46,11 @@ def _as_pair(Zh: Tensor, C: Tensor, finite: bool = False) -> tuple[Tensor, Tenso
     return Zh, C
 
 
-def solve_least_squares(Zh: Tensor, C: Tensor, alpha_w: float,
+def solve_least_squares(Zh: Tensor, C: Tensor, alpha_w: float, reducer: SampleReducer,
                         finite: bool = False) -> InnerSolution:
     """W* = argmin_W 1/(2n)‖Ẑ Wᵀ − C‖² + (α_W/2)‖W‖² in float64, on Ẑ's device.
+
+    n = reducer.n; the normal equations ẐᵀẐ/n and CᵀẐ/n are reducer.mean of the local sums.
 
     Solved through the Cholesky factor L of Gram = ẐᵀẐ/n + α_W I. The SVD of Ẑ/√n = U diag(s) Vᵀ
     is used instead when Cholesky fails (Gram not numerically positive definite: α_W = 0 with
@@ -57,17 +61,20 @@ def solve_least_squares(Zh: Tensor, C: Tensor, alpha_w: float,
     ``hess_inv(V)`` = V Gram⁻¹ for V of shape (c, p) (or any (k, p), or the flat (c·p,) vector),
     reusing the factorisation. ``iterations`` is 0, ``grad_norm`` = ‖(S − C)ᵀẐ/n + α_W W*‖_F.
     finite=True: the caller has checked Ẑ and C for NaN/Inf (skips an n×c scan per solve).
+    The SVD fallback factors the local rows Ẑ: it assumes a reducer whose ``sum`` is the
+    identity (one process).
     """
     t0 = time.perf_counter()
     if alpha_w < 0:
         raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
     Zh, C = _as_pair(Zh, C, finite)
-    n, p = Zh.shape
+    rows, p = Zh.shape
+    n = reducer.n
     alpha = float(alpha_w)
     eye = torch.eye(p, dtype=torch.float64, device=Zh.device)
-    gram = Zh.T @ Zh / n + alpha * eye
+    gram = reducer.mean(Zh.T @ Zh) + alpha * eye
     gram = 0.5 * (gram + gram.T)
-    rhs = C.T @ Zh / n  # (c, p)
+    rhs = reducer.mean(C.T @ Zh)  # (c, p)
 
     L, info = torch.linalg.cholesky_ex(gram)
     use_svd = bool(info != 0)
@@ -88,7 +95,7 @@ def solve_least_squares(Zh: Tensor, C: Tensor, alpha_w: float,
     else:
         A = Zh / n**0.5
         U, s, Vh = torch.linalg.svd(A, full_matrices=False)
-        tol = max(n, p) * torch.finfo(torch.float64).eps * float(s.max()) if s.numel() else 0.0
+        tol = max(rows, p) * torch.finfo(torch.float64).eps * float(s.max()) if s.numel() else 0.0
         keep = s > tol
         s_k, U_k, Vh_k = s[keep], U[:, keep], Vh[keep]
         W = ((C.T / n**0.5) @ U_k) * (s_k / (s_k**2 + alpha)) @ Vh_k

@@ -1,7 +1,10 @@
 """Newton's method for the convex inner problem W*(θ) = argmin_W Φ(W) (classification losses).
 
-Φ(W) = L(Ẑ Wᵀ, C) + (α_W/2) ‖W‖_F²,   ∇_W Φ = Gᵀ Ẑ + α_W W,
-H_W[V] = H_S[Ẑ Vᵀ]ᵀ Ẑ + α_W V   (SPD for α_W > 0).
+Φ(W) = (1/n) L(Ẑ Wᵀ, C) + (α_W/2) ‖W‖_F²,   ∇_W Φ = Gᵀ Ẑ / n + α_W W,
+H_W[V] = H_S[Ẑ Vᵀ]ᵀ Ẑ / n + α_W V   (SPD for α_W > 0),
+
+with L, G and H_S the loss's sums and per-row terms (gnvpro.losses); every sum over samples is
+averaged by the SampleReducer (``reducer.mean``/``reducer.scale``, n the global sample count).
 
 vec(W) is always the row-major flattening W.reshape(-1) of the (c, p) matrix: entry (k, j) sits at
 position k·p + j. Small problems (c·p ≤ dense_max) form H_W densely and factor it by Cholesky;
@@ -21,6 +24,7 @@ from torch import Tensor
 from gnvpro.inner.base import InnerSolution
 from gnvpro.linalg.cg import pcg
 from gnvpro.losses import Loss
+from gnvpro.reduce import SampleReducer
 
 __all__ = ["solve_newton", "hessian_apply", "dense_hessian"]
 
@@ -31,24 +35,34 @@ _BLOCK_PRECOND_ELEMS = 2**25  # largest c·p² for the block-Jacobi CG precondit
 
 
 def hessian_apply(
-    loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, V: Tensor, alpha_w: float
+    loss: Loss,
+    S: Tensor,
+    C: Tensor,
+    Zh: Tensor,
+    V: Tensor,
+    alpha_w: float,
+    reducer: SampleReducer,
 ) -> Tensor:
-    """H_W[V] = H_S[Ẑ Vᵀ]ᵀ Ẑ + α_W V, matrix-free, for V of shape (c, p); S = Ẑ Wᵀ.
+    """H_W[V] = H_S[Ẑ Vᵀ]ᵀ Ẑ / n + α_W V, matrix-free, for V of shape (c, p); S = Ẑ Wᵀ.
 
     Computed in the inputs' dtype (no cast); V may also be the flat (c·p,) vector.
     """
     Vm = V.reshape(S.shape[1], Zh.shape[1])
-    out = loss.hess_apply(S, C, Zh @ Vm.T).T @ Zh + alpha_w * Vm
+    HU = reducer.scale(loss.hess_apply(S, C, Zh @ Vm.T))
+    out = reducer.sum(HU.T @ Zh) + alpha_w * Vm
     return out.reshape(V.shape)
 
 
-def dense_hessian(loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float) -> Tensor:
+def dense_hessian(
+    loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float, reducer: SampleReducer
+) -> Tensor:
     """The (c·p) × (c·p) matrix of H_W at S = Ẑ Wᵀ, rows/columns ordered as W.reshape(-1).
 
-    From the loss's Hessian factors (Loss.hessian_factors: H_S,i = (diag(d_i) − u_i u_iᵀ)/n):
+    From the loss's Hessian factors (Loss.hessian_factors: H_i = diag(d_i) − u_i u_iᵀ):
     blockdiag_k(Ẑᵀ diag(d_k) Ẑ)/n − MᵀM/n + α_W I, M = [Ẑ∘u_1, …, Ẑ∘u_c] (formed in row
-    chunks; absent for a diagonal H_S) — least squares d = 1, logistic d = σ(1−σ),
-    cross-entropy d = u = softmax; a loss without factors: H_W applied to the unit vectors.
+    chunks; absent for a diagonal H_S; the /n is reducer.mean) — least squares d = 1, logistic
+    d = σ(1−σ), cross-entropy d = u = softmax; a loss without factors: H_W applied to the unit
+    vectors.
     """
     n, p = Zh.shape
     c = S.shape[1]
@@ -57,7 +71,9 @@ def dense_hessian(loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float) 
     factors = loss.hessian_factors(S)
     if factors is None:
         eye = torch.eye(N, dtype=dt, device=dev)
-        H = torch.stack([hessian_apply(loss, S, C, Zh, eye[i], 0.0) for i in range(N)], dim=1)
+        H = torch.stack(
+            [hessian_apply(loss, S, C, Zh, eye[i], 0.0, reducer) for i in range(N)], dim=1
+        )
     else:
         D, U = factors
         H = torch.zeros(N, N, dtype=dt, device=dev)
@@ -69,14 +85,14 @@ def dense_hessian(loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float) 
                 Zc, Uc = Zh[i0 : i0 + rows], U[i0 : i0 + rows]
                 M = (Uc[:, :, None] * Zc[:, None, :]).reshape(Zc.shape[0], N)  # column k·p + j
                 H -= M.T @ M
-        H /= n
+        H = reducer.mean(H, inplace=True)
     H = 0.5 * (H + H.T)
     H.diagonal().add_(alpha_w)
     return H
 
 
 def _preconditioner(
-    loss: Loss, S: Tensor, Zh: Tensor, alpha_w: float
+    loss: Loss, S: Tensor, Zh: Tensor, alpha_w: float, reducer: SampleReducer
 ) -> Callable[[Tensor], Tensor] | None:
     """Block-Jacobi preconditioner R ↦ [B_k⁻¹ r_k]_k for CG on H_W.
 
@@ -86,7 +102,7 @@ def _preconditioner(
     the diagonal of H_W when the c blocks would exceed 2^25 entries (or a block is not
     numerically SPD); None for a loss without Hessian factors.
     """
-    n, p = Zh.shape
+    p = Zh.shape[1]
     factors = loss.hessian_factors(S)
     if factors is None:
         return None
@@ -94,7 +110,7 @@ def _preconditioner(
     a = D if U is None else D - U * U
     c = a.shape[1]
     if c * p * p <= _BLOCK_PRECOND_ELEMS:
-        blocks = torch.stack([(Zh * a[:, k : k + 1]).T @ Zh for k in range(c)]) / n
+        blocks = reducer.mean(torch.stack([(Zh * a[:, k : k + 1]).T @ Zh for k in range(c)]))
         blocks.diagonal(dim1=1, dim2=2).add_(alpha_w)
         L, info = torch.linalg.cholesky_ex(blocks)
         if int(info.max()) == 0:
@@ -103,7 +119,7 @@ def _preconditioner(
                 return torch.cholesky_solve(R.reshape(c, p, 1), L).reshape(R.shape)
 
             return block_solve
-    diag = a.T @ Zh.square() / n + alpha_w
+    diag = reducer.mean(a.T @ Zh.square()) + alpha_w
     if not bool((diag > 0).all()):
         return None
 
@@ -136,6 +152,7 @@ def solve_newton(
     Zh: Tensor,
     C: Tensor,
     alpha_w: float,
+    reducer: SampleReducer,
     W0: Tensor | None = None,
     rtol: float = 1e-10,
     atol: float = 1e-10,
@@ -143,7 +160,8 @@ def solve_newton(
     dense_max: int = 2000,
     finite: bool = False,
 ) -> InnerSolution:
-    """Minimise Φ(W) = L(Ẑ Wᵀ, C) + (α_W/2)‖W‖_F² by Newton's method, in float64 on Ẑ's device.
+    """Minimise Φ(W) = L(Ẑ Wᵀ, C)/n + (α_W/2)‖W‖_F² by Newton's method, in float64 on Ẑ's
+    device (n = reducer.n; every sum over the rows of Ẑ goes through the reducer).
 
     Step: H_W d = −∇_W Φ, with H_W dense + Cholesky while c·p ≤ dense_max, otherwise
     block-Jacobi-preconditioned CG on the matrix-free H_W to the residual min(0.5, √‖∇‖)·‖∇‖.
@@ -189,12 +207,13 @@ def solve_newton(
         W = W0.detach().to(device=dev, dtype=torch.float64).clone()
 
     def phi(Wm: Tensor, S: Tensor) -> float:
-        return float(loss.value(S, C)) + 0.5 * alpha * float(torch.sum(Wm * Wm))
+        return float(reducer.mean(loss.value(S, C))) + 0.5 * alpha * float(torch.sum(Wm * Wm))
 
     def gradient(Wm: Tensor, S: Tensor) -> Tensor:
-        return loss.grad(S, C).T @ Zh + alpha * Wm
+        return reducer.sum(reducer.scale(loss.grad(S, C)).T @ Zh) + alpha * Wm
 
-    g_zero = loss.grad(torch.zeros(n, c, dtype=torch.float64, device=dev), C).T @ Zh
+    S_zero = torch.zeros(n, c, dtype=torch.float64, device=dev)
+    g_zero = reducer.sum(reducer.scale(loss.grad(S_zero, C)).T @ Zh)
     tol = max(atol, rtol * float(torch.linalg.norm(g_zero)))
 
     S = Zh @ W.T
@@ -213,16 +232,16 @@ def solve_newton(
             break
         # Newton direction
         if dense:
-            L = _cholesky_shifted(dense_hessian(loss, S, C, Zh, alpha))
+            L = _cholesky_shifted(dense_hessian(loss, S, C, Zh, alpha, reducer))
             d = -torch.cholesky_solve(g.reshape(-1, 1), L).reshape(c, p)
         else:
             S_fix = S
 
             def apply(V: Tensor, S_fix: Tensor = S_fix) -> Tensor:
-                return hessian_apply(loss, S_fix, C, Zh, V, alpha)
+                return hessian_apply(loss, S_fix, C, Zh, V, alpha, reducer)
 
             forcing = min(0.5, math.sqrt(gnorm)) * gnorm
-            precond = _preconditioner(loss, S, Zh, alpha)
+            precond = _preconditioner(loss, S, Zh, alpha, reducer)
             d = pcg(apply, -g, forcing, 2 * c * p + 20, precond).x
         slope = float(torch.sum(g * d))
         if not slope < 0:  # cannot happen for an SPD H; guard against round-off
@@ -260,7 +279,7 @@ def solve_newton(
         )
         warnings.warn(f"solve_newton ({loss.name}): {message}", RuntimeWarning, stacklevel=2)
 
-    hess_inv = _make_hess_inv(loss, S, C, Zh, alpha, dense)
+    hess_inv = _make_hess_inv(loss, S, C, Zh, alpha, dense, reducer)
     return InnerSolution(
         W=W,
         hess_inv=hess_inv,
@@ -273,12 +292,18 @@ def solve_newton(
 
 
 def _make_hess_inv(
-    loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha: float, dense: bool
+    loss: Loss,
+    S: Tensor,
+    C: Tensor,
+    Zh: Tensor,
+    alpha: float,
+    dense: bool,
+    reducer: SampleReducer,
 ) -> Callable[[Tensor], Tensor]:
     """V ↦ H_W⁻¹[V] at S = Ẑ W*ᵀ (float64), factored once (dense) or by PCG (matrix-free)."""
     c, p = S.shape[1], Zh.shape[1]
     if dense:
-        L = _cholesky_shifted(dense_hessian(loss, S, C, Zh, alpha))
+        L = _cholesky_shifted(dense_hessian(loss, S, C, Zh, alpha, reducer))
 
         def hess_inv(V: Tensor) -> Tensor:
             b = V.to(device=Zh.device, dtype=torch.float64).reshape(-1, 1)
@@ -286,10 +311,10 @@ def _make_hess_inv(
 
         return hess_inv
 
-    precond = _preconditioner(loss, S, Zh, alpha)
+    precond = _preconditioner(loss, S, Zh, alpha, reducer)
 
     def apply(V: Tensor) -> Tensor:
-        return hessian_apply(loss, S, C, Zh, V, alpha)
+        return hessian_apply(loss, S, C, Zh, V, alpha, reducer)
 
     def hess_inv_cg(V: Tensor) -> Tensor:
         b = V.to(device=Zh.device, dtype=torch.float64).reshape(c, p)

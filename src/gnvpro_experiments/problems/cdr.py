@@ -9,6 +9,9 @@ forward-pass intermediates and 3-level GNvpro history.  The reference parameter 
     θ_flat = [vec(K_open) (column-major);  per node t: Θ_t[rows_j, cols_j] (j = 1..w(w−1)), b_t]
 
 with (rows, cols) the off-diagonal positions of a w×w matrix in column-major order.
+
+:class:`CDR` is the experiment's problem (``problem = "cdr"``); its seed "ref" is the
+reference's split and θ0.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gnvpro_experiments.config import ExperimentConfig, ExperimentError
 from gnvpro_experiments.models.resnet import AntisymmetricResNet, paper_network
-from gnvpro_experiments.problems.base import Split
-from gnvpro_experiments.problems.paths import find_shared
+from gnvpro_experiments.problems.base import Problem, Split
+from gnvpro_experiments.problems.paths import find_shared, optional_file
 
 __all__ = [
+    "CDR",
     "cdr_split",
     "default_cdr_path",
     "default_reference_path",
@@ -227,3 +232,66 @@ def reference_network(ref: Any) -> nn.Sequential:
         feats.theta.copy_(torch.as_tensor(theta))
         feats.bias.copy_(torch.as_tensor(np.asarray(ref["b_res"])))
     return net
+
+
+class CDR(Problem):
+    """CDR surrogate regression: 55 reaction parameters → 72 observations (``CDR_Data.mat``).
+
+    Seed s: a ``torch.randperm`` of the samples (generator seeded with s), the first n_train
+    train, the next n_val validate, the next n_test test.  Seed "ref": the reference's split,
+    θ0 and GNvpro history from the parity fixture ``cdr_parity.npz``.
+    """
+
+    name = "cdr"
+    data_keys = frozenset({"n_train", "n_val", "n_test"})
+    has_reference = True
+
+    def load(self, cfg: ExperimentConfig, data_path: str | None,
+             progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        Y, C = load_cdr_mat(optional_file(data_path))
+        n_need = sum(int(cfg.data[k]) for k in ("n_train", "n_val", "n_test"))
+        if len(Y) < n_need:
+            raise ExperimentError(f"CDR data has {len(Y)} samples, the split needs {n_need}")
+        return Y, C
+
+    def split(self, cfg: ExperimentConfig, raw: tuple[np.ndarray, np.ndarray],
+              seed: int) -> Split:
+        Y, C = raw
+        d = cfg.data
+        a, b, c = int(d["n_train"]), int(d["n_val"]), int(d["n_test"])
+        perm = torch.randperm(len(Y), generator=torch.Generator().manual_seed(int(seed)))
+        return cdr_split(Y, C, perm[:a].numpy(), perm[a : a + b].numpy(),
+                         perm[a + b : a + b + c].numpy())
+
+    def reference_split(self, cfg: ExperimentConfig,
+                        raw: tuple[np.ndarray, np.ndarray]) -> Split:
+        return reference_split(load_reference(), *raw)
+
+    def reference_model(self, cfg: ExperimentConfig) -> nn.Sequential:
+        return reference_network(load_reference())
+
+    def reference_history(self, levels: int) -> dict:
+        """The reference GNvpro history (hist_level1..L: Jc, F(val), TotalWork cumulated) and
+        its final relative errors."""
+        ref = load_reference()
+        cols = [str(c) for c in ref["hist_columns"]]
+        ij, iw, iv = cols.index("Jc"), cols.index("TotalWork"), cols.index("F(val)")
+        out: dict[str, Any] = {"method": "gnvpro (reference, Meganet.m)", "work_units": [],
+                               "loss": [], "val_loss": [], "level": [], "level_starts": []}
+        offset = 0.0
+        for lvl in range(1, levels + 1):
+            key = f"hist_level{lvl}"
+            if key not in ref:
+                break
+            h = np.asarray(ref[key])
+            wu = h[:, iw].copy()
+            wu[0] = 2.0  # row 0 shows 0; the initial evaluation costs 2
+            out["level_starts"].append(offset)
+            out["work_units"] += (offset + wu).tolist()
+            out["loss"] += h[:, ij].tolist()
+            out["val_loss"] += h[:, iv].tolist()
+            out["level"] += [lvl] * len(h)
+            offset += float(wu[-1])
+        rel = ref["relerr_mean"]
+        out["finals"] = {"train": float(rel[0]), "val": float(rel[1]), "test": float(rel[2])}
+        return out

@@ -2,6 +2,8 @@
 
 Loaders return NumPy arrays: images uint8 (n, H, W) or (n, H, W, C) (channels last), labels
 int64 (n,). :func:`image_split` turns them into a standardised :class:`Split`.
+:class:`ImageClassification` is the experiments' problem (``problem = "cifar10"`` or
+``"fashion-mnist"``).
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import math
 import os
 import pickle
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Split
+from .base import Problem, Split
 from .paths import default_data_file, read_npz, require_dir, require_file
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
 
 CIFAR10_FILE = "cifar10.npz"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -343,3 +348,35 @@ def image_split(
             "seed": seed,
         },
     )
+
+
+class ImageClassification(Problem):
+    """CIFAR-10 or Fashion-MNIST classification (``name``): the split of :func:`image_split`
+    (``[model] dtype`` sets the image dtype); the raw data is the checked path (CIFAR-10: the
+    archive or a batches directory, Fashion-MNIST: the IDX directory), read per seed."""
+
+    data_keys = frozenset({"n_train", "n_val", "subset"})
+
+    def __init__(self, name: Literal["cifar10", "fashion-mnist"]) -> None:
+        if name not in ("cifar10", "fashion-mnist"):
+            raise ValueError(f"unknown image data set {name!r}; use 'cifar10' or 'fashion-mnist'")
+        self.name = name
+
+    def load(self, cfg: ExperimentConfig, data_path: str | None, progress: bool) -> Path:
+        if self.name == "cifar10":
+            if data_path is not None and Path(data_path).expanduser().is_dir():
+                return Path(data_path).expanduser()
+            p = data_path if data_path is not None else default_data_file(CIFAR10_FILE)
+            return require_file(
+                p, "CIFAR-10 data (cifar10.npz or a cifar-10-batches-py directory)",
+                "It is the shared archive cifar10.npz (shared/data/README.md).")
+        d = data_path if data_path is not None else FASHION_MNIST_DIR
+        return require_dir(d, "Fashion-MNIST", "Install the Debian package dataset-fashion-mnist "
+                           "(files under /usr/share/datasets/fashion-mnist).")
+
+    def split(self, cfg: ExperimentConfig, raw: Path, seed: int) -> Split:
+        d = cfg.data
+        dtype = torch.float64 if cfg.model.get("dtype") == "float64" else torch.float32
+        sub = d.get("subset")
+        return image_split(self.name, raw, n_train=d.get("n_train"), n_val=d.get("n_val"),
+                           subset=None if sub is None else int(sub), seed=int(seed), dtype=dtype)

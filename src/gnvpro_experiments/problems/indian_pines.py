@@ -2,19 +2,27 @@
 
 The data are the 200-band "corrected" AVIRIS scene (145 x 145 pixels, 16 classes, 10249 labelled
 pixels) stored in ``indian_pines.npz`` (see shared/data/README.md).
+
+:class:`IndianPines` is the experiment's problem (``problem = "indian_pines"``); its report
+figures are ``segmentation.png`` and ``confusion.png``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Split
+from .base import Problem, Split
 from .paths import default_data_file, read_npz, require_file
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
 
 FILE_NAME = "indian_pines.npz"
 IMAGE_SHAPE = (145, 145)
@@ -193,3 +201,101 @@ def indian_pines_split(
         y_test=data["test"][1],
         meta=meta,
     )
+
+
+class IndianPines(Problem):
+    """Indian Pines pixel classification: the class-balanced split of
+    :func:`indian_pines_split`; the raw data is the checked file path (read per seed)."""
+
+    name = "indian_pines"
+    data_keys = frozenset({"n_max", "holdout", "test_fraction"})
+
+    def load(self, cfg: ExperimentConfig, data_path: str | None, progress: bool) -> Path:
+        return require_file(data_path if data_path is not None else default_data_file(FILE_NAME),
+                            "Indian Pines data file", _HOW_TO_GET)
+
+    def split(self, cfg: ExperimentConfig, raw: Path, seed: int) -> Split:
+        d = cfg.data
+        return indian_pines_split(raw, seed=int(seed), n_max=int(d.get("n_max", 312)),
+                                  holdout=int(d.get("holdout", 10)),
+                                  test_fraction=float(d.get("test_fraction", 0.2)))
+
+    def figures(self, root: Path, summary: dict) -> tuple[list[Path], str]:
+        got = segmentation_figures(root, summary)
+        return ([], "") if got is None else got
+
+
+def segmentation_figures(root: Path, summary: dict) -> tuple[list[Path], str] | None:
+    """``segmentation.png`` (ground truth, predicted and error maps over all labelled pixels)
+    and ``confusion.png`` (class-normalised confusion matrix) of the best-validation gnvpro run
+    (else the first method's) of the run directory ``root``, and a markdown note; None if no
+    run has a model."""
+    from ..data import _data_errors, predict
+    from ..report import best_run, load_run, pyplot
+
+    best = best_run(root, summary)
+    if best is None:
+        return None
+    method, d = best
+    _, info, data, model = load_run(d, method)
+    with _data_errors(f"{d}: the Indian Pines pixels cannot be read for the segmentation"):
+        x, y, pix = all_labelled_pixels(info.get("data_path"))
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        pred = predict(model, x.to(dtype)).argmax(dim=1).numpy()
+    y = y.numpy()
+    shape = tuple(data.meta.get("image_shape", IMAGE_SHAPE))
+    names = list(data.meta.get("class_names", [str(i) for i in range(int(y.max()) + 1)]))
+    k = len(names)
+    gt = np.zeros(shape[0] * shape[1], dtype=int)
+    pm = np.zeros_like(gt)
+    gt[pix], pm[pix] = y + 1, pred + 1
+    err = np.full(gt.shape, np.nan)
+    err[pix] = (pred != y).astype(float)
+    acc = float((pred == y).mean())
+    test_pix = set(np.asarray(info["split"].get("test_index", []), dtype=np.int64).tolist())
+
+    plt = pyplot()
+    cmap = plt.get_cmap("tab20", k)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.4), constrained_layout=True)
+    for ax, img, title in ((axes[0], gt, "ground truth"),
+                           (axes[1], pm, f"predicted ({method}, {d.name})")):
+        im = ax.imshow(np.ma.masked_equal(img.reshape(shape), 0), cmap=cmap, vmin=0.5,
+                       vmax=k + 0.5, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    cb = fig.colorbar(im, ax=axes[1], fraction=0.05, ticks=range(1, k + 1))
+    cb.ax.set_yticklabels(names, fontsize=6)
+    axes[2].imshow(err.reshape(shape), cmap="RdYlGn_r", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].set_title(f"errors (red), all labelled pixels: accuracy {acc:.4f}")
+    axes[2].axis("off")
+    p1 = root / "segmentation.png"
+    fig.savefig(p1, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    cm = np.zeros((k, k))
+    np.add.at(cm, (y, pred), 1.0)
+    cmn = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1.0)
+    fig, ax = plt.subplots(figsize=(9, 8))
+    im = ax.imshow(cmn, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if cmn[i, j] >= 0.005:
+                ax.text(j, i, f"{cmn[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if cmn[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion matrix (rows normalised), all labelled pixels, {method} {d.name}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    p2 = root / "confusion.png"
+    fig.savefig(p2, dpi=110)
+    plt.close(fig)
+    in_test = np.isin(pix, np.fromiter(test_pix, dtype=np.int64)) if test_pix else None
+    test_acc = float((pred[in_test] == y[in_test]).mean()) if in_test is not None else math.nan
+    note = (f"Segmentation maps and confusion matrix: {method}, {d.name} (best validation "
+            f"accuracy); accuracy over all {len(y)} labelled pixels {acc:.4f} "
+            f"(test pixels {test_acc:.4f}).\n")
+    return [p1, p2], note

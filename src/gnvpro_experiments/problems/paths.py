@@ -53,6 +53,20 @@ def require_file(path: str | os.PathLike[str], what: str, how_to_get: str) -> Pa
     return p
 
 
+def optional_file(path: str | os.PathLike[str] | None) -> Path | None:
+    """None (the problem's default data), or ``path`` as a Path if it is an existing file.
+
+    Raises:
+        FileNotFoundError: ``data file not found: PATH``.
+    """
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"data file not found: {p}")
+    return p
+
+
 def require_dir(path: str | os.PathLike[str], what: str, how_to_get: str) -> Path:
     """Like :func:`require_file` for a directory."""
     p = Path(path).expanduser()

@@ -11,12 +11,13 @@ import torch
 from torch.func import jacrev
 
 from gnvpro.head import split_model
+from gnvpro.joint import JointProblem
+from gnvpro.linalg.line_search import strong_wolfe
 from gnvpro.losses import make_loss
 from gnvpro.varpro import ReducedObjective
-from gnvpro_experiments.baselines import METHODS, JointProblem, TrainSettings, strong_wolfe, train
-from gnvpro_experiments.baselines.train_gnvpro import flat_theta
 from gnvpro_experiments.models import paper_network, time_smoothness
 from gnvpro_experiments.problems.base import Split
+from gnvpro_experiments.train import METHODS, train
 
 DT = torch.float64
 ALL = ["gnvpro", "gn", "gn-blockdiag", "lbfgs-vpro", "adam", "sgd"]
@@ -59,12 +60,16 @@ def tiny_model(width: int = 4, seed: int = 1, n_nodes: int = 2) -> torch.nn.Sequ
     return paper_network(4, 3, width, n_nodes=n_nodes, generator=gen)
 
 
-def settings_for(task: str, **kw) -> TrainSettings:
+def flat_theta(split) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in split.feature_params().values()])
+
+
+def settings_for(task: str, **kw) -> dict:
     loss = "least_squares" if task == "regression" else "cross_entropy"
     base = dict(loss=loss, alpha_w=1e-4, alpha_theta=1e-6, max_work=MAX_WORK,
                 max_krylov=MAX_KRYLOV, lr=1e-2, batch_size=16)
     base.update(kw)
-    return TrainSettings(**base)
+    return base
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +90,7 @@ def test_registry_and_unknown_method() -> None:
     sub_batch = {"gnvpro-stochastic", "gn-stochastic", "lbfgs-vpro-stochastic"}
     assert set(ALL) | sub_batch | {"gnvpro-tn", "gnvpro-tn-stochastic"} == set(METHODS)
     with pytest.raises(ValueError, match="gn-blockdiag.*lbfgs-vpro"):
-        train("newton", tiny_model(), regression_data(), TrainSettings())
+        train("newton", tiny_model(), regression_data(), {})
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
@@ -122,11 +127,11 @@ def test_method_trains_and_records(runs: dict, task: str, method: str) -> None:
     else:  # one Krylov basis (≤ 2 max_krylov) + trial value + gradient
         assert max(steps) <= 2 * MAX_KRYLOV + 2
     # the model holds the final iterate (no keep_best_val here)
-    loss = make_loss(settings_for(task).loss)
+    loss = make_loss(settings_for(task)["loss"])
     with torch.no_grad():
         S = model(data.x_train)
     C = loss.prepare_targets(data.y_train, 3).to(DT)
-    assert float(loss.value(S, C)) == pytest.approx(records[-1]["data_loss"], rel=1e-8)
+    assert float(loss.value(S, C)) / len(S) == pytest.approx(records[-1]["data_loss"], rel=1e-8)
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
@@ -157,16 +162,16 @@ def test_adam_keep_best_val_restores_best_iterate(task: str) -> None:
     best = max(range(len(recs)), key=lambda i: (scores[i], -i))  # first best
     assert [i for i, r in enumerate(recs) if r["best_val"]][-1] == best
     assert best < len(recs) - 1  # a large step size: the best iterate is not the last one
-    loss = make_loss(s.loss)
+    loss = make_loss(s["loss"])
     with torch.no_grad():
         S = model(data.x_val)
         C = loss.prepare_targets(data.y_val, 3).to(DT)
-        assert float(loss.value(S, C)) == pytest.approx(recs[best]["metrics"]["val"]["loss"],
-                                                        rel=1e-10)
+        val_loss = float(loss.value(S, C)) / len(S)
+        assert val_loss == pytest.approx(recs[best]["metrics"]["val"]["loss"], rel=1e-10)
         S_train = model(data.x_train)
         C_train = loss.prepare_targets(data.y_train, 3).to(DT)
-        assert float(loss.value(S_train, C_train)) == pytest.approx(recs[best]["data_loss"],
-                                                                    rel=1e-10)
+        train_loss = float(loss.value(S_train, C_train)) / len(S_train)
+        assert train_loss == pytest.approx(recs[best]["data_loss"], rel=1e-10)
 
 
 # ------------------------------------------------------------------------- joint GN maths
@@ -189,7 +194,7 @@ def _phi_autograd(prob: JointProblem, split, x: torch.Tensor, z: torch.Tensor) -
     theta, W = prob.unpack(z)
     Z = split.features(prob.features.layout.unflatten(theta), x)
     S = torch.cat([Z, torch.ones(len(Z), 1, dtype=DT)], 1) @ W.T
-    return (prob.loss.value(S, prob.C) + 0.5 * prob.alpha_w * W.square().sum()
+    return (prob.loss.value(S, prob.C) / len(S) + 0.5 * prob.alpha_w * W.square().sum()
             + prob.reg.value(theta))
 
 
@@ -225,7 +230,7 @@ def test_joint_gn_operator_matches_dense_jacobian(loss_name: str) -> None:
     S = pt.S
     nc = S.numel()
     Hs = torch.stack([prob.loss.hess_apply(S, prob.C, e.reshape(S.shape)).reshape(-1)
-                      for e in torch.eye(nc, dtype=DT)], 1)
+                      for e in torch.eye(nc, dtype=DT)], 1) / S.shape[0]  # a mean over rows
     Bm = jacrev(prob.reg.apply_B)(z[: prob.n_theta])
     reg = torch.block_diag(prob.reg.alpha * Bm.T @ Bm,
                            prob.alpha_w * torch.eye(N - prob.n_theta, dtype=DT))

@@ -1,0 +1,197 @@
+"""ADAM and SGD (Nesterov momentum) on (θ, W) jointly, W starting at W*(θ0) (method.md §5).
+
+One step is one epoch over shuffled mini-batches of the current batch, each minimising
+
+    Φ_B(θ, W) = L(Ẑ_B(θ) Wᵀ, C_B)/|B| + (α_W/2)‖W‖² + (α_θ/2)‖Bθ‖²
+
+(torch.Generator seeded with config.seed; the last mini-batch may be smaller). Work units: 2 per
+epoch (a forward and a backward pass over the batch), 2 for the start. ADAM is torch.optim.Adam
+with the standard bias correction 1 − β^t, t = the mini-batch count; the reference code used the
+epoch number for t, which we do not copy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..head import check_head_is_last, split_model
+from ..losses import Loss, make_loss
+from ..params import ParamLayout
+from ..reduce import SampleReducer
+from ..regularizer import LinearMap, Regularizer
+from ..solver import StepInfo, Termination
+from ..validate import check_model, check_real, describe, validate_config
+from ..varpro import InnerOptions, ReducedObjective, WarmStart
+from .base import BatchIdentity, Iterate, no_closure
+
+__all__ = ["FirstOrder", "FirstOrderConfig", "OPTIMIZERS"]
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class FirstOrderConfig:
+    """Settings of the mini-batch baselines."""
+
+    optimizer: str = "adam"  # or "sgd" (momentum, Nesterov)
+    lr: float = 1e-3
+    batch_size: int = 32
+    momentum: float = 0.9  # SGD
+    nesterov: bool = True  # SGD, with momentum > 0
+    seed: int = 0  # the mini-batch shuffling
+    inner_rtol: float = 1e-10  # the W*(θ0) solve
+    inner_atol: float = 1e-10
+    inner_max_iter: int = 100
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FirstOrder:
+    """ADAM / SGD epochs on (θ, W) through the method protocol (gnvpro.methods.base)."""
+
+    step_work = 2.0  # one epoch: a forward and a backward pass over the batch
+
+    def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
+                 alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
+                 config: FirstOrderConfig | None = None,
+                 regularizer: LinearMap | None = None) -> None:
+        if config is not None and not isinstance(config, FirstOrderConfig):
+            raise TypeError(f"config must be a gnvpro.FirstOrderConfig or None, got "
+                            f"{describe(config)}")
+        self.split = split_model(model, head)
+        check_model(self.split)
+        self.model = model
+        self.loss = make_loss(loss) if isinstance(loss, str) else loss
+        self.alpha_w = check_real("alpha_w", alpha_w, low=0.0)
+        self.alpha_theta = check_real("alpha_theta", alpha_theta, low=0.0)
+        self.config = c = config or FirstOrderConfig()
+        self.regularizer = regularizer
+        self.feature_params = self.split.feature_params()
+        self.head_params = [self.split.head.weight] + (
+            [self.split.head.bias] if self.split.has_bias else [])
+        params = [*self.feature_params.values(), *self.head_params]
+        if c.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=c.lr)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                                             nesterov=c.nesterov and c.momentum > 0)
+        self.generator = torch.Generator().manual_seed(c.seed)
+        self.work = self.seconds = self.inner_seconds = 0.0
+        self.iteration = 0
+        self.reg: Regularizer | None = None
+        self._xC: tuple[Tensor, Tensor] | None = None
+        self._current: Iterate | None = None
+        self._batch = BatchIdentity(model)
+
+    # ------------------------------------------------------------------ protocol
+    def set_batch(self, x: Tensor, y: Tensor) -> None:
+        """The targets of (x, y); on the first batch also W*(θ0) (2 work units)."""
+        if self._batch.same(x, y):
+            return
+        t0 = time.perf_counter()
+        obj = ReducedObjective(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
+                               B=self.regularizer,
+                               inner=InnerOptions(self.config.inner_rtol, self.config.inner_atol,
+                                                  self.config.inner_max_iter))
+        check_head_is_last(self.split, x[: min(len(x), 16)])
+        if self.reg is None:  # the common start: θ0 with W*(θ0)
+            theta0 = torch.cat([p.detach().reshape(-1).to(torch.float64)
+                                for p in self.feature_params.values()])
+            pt = obj.evaluate(theta0, WarmStart(self.split.head_weights().to(torch.float64)))
+            self.split.set_head_weights(pt.W)
+            self.reg = Regularizer(self.alpha_theta, obj.features.layout, self.regularizer)
+            self._current = Iterate(pt.value, pt.loss, pt.S)
+            self.work += 2.0
+            self.inner_seconds += pt.inner.seconds
+        else:
+            self._current = None
+        dtype = self.split.head.weight.dtype
+        self._xC = (x, obj.C.to(device=x.device, dtype=dtype))
+        self.seconds += time.perf_counter() - t0
+        self._batch.remember(x, y)
+
+    def _objective(self, S: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+        """(Φ_B, L/|B|) differentiable in the model's weights."""
+        assert self.reg is not None
+        theta = torch.cat([p.reshape(-1) for p in self.feature_params.values()])
+        w2 = sum(p.square().sum() for p in self.head_params)
+        L = SampleReducer(C.shape[0]).mean(self.loss.value(S, C))
+        return L + 0.5 * self.alpha_w * w2 + self.reg.value(theta), L
+
+    def step(self, x: Tensor | None = None, y: Tensor | None = None) -> StepInfo:
+        """One epoch of mini-batch steps over (x, y)."""
+        if y is None:
+            raise no_closure("FirstOrder", "a closure" if callable(x) else
+                             "step() without a batch")
+        self.set_batch(x, y)
+        assert self._xC is not None
+        x, C = self._xC
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(x), generator=self.generator).to(x.device)
+        for i in range(0, len(x), self.config.batch_size):
+            idx = perm[i : i + self.config.batch_size]
+            self.optimizer.zero_grad(set_to_none=True)
+            self._objective(self.model(x[idx]), C[idx])[0].backward()
+            self.optimizer.step()
+        self.seconds += time.perf_counter() - t0
+        self.work += self.step_work
+        self.iteration += 1
+        self._current = None
+        self._batch.weights_written()
+        return StepInfo(iteration=self.iteration, loss=float("nan"), data_loss=float("nan"),
+                        grad_norm=float("nan"), work_units=self.work, seconds=self.seconds,
+                        inner_seconds=self.inner_seconds, extra={"epoch": self.iteration})
+
+    @torch.no_grad()
+    def current(self) -> Iterate:
+        """Φ and L on the whole current batch (one forward pass, not counted in work)."""
+        if self._current is None:
+            assert self._xC is not None
+            x, C = self._xC
+            S = self.model(x)
+            phi, L = self._objective(S, C)
+            self._current = Iterate(float(phi), float(L), S)
+        return self._current
+
+    def termination(self) -> Termination:
+        return Termination.RUNNING
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        raise no_closure("FirstOrder", "zero_grad() (each step() is a whole epoch)")
+
+    # --------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Optimiser state only: the torch optimiser's state, the shuffling generator, the
+        counters and the settings."""
+        return {"method": "FirstOrder", "config": self.config.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "work": self.work,
+                "iteration": self.iteration, "started": self.reg is not None}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if not isinstance(sd, dict) or sd.get("method") != "FirstOrder":
+            raise ValueError("not a FirstOrder state dict")
+        if sd.get("config") != self.config.to_dict():
+            raise ValueError("the state dict was saved with other settings: create "
+                             "FirstOrder(..., config=FirstOrderConfig(**sd['config']))")
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.generator.set_state(sd["generator"])
+        self.work = check_real("state_dict['work']", sd["work"], low=0.0)
+        self.iteration = check_real("state_dict['iteration']", sd["iteration"], integer=True,
+                                    low=0)
+        self._batch.forget()
+        if sd.get("started"):  # keep the model's W: no new W*(θ0)
+            layout = ParamLayout.of(self.split.feature_params())
+            self.reg = Regularizer(self.alpha_theta, layout, self.regularizer)

@@ -1,0 +1,289 @@
+"""What every variable-projection optimiser shares (GNvpro, L-BFGS-VarPro): the model split at
+its affine head, Φ_red(θ) = Φ(θ, W*(θ)) on the current batch, the solver state, write-back.
+
+    opt.set_batch(x, y)   Φ_red, W*(θ) and ∇Φ_red at the model's θ on (x, y) (2 work units)
+    opt.step(x, y)        one outer iteration (the subclass's outer solver); the model holds
+                          the accepted θ and the solved head W* = [W̃, b]
+    opt.run(x, y, ...)    gnvpro.loop.fit on the one batch (x, y)
+
+A new batch re-evaluates at the current θ and carries the counters (and the trust-region radius)
+over: step() on a sequence of batches is the paper's stochastic variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..head import HeadSplit, check_head_is_last, split_model
+from ..losses import Loss, make_loss
+from ..metrics import prediction_metrics
+from ..regularizer import LinearMap
+from ..solver import SolverState, StepInfo, Termination, initial_state
+from ..threads import auto_threads, intra_op_threads
+from ..validate import check_batch, check_model, check_real, config_from_dict, describe
+from ..varpro import ReducedObjective, WarmStart
+from .base import BatchIdentity, Iterate, no_closure
+
+__all__ = ["VarProOptimizer"]
+
+
+class VarProOptimizer:
+    """Base of the variable-projection optimisers; subclasses give ``config_type``,
+    ``_objective_options()``, ``_outer_step(state)`` and ``_termination(state)``."""
+
+    config_type: ClassVar[type]
+    step_work: float | None = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | Loss = "least_squares",
+        alpha_w: float = 1e-10,
+        alpha_theta: float = 1e-10,
+        head: str | None = None,
+        config: Any = None,
+        regularizer: LinearMap | None = None,
+    ) -> None:
+        name = type(self).__name__
+        if not isinstance(loss, str | Loss):
+            raise TypeError(f"loss must be a name (least_squares, cross_entropy, logistic) or a "
+                            f"gnvpro.losses.Loss, got {describe(loss)}")
+        alpha_w = check_real("alpha_w", alpha_w, low=0.0)
+        alpha_theta = check_real("alpha_theta", alpha_theta, low=0.0)
+        if config is not None and not isinstance(config, self.config_type):
+            raise TypeError(f"config must be a gnvpro.{self.config_type.__name__} or None, got "
+                            f"{describe(config)}")
+        if regularizer is not None and not callable(regularizer):
+            raise TypeError(f"regularizer must be a callable (a linear map of the named "
+                            f"parameters) or None, got {describe(regularizer)}")
+        self.split: HeadSplit = split_model(model, head)
+        check_model(self.split)
+        self.model = model
+        self.loss = make_loss(loss) if isinstance(loss, str) else loss
+        if alpha_w == 0 and not self.loss.is_quadratic:
+            raise ValueError(f"alpha_w must be > 0 for the {self.loss.name} loss (W* must be "
+                             f"unique), got 0 ({name})")
+        self.alpha_w = alpha_w
+        self.alpha_theta = alpha_theta
+        self.config = config or self.config_type()
+        self.regularizer = regularizer
+        self.objective: ReducedObjective | None = None
+        self.state: SolverState | None = None
+        self._batch = BatchIdentity(model)
+        self._resume: dict | None = None
+
+    # ------------------------------------------------------------------ hooks
+    def _objective_options(self) -> dict:
+        raise NotImplementedError
+
+    def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo | None]:
+        raise NotImplementedError
+
+    def _termination(self, state: SolverState) -> Termination:
+        raise NotImplementedError
+
+    def _carry(self, old: SolverState, fresh: SolverState) -> SolverState:
+        """The state on a new batch: counters carry over (subclasses add what else does)."""
+        return replace(fresh, work=old.work + fresh.work, iteration=old.iteration,
+                       seconds=old.seconds + fresh.seconds,
+                       inner_seconds=old.inner_seconds + fresh.inner_seconds)
+
+    # ------------------------------------------------------------------ state
+    def theta(self) -> Tensor:
+        """θ as a flat float64 vector (the model's current feature weights)."""
+        params = self.split.feature_params()
+        return torch.cat([p.detach().reshape(-1).to(torch.float64) for p in params.values()])
+
+    @torch.no_grad()
+    def _write_back(self) -> None:
+        assert self.objective is not None and self.state is not None
+        named = self.objective.features.layout.unflatten(self.state.pt.theta)
+        for name, p in self.split.feature_params().items():
+            p.copy_(named[name].to(p))
+        self.split.set_head_weights(self.state.pt.W)
+        self._batch.weights_written()
+
+    @property
+    def work(self) -> float:
+        return 0.0 if self.state is None else self.state.work
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.state is None else self.state.seconds
+
+    @property
+    def inner_seconds(self) -> float:
+        return 0.0 if self.state is None else self.state.inner_seconds
+
+    def current(self) -> Iterate:
+        assert self.state is not None, "set_batch(x, y) first"
+        pt = self.state.pt
+        return Iterate(pt.value, pt.loss, pt.S, self.state.grad_norm)
+
+    def termination(self) -> Termination:
+        return Termination.RUNNING if self.state is None else self._termination(self.state)
+
+    def set_batch(self, x: Tensor, y: Tensor) -> None:
+        """Evaluate Φ_red, W* and ∇Φ_red at the current θ on (x, y) (2 work units; nothing
+        if (x, y) is already the batch)."""
+        check_model(self.split)  # cheap; the model may have changed since the last call
+        if self._batch.same(x, y):
+            return
+        objective = ReducedObjective(  # checks the batch (varpro.batch_targets)
+            self.split, self.loss, x, y, self.alpha_w, self.alpha_theta, B=self.regularizer,
+            **self._objective_options(),
+        )
+        check_head_is_last(self.split, x[: min(len(x), 16)])
+        old = self.state
+        prev = old.pt if old is not None and old.pt.W.shape[0] == self.split.n_outputs else None
+        if prev is None:  # warm-start the first inner solve from the model's head
+            prev = WarmStart(self.split.head_weights().to(torch.float64))
+        try:
+            fresh = initial_state(objective, self.theta(), prev)
+        except (torch.linalg.LinAlgError, ArithmeticError) as e:
+            raise ValueError(f"the starting point cannot be evaluated ({type(e).__name__}: {e}):"
+                             " the data or the weights are badly scaled; standardise x and y"
+                             ) from e
+        if old is not None:
+            fresh = self._carry(old, fresh)
+        elif self._resume is not None:  # after load_state_dict
+            r = self._resume
+            fresh = replace(fresh, radius=r["radius"], work=r["work"] + fresh.work,
+                            iteration=r["iteration"], pairs=r["pairs"])
+            self._resume = None
+        # commit only now: a bad batch raises above and leaves the optimiser as it was
+        self.objective, self.state = objective, fresh
+        self._batch.remember(x, y)
+        self._write_back()
+
+    # ------------------------------------------------------------------- API
+    def step(self, x: Tensor | Callable | None = None, y: Tensor | None = None
+             ) -> StepInfo | None:
+        """One outer iteration on the batch (x, y); the model holds the result (None: no step
+        was possible here, termination() says why)."""
+        if y is None:
+            raise no_closure(type(self).__name__, "a closure" if callable(x) else
+                             "step() without a batch")
+        with intra_op_threads(self._threads(x)):
+            self.set_batch(x, y)
+            assert self.objective is not None and self.state is not None
+            try:
+                state, info = self._outer_step(self.state)
+            except (torch.linalg.LinAlgError, ArithmeticError) as e:
+                raise ValueError(f"the outer step failed numerically ({type(e).__name__}: {e}); "
+                                 "the model and the optimiser are unchanged. The data or the "
+                                 "weights are badly scaled: standardise x and y") from e
+        self.state = state
+        self._write_back()
+        return info
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        raise no_closure(type(self).__name__, "zero_grad() (it keeps no .grad)")
+
+    def _threads(self, x: Tensor) -> int | None:
+        """config.threads, or one thread for a small CPU problem (gnvpro.threads)."""
+        threads = getattr(self.config, "threads", None)
+        if threads is not None:
+            return threads
+        n_params = sum(p.numel() for p in self.split.feature_params().values())
+        n_params += self.split.head.weight.numel()  # the W-side products scale with c·p
+        n = x.shape[0] if isinstance(x, Tensor) and x.ndim > 0 else 1  # x is checked later
+        return auto_threads(n, n_params, self.split.head.weight.device)
+
+    def evaluate(self, x: Tensor, y: Tensor) -> dict:
+        """Metrics of the current model on (x, y) (loss, relative error or accuracy)."""
+        check_batch(self.split, x, y)
+        check_model(self.split)
+        with torch.no_grad():
+            S = self.model(x)
+        return prediction_metrics(self.loss, S, y, self.split.n_outputs)
+
+    def run(self, x: Tensor, y: Tensor, max_work: float | None = None,
+            max_iter: int | None = None, val: tuple[Tensor, Tensor] | None = None,
+            max_seconds: float | None = None,
+            callback: Callable[[StepInfo], bool | None] | None = None,
+            progress: bool = False):
+        """gnvpro.fit on the one batch (x, y): until a gradient tolerance, max_iter, max_work
+        (work units of this call) or max_seconds (the optimiser's own seconds) is reached.
+        callback(record) may return True to stop. Validation metrics in record.metrics["val"]."""
+        from ..loop import fit
+
+        return fit(self, [(x, y)], max_work=max_work, max_iter=max_iter, val=val,
+                   max_seconds=max_seconds, callback=callback, progress=progress)
+
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Optimiser state only (as torch.optim): settings, α, the trust-region radius, the
+        curvature pairs and the counters. gnvpro.checkpoint saves it with the model."""
+        s = self.state
+        return {
+            "method": type(self).__name__,
+            "config": self.config.to_dict(),
+            "loss": self.loss.name,
+            "alpha_w": self.alpha_w,
+            "alpha_theta": self.alpha_theta,
+            "radius": None if s is None else s.radius,
+            "work": 0.0 if s is None else s.work,
+            "iteration": 0 if s is None else s.iteration,
+            "pairs": [] if s is None else [[a.clone(), b.clone(), r] for a, b, r in s.pairs],
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore a state_dict(): α, config, radius, pairs and counters (the loss must be the
+        same); the next step re-evaluates at the model's weights. Everything is checked first;
+        a refused dict changes nothing."""
+        name = type(self).__name__
+        if not isinstance(sd, dict):
+            raise TypeError(f"load_state_dict expects the dict of {name}.state_dict(), got "
+                            f"{describe(sd)}")
+        if "model" in sd:
+            raise ValueError(f"this looks like a model+optimiser checkpoint: load it with "
+                             f"gnvpro.load_checkpoint(path, model, opt), or pass sd['optimizer']"
+                             f" to {name}.load_state_dict")
+        missing = {"radius", "work", "iteration"} - set(sd)
+        if missing:
+            raise ValueError(f"not a {name} state dict: missing {sorted(missing)}")
+        if sd.get("method", name) != name:
+            raise ValueError(f"the state dict is of {sd['method']}, not {name}")
+        radius = sd["radius"]
+        if radius is not None:
+            radius = check_real("state_dict['radius']", radius, low=0.0, low_inclusive=False)
+        work = check_real("state_dict['work']", sd["work"], low=0.0)
+        iteration = check_real("state_dict['iteration']", sd["iteration"], integer=True, low=0)
+        if "loss" in sd and sd["loss"] != self.loss.name:
+            raise ValueError(f"the state dict was saved with loss {sd['loss']!r} but this "
+                             f"optimiser uses {self.loss.name!r}: create {name}(model, "
+                             f"loss={sd['loss']!r}) to load it")
+        alpha_w = check_real("state_dict['alpha_w']", sd.get("alpha_w", self.alpha_w), low=0.0)
+        alpha_theta = check_real("state_dict['alpha_theta']",
+                                 sd.get("alpha_theta", self.alpha_theta), low=0.0)
+        if alpha_w == 0 and not self.loss.is_quadratic:
+            raise ValueError(f"state_dict['alpha_w'] must be > 0 for the {self.loss.name} loss")
+        pairs = _check_pairs(sd.get("pairs", []), self.theta())
+        config = self.config
+        if "config" in sd:
+            config = config_from_dict(self.config_type, sd["config"], "state_dict['config']")
+        self.alpha_w, self.alpha_theta, self.config = alpha_w, alpha_theta, config
+        self.objective, self.state = None, None
+        self._batch.forget()
+        self._resume = {"radius": radius, "work": work, "iteration": iteration, "pairs": pairs}
+
+
+def _check_pairs(pairs: object, theta: Tensor) -> tuple:
+    """state_dict['pairs']: a list of [s, y, 1/sᵀy] with s, y finite vectors of θ's size."""
+    if not isinstance(pairs, list | tuple):
+        raise TypeError(f"state_dict['pairs'] must be a list, got {describe(pairs)}")
+    out = []
+    for i, p in enumerate(pairs):
+        ok = (isinstance(p, list | tuple) and len(p) == 3 and all(isinstance(t, Tensor)
+              for t in p[:2]) and all(t.shape == theta.shape for t in p[:2]))
+        if not ok or not all(bool(torch.isfinite(t).all()) for t in p[:2]):
+            raise ValueError(f"state_dict['pairs'][{i}] must be [s, y, rho] with finite s, y of "
+                             f"θ's size {theta.numel()}")
+        out.append((p[0].to(theta), p[1].to(theta), float(p[2])))
+    return tuple(out)

@@ -1,0 +1,84 @@
+"""The sample reducer: the one place where sums over samples become averages.
+
+The objective averages over the n samples (rows) of the training set,
+
+    Φ = (1/n) Σ_i ℓ_i(s_i) + regularisers,
+
+and every sample-dependent quantity is a sum over rows: the loss value Σ_i ℓ_i, the θ-gradient
+J_Zᵀ(G W̃), the normal equations ẐᵀẐ and CᵀẐ, the products H_S[·]ᵀẐ of the inner Newton solve
+and of the Gauss-Newton operator. The losses (gnvpro.losses) return such sums over the rows
+they see; the solvers pass each sum through one ``SampleReducer``:
+
+    sum(t)   = Σ_processes t          (the local row sums of all processes; t itself here)
+    mean(t)  = sum(t) / n             (n: the GLOBAL number of samples)
+    scale(t) = t / n                  (per-row quantities, no communication: G = (S − C)/n)
+
+This is the seam for data-parallel training and mini-batch accumulation: a subclass whose
+``sum`` all-reduces t over processes (torch.distributed.all_reduce, which works in place)
+makes every solver average over the union of the processes' rows without further change.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TypeVar
+
+from torch import Tensor
+
+__all__ = ["SampleReducer", "resolve_reducer"]
+
+T = TypeVar("T", Tensor, float)
+
+
+class SampleReducer:
+    """Averages over ``n`` samples (the global row count): ``sum``, ``mean`` and ``scale``.
+
+    Single process: ``sum`` is the identity, so ``mean(t) = t / n`` and ``scale(t) = t / n``,
+    the same floating-point operation the solvers perform at the same place.
+    """
+
+    def __init__(self, n: int) -> None:
+        try:
+            k = operator.index(n)  # int, numpy and 0-d torch integers; not floats
+        except TypeError:
+            k = None
+        if isinstance(n, bool) or k is None or k < 1:
+            raise ValueError(
+                f"the number of samples n must be a positive int, got {n!r} ({type(n).__name__})"
+            )
+        self.n = int(k)
+
+    def sum(self, t: Tensor) -> Tensor:
+        """Σ over all processes of t, a local sum over rows (one process: t itself).
+
+        May reduce t in place (as all_reduce does): pass a temporary, use the result."""
+        return t
+
+    def mean(self, t: Tensor, inplace: bool = False) -> Tensor:
+        """sum(t) / n: the average over all n samples of a local sum over rows."""
+        s = self.sum(t)
+        return s.div_(self.n) if inplace else s / self.n
+
+    def scale(self, t: T, inplace: bool = False) -> T:
+        """t / n for per-row quantities (or a scalar factor such as 1/n): no communication."""
+        if inplace and isinstance(t, Tensor):
+            return t.div_(self.n)
+        return t / self.n
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={self.n})"
+
+
+def resolve_reducer(reducer: SampleReducer | None, rows: int) -> SampleReducer:
+    """``reducer``, or the mean over the ``rows`` local rows when None; a reducer must average
+    over at least as many samples as the rows it is given (ValueError)."""
+    if reducer is None:
+        return SampleReducer(rows)
+    if not isinstance(reducer, SampleReducer):
+        raise TypeError(f"reducer must be a SampleReducer, got {type(reducer).__name__}")
+    if reducer.n < rows:
+        raise ValueError(
+            f"the reducer averages over n = {reducer.n} samples, fewer than the {rows} rows "
+            f"of this batch"
+        )
+    return reducer

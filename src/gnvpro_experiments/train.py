@@ -1,0 +1,140 @@
+"""The experiments' methods: each name is a library method, its settings and a batch schedule,
+all trained by the library's one loop (gnvpro.loop.fit).
+
+    records = train(name, model, data, settings)
+
+``settings`` is ExperimentConfig.method_settings(...) plus seed, progress and regularizer: the
+method's config fields (GNvproConfig, LBFGSVarProConfig, JointGNConfig, FirstOrderConfig), the
+budget (max_work, max_iter, max_seconds), for the sub-batch methods the schedule (epochs,
+n_batches, iters_per_batch), and keep_best_val (ADAM/SGD). Record 0 is the common start θ0 with
+W*(θ0) (2 work units). Adding a method is one entry in METHODS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from gnvpro import RadiusRule
+from gnvpro.batches import fixed_batches
+from gnvpro.loop import KeepBest, fit
+from gnvpro.methods import (
+    FirstOrder,
+    FirstOrderConfig,
+    GNvpro,
+    GNvproConfig,
+    JointGaussNewton,
+    JointGNConfig,
+    LBFGSVarPro,
+    LBFGSVarProConfig,
+)
+from gnvpro.validate import config_from_dict
+
+from .problems.base import Split
+
+__all__ = ["METHODS", "MethodSpec", "config_keys", "train"]
+
+_PAPER_TR = {"subproblem": "lanczos", "max_krylov": 20, "krylov_rtol": 1e-2}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """An experiment method: the library class, its config type, the experiments' defaults for
+    the config, and the schedule ("full": the whole training set; "sub-batches": the paper's
+    fixed sub-batches, ``iters`` steps per batch by default)."""
+
+    cls: type
+    config_type: type
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    schedule: str = "full"
+    iters: int = 1
+
+
+METHODS: dict[str, MethodSpec] = {
+    "gnvpro": MethodSpec(GNvpro, GNvproConfig, _PAPER_TR),
+    "gnvpro-tn": MethodSpec(GNvpro, GNvproConfig, {**_PAPER_TR, "subproblem": "tn"}),
+    "gn": MethodSpec(JointGaussNewton, JointGNConfig),
+    "gn-blockdiag": MethodSpec(JointGaussNewton, JointGNConfig, {"coupled": False}),
+    "lbfgs-vpro": MethodSpec(LBFGSVarPro, LBFGSVarProConfig),
+    "adam": MethodSpec(FirstOrder, FirstOrderConfig, {"optimizer": "adam"}),
+    "sgd": MethodSpec(FirstOrder, FirstOrderConfig, {"optimizer": "sgd"}),
+    "gnvpro-stochastic": MethodSpec(GNvpro, GNvproConfig, {**_PAPER_TR, "inner_max_iter": 400},
+                                    "sub-batches", 3),
+    "gnvpro-tn-stochastic": MethodSpec(GNvpro, GNvproConfig,
+                                       {**_PAPER_TR, "subproblem": "tn", "inner_max_iter": 400},
+                                       "sub-batches", 3),
+    "gn-stochastic": MethodSpec(JointGaussNewton, JointGNConfig, {"inner_max_iter": 400},
+                                "sub-batches", 3),
+    "lbfgs-vpro-stochastic": MethodSpec(LBFGSVarPro, LBFGSVarProConfig,
+                                        {"inner_max_iter": 400, "max_line_search": 30},
+                                        "sub-batches", 30),
+}
+
+BUDGET_KEYS = ("max_work", "max_iter", "max_seconds")
+SCHEDULE_KEYS = ("epochs", "n_batches", "iters_per_batch")
+
+
+def config_keys(name: str) -> set[str]:
+    """The settings a config may give method ``name`` (besides budgets and overrides)."""
+    spec = METHODS[name]
+    keys = {f.name for f in dataclasses.fields(spec.config_type)} - {"seed", "threads"}
+    if spec.schedule == "sub-batches":
+        keys |= {"n_batches", "iters_per_batch"}
+    if spec.cls is FirstOrder:
+        keys = (keys - {"optimizer"}) | {"keep_best_val"}
+        if spec.defaults.get("optimizer") == "adam":
+            keys -= {"momentum", "nesterov"}
+    return keys
+
+
+def make_config(name: str, settings: Mapping[str, Any]) -> Any:
+    """The method's config from the experiments' defaults and ``settings`` (validated)."""
+    spec = METHODS[name]
+    fields = {f.name for f in dataclasses.fields(spec.config_type)}
+    given = {k: v for k, v in settings.items() if k in fields}
+    if isinstance(given.get("radius_rule"), Mapping):
+        given["radius_rule"] = config_from_dict(RadiusRule, given["radius_rule"], "radius_rule")
+    return spec.config_type(**{**spec.defaults, **given})
+
+
+def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any]) -> list[dict]:
+    """Train ``model`` in place with method ``name``; one record (dict) per step."""
+    if name not in METHODS:
+        raise ValueError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
+    spec = METHODS[name]
+    s = dict(settings)
+    if spec.cls is FirstOrder:
+        s["seed"] = int(s.get("seed", 0))
+    config = make_config(name, s)
+    method = spec.cls(model, s.get("loss", "least_squares"), s.get("alpha_w", 1e-10),
+                      s.get("alpha_theta", 1e-10), config=config,
+                      regularizer=s.get("regularizer"))
+    x, y = data.x_train, data.y_train
+    schedule: dict[str, Any] = {}
+    if spec.schedule == "sub-batches":
+        batches = fixed_batches(x, y, int(s.get("n_batches", 4)), int(s.get("seed", 0)))
+        schedule = {"epochs": int(s.get("epochs", 2)),
+                    "steps_per_batch": int(s.get("iters_per_batch", spec.iters))}
+    else:
+        batches = [(x, y)]
+    val = (data.x_val, data.y_val) if data.x_val is not None and len(data.x_val) else None
+    keep = KeepBest(model, method.loss.classification) if s.get("keep_best_val") else None
+    if keep is not None and val is None:
+        raise ValueError("keep_best_val needs validation data (data.x_val is empty)")
+    max_work = s.get("max_work")
+    hist = fit(method, batches, n_samples=len(x), max_work=None if max_work is None or
+               max_work >= 1e12 else max_work, max_iter=s.get("max_iter"),
+               max_seconds=s.get("max_seconds"), val=val,
+               callbacks=[keep] if keep is not None else [], progress=bool(s.get("progress")),
+               record_start=True, **schedule)
+    if keep is not None:
+        keep.restore()
+    records = [{"method": name, **rec.to_dict()} for rec in hist.records]
+    records[-1]["termination"] = hist.termination.value
+    if hist.batch_stops:
+        records[-1]["batch_stops"] = hist.batch_stops
+    return records

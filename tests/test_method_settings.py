@@ -1,0 +1,77 @@
+"""One config per method in the experiments: every field settable from TOML and from the command
+line (--set), wrong keys and types refused at load time with the key named, older run
+directories still readable."""
+
+import json
+
+import pytest
+
+from gnvpro import LBFGSVarProConfig
+from gnvpro_experiments import cli, load_config
+from gnvpro_experiments.config import ExperimentError, config_from_dict
+from gnvpro_experiments.train import METHODS, config_keys, make_config
+
+
+def test_every_config_field_is_a_toml_key():
+    for name, spec in METHODS.items():
+        fields = set(spec.config_type.__dataclass_fields__)
+        # seed is the run's seed, threads the run's --threads, optimizer the method's name,
+        # ADAM has no momentum
+        unused = {"seed", "threads", "optimizer"} | ({"momentum", "nesterov"} if name == "adam"
+                                                     else set())
+        assert fields - unused <= config_keys(name), name
+    assert {"jacobian", "inner_rtol", "inner_atol", "min_radius", "radius_rule"} <= config_keys(
+        "gnvpro")
+
+
+def test_set_reaches_every_field_and_is_validated():
+    cfg = load_config("cdr").with_settings([
+        "gnvpro.jacobian=kaufman", "gnvpro.inner_rtol=1e-8", "gnvpro.min_radius=1e-12",
+        "gnvpro.radius_rule.eta_expand=0.8", "lbfgs-vpro.memory=5", "adam.lr=1e-2"])
+    g = make_config("gnvpro", cfg.method_settings("gnvpro", 1))
+    assert (g.jacobian, g.inner_rtol, g.min_radius, g.radius_rule.eta_expand) == (
+        "kaufman", 1e-8, 1e-12, 0.8)
+    assert make_config("lbfgs-vpro", cfg.method_settings("lbfgs-vpro", 1)) == LBFGSVarProConfig(
+        memory=5)
+    assert cfg.method_settings("adam", 1)["lr"] == 1e-2
+    for bad, msg in [
+        ("gnvpro.jacobian=half", r"methods\.gnvpro\.jacobian: .*'full', 'kaufman', got 'half'"),
+        ("gnvpro.max_krylov=0", r"methods\.gnvpro\.max_krylov: .*must be >= 1"),
+        ("gnvpro.turbo=1", r"unknown key\(s\) turbo in \[methods\.gnvpro\]"),
+        ("adam.max_krylov=3", r"unknown key\(s\) max_krylov in \[methods\.adam\]"),
+        ("lbfgs-vpro.jvp_mode=jvp", r"unknown key\(s\) jvp_mode in \[methods\.lbfgs-vpro\]"),
+        ("gnvpro.radius_rule.foo=1", r"radius_rule has unknown setting\(s\) foo"),
+        ("nope.x=1", r"method 'nope' is not configured"),
+        ("gnvpro=3", r"expected METHOD\.KEY=VALUE"),
+    ]:
+        with pytest.raises(ExperimentError, match=msg):
+            load_config("cdr").with_settings([bad])
+
+
+def test_set_from_the_command_line(tmp_path, capsys):
+    rc = cli.main(["run", "ellipse", "--methods", "gnvpro", "--set", "gnvpro.max_iter=2",
+                   "--set", "gnvpro.krylov_rtol=0.5", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    cfg = json.loads((tmp_path / "gnvpro" / "seed-0" / "config.json").read_text())
+    assert cfg["levels"][0]["krylov_rtol"] == 0.5 and cfg["levels"][0]["max_iter"] == 2
+    assert cli.main(["run", "ellipse", "--set", "gnvpro.subproblem=newton", "--out",
+                     str(tmp_path / "x")]) == 2
+    assert "methods.gnvpro.subproblem" in capsys.readouterr().err
+
+
+def test_sub_batch_keys_are_checked():
+    doc = load_config("fashion-mnist").to_dict()
+    doc["methods"]["gnvpro-stochastic"]["n_batches"] = 0
+    with pytest.raises(ExperimentError, match=r"methods\.gnvpro-stochastic\.n_batches must be > 0"):
+        config_from_dict(doc)
+
+
+def test_configs_of_earlier_versions_still_load():
+    doc = load_config("fashion-mnist").to_dict()
+    lb = doc["methods"]["lbfgs-vpro-stochastic"]
+    lb["lbfgs_memory"] = lb.pop("memory")
+    lb["extra"] = {k: lb.pop(k) for k in ("n_batches", "iters_per_batch", "max_line_search",
+                                           "inner_max_iter")}
+    old = config_from_dict(doc)
+    assert old.method_settings("lbfgs-vpro-stochastic", 1) == load_config(
+        "fashion-mnist").method_settings("lbfgs-vpro-stochastic", 1)
