@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -192,6 +192,7 @@ def test_checkpoint_hook_of_the_loop(tiny_regression):
 class SteepestDescentConfig:
     max_line_search: int = 25
     grad_rtol: float = 1e-10
+    grad_atol: float = 0.0
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -206,11 +207,9 @@ class SteepestDescentVarPro(VarProOptimizer):
     config_type = SteepestDescentConfig
 
     def _objective_options(self) -> dict:
-        return {}
+        return {}  # no inner options: least squares
 
     def _outer_step(self, state):
-        from dataclasses import replace
-
         g = state.g
         step = wolfe_line_step(self.objective, state.pt, -g, -float(g @ g), 1e-2,
                                self.config.max_line_search)
@@ -220,12 +219,6 @@ class SteepestDescentVarPro(VarProOptimizer):
         state = replace(state, pt=step.point, g=step.gradient, iteration=state.iteration + 1)
         return state, StepInfo(iteration=state.iteration, loss=step.point.value,
                                data_loss=step.point.loss, grad_norm=state.grad_norm)
-
-    def _termination(self, state):
-        from gnvpro.solver import SolverConfig, check_termination
-
-        return check_termination(state, SolverConfig(grad_rtol=self.config.grad_rtol), None,
-                                 None)
 
 
 def test_a_new_method_is_one_class_and_one_registry_line(tiny_regression, tmp_path,

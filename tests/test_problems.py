@@ -27,11 +27,10 @@ from gnvpro_experiments.problems.indian_pines import (
     load_indian_pines,
     standardise_pixels,
 )
-from gnvpro_experiments.problems.paths import require_file, shared_data_dir
+from gnvpro_experiments.problems.paths import default_data_file, require_file
 
-DATA = shared_data_dir()
-IP_FILE = DATA / "indian_pines.npz" if DATA is not None else None
-CIFAR_FILE = DATA / "cifar10.npz" if DATA is not None else None
+IP_FILE = default_data_file("indian_pines.npz")
+CIFAR_FILE = default_data_file("cifar10.npz")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IP_COUNTS = [46, 1428, 830, 237, 483, 730, 28, 478, 20, 972, 2455, 593, 205, 1265, 386, 93]
 
@@ -52,9 +51,13 @@ needs_fashion = pytest.mark.skipif(
 # ------------------------------------------------------------------------------------ paths
 
 
-def test_shared_data_dir_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("GNVPRO_DATA", str(tmp_path))
-    assert shared_data_dir() == tmp_path
+def test_data_lookup_honours_the_environment(monkeypatch, tmp_path):
+    for where in (tmp_path, tmp_path / "data"):  # $GNVPRO_DATA/name or $GNVPRO_DATA/data/name
+        where.mkdir(exist_ok=True)
+        (where / "x.npz").write_bytes(b"")
+        monkeypatch.setenv("GNVPRO_DATA", str(tmp_path))
+        assert default_data_file("x.npz") == where / "x.npz"
+        (where / "x.npz").unlink()
 
 
 def test_require_file_message(tmp_path):

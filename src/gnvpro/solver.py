@@ -43,6 +43,7 @@ from .linalg.cg import pcg
 from .linalg.lbfgs import curvature_pair, newest, two_loop
 from .linalg.line_search import strong_wolfe
 from .trust_region import RadiusRule, StepOutcome
+from .validate import validate_config
 
 
 class Problem(Protocol):
@@ -70,7 +71,8 @@ SUBPROBLEMS = ("lanczos", "steihaug", "tn")
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """Settings of the outer trust-region method (defaults: the reference's surrogate runs)."""
+    """Settings of the outer solver (defaults: the paper's trust region, as the reference's
+    surrogate runs); the method configs that run it extend this one."""
 
     max_krylov: int = 20
     krylov_rtol: float = 1e-2
@@ -84,10 +86,7 @@ class SolverConfig:
     extrapolate: bool = False  # trust region: after a very successful step also try 2s (+1 WU)
 
     def __post_init__(self) -> None:
-        if self.subproblem not in SUBPROBLEMS:
-            raise ValueError(f"subproblem must be one of {SUBPROBLEMS}, got {self.subproblem!r}")
-        if self.max_krylov < 1:
-            raise ValueError("max_krylov must be >= 1")
+        validate_config(self)  # every field, by its type and range (TypeError / ValueError)
 
 
 @dataclass

@@ -16,15 +16,21 @@ progress, callbacks and checkpoints live there, not in the methods.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
-from ..losses import Loss
+from ..head import HeadSplit, split_model
+from ..losses import Loss, make_loss
+from ..regularizer import LinearMap
 from ..solver import StepInfo, Termination
+from ..validate import check_model, check_real, describe, validate_config
+from ..varpro import InnerOptions
 
-__all__ = ["BatchIdentity", "Iterate", "Method", "no_closure"]
+__all__ = ["BatchIdentity", "InnerSettings", "Iterate", "Method", "ModelMethod", "no_closure"]
 
 
 @dataclass
@@ -96,3 +102,69 @@ def no_closure(name: str, what: str) -> TypeError:
     return TypeError(f"{name} does not take {what}: it evaluates the model itself. Call "
                      f"opt.step(x, y) for one iteration, or gnvpro.fit(opt, [(x, y)], "
                      f"max_work=...) / opt.run(x, y, max_work=...) to train")
+
+
+@dataclass(frozen=True)
+class InnerSettings:
+    """The inner solve W*(θ) (Newton-CG for cross-entropy / logistic; least squares is exact)."""
+
+    inner_rtol: float = 1e-10
+    inner_atol: float = 1e-10
+    inner_max_iter: int = 100
+
+    def __post_init__(self) -> None:
+        validate_config(self)  # every field, by its type and range (TypeError / ValueError)
+
+    def inner(self) -> InnerOptions:
+        return InnerOptions(self.inner_rtol, self.inner_atol, self.inner_max_iter)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ModelMethod:
+    """What every method shares: the model split at its affine head, the loss, α_W, α_θ, its
+    config (of ``config_type``), the regulariser B of α_θ/2 ‖Bθ‖², the batch identity."""
+
+    config_type: ClassVar[type]
+    step_work: float | None = None
+
+    def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
+                 alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
+                 config: Any = None, regularizer: LinearMap | None = None) -> None:
+        name = type(self).__name__
+        if not isinstance(loss, str | Loss):
+            raise TypeError(f"loss must be a name (least_squares, cross_entropy, logistic) or a "
+                            f"gnvpro.losses.Loss, got {describe(loss)}")
+        alpha_w = check_real("alpha_w", alpha_w, low=0.0)
+        alpha_theta = check_real("alpha_theta", alpha_theta, low=0.0)
+        if config is not None and not isinstance(config, self.config_type):
+            raise TypeError(f"config must be a gnvpro.{self.config_type.__name__} or None, got "
+                            f"{describe(config)}")
+        if regularizer is not None and not callable(regularizer):
+            raise TypeError(f"regularizer must be a callable (a linear map of the named "
+                            f"parameters) or None, got {describe(regularizer)}")
+        self.split: HeadSplit = split_model(model, head)
+        check_model(self.split)
+        self.model = model
+        self.loss = make_loss(loss) if isinstance(loss, str) else loss
+        if alpha_w == 0 and not self.loss.is_quadratic:
+            raise ValueError(f"alpha_w must be > 0 for the {self.loss.name} loss (W* must be "
+                             f"unique), got 0 ({name})")
+        self.alpha_w, self.alpha_theta = alpha_w, alpha_theta
+        self.config = config or self.config_type()
+        self.regularizer = regularizer
+        self._batch = BatchIdentity(model)
+
+    def theta(self) -> Tensor:
+        """θ as a flat float64 vector (the model's current feature weights)."""
+        params = self.split.feature_params()
+        return torch.cat([p.detach().reshape(-1).to(torch.float64) for p in params.values()])
+
+    def _check_step(self, x: Tensor | Callable | None, y: Tensor | None) -> None:
+        if y is None:
+            raise no_closure(type(self).__name__, "a closure" if callable(x) else
+                             "step() without a batch")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        raise no_closure(type(self).__name__, "zero_grad() (it keeps no .grad)")

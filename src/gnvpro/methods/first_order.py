@@ -13,20 +13,20 @@ epoch number for t, which we do not copy.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ..head import check_head_is_last, split_model
-from ..losses import Loss, make_loss
+from ..head import check_head_is_last
+from ..losses import Loss
 from ..params import ParamLayout
 from ..reduce import SampleReducer
 from ..regularizer import LinearMap, Regularizer
 from ..solver import StepInfo, Termination
-from ..validate import check_model, check_real, describe, validate_config
-from ..varpro import InnerOptions, ReducedObjective, WarmStart
-from .base import BatchIdentity, Iterate, no_closure
+from ..validate import check_real
+from ..varpro import ReducedObjective, WarmStart
+from .base import InnerSettings, Iterate, ModelMethod
 
 __all__ = ["FirstOrder", "FirstOrderConfig", "OPTIMIZERS"]
 
@@ -34,8 +34,8 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
-class FirstOrderConfig:
-    """Settings of the mini-batch baselines."""
+class FirstOrderConfig(InnerSettings):
+    """Settings of the mini-batch baselines (and of the W*(θ0) solve)."""
 
     optimizer: str = "adam"  # or "sgd" (momentum, Nesterov)
     lr: float = 1e-3
@@ -43,41 +43,27 @@ class FirstOrderConfig:
     momentum: float = 0.9  # SGD
     nesterov: bool = True  # SGD, with momentum > 0
     seed: int = 0  # the mini-batch shuffling
-    inner_rtol: float = 1e-10  # the W*(θ0) solve
-    inner_atol: float = 1e-10
-    inner_max_iter: int = 100
 
     def __post_init__(self) -> None:
-        validate_config(self)
+        super().__post_init__()
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-
-class FirstOrder:
+class FirstOrder(ModelMethod):
     """ADAM / SGD epochs on (θ, W) through the method protocol (gnvpro.methods.base)."""
 
+    config_type = FirstOrderConfig
     step_work = 2.0  # one epoch: a forward and a backward pass over the batch
 
     def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
                  alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
                  config: FirstOrderConfig | None = None,
                  regularizer: LinearMap | None = None) -> None:
-        if config is not None and not isinstance(config, FirstOrderConfig):
-            raise TypeError(f"config must be a gnvpro.FirstOrderConfig or None, got "
-                            f"{describe(config)}")
-        self.split = split_model(model, head)
-        check_model(self.split)
-        self.model = model
-        self.loss = make_loss(loss) if isinstance(loss, str) else loss
-        self.alpha_w = check_real("alpha_w", alpha_w, low=0.0)
-        self.alpha_theta = check_real("alpha_theta", alpha_theta, low=0.0)
-        self.config = c = config or FirstOrderConfig()
-        self.regularizer = regularizer
+        super().__init__(model, loss, alpha_w, alpha_theta, head, config, regularizer)
+        c = self.config
         self.feature_params = self.split.feature_params()
         self.head_params = [self.split.head.weight] + (
             [self.split.head.bias] if self.split.has_bias else [])
@@ -93,7 +79,6 @@ class FirstOrder:
         self.reg: Regularizer | None = None
         self._xC: tuple[Tensor, Tensor] | None = None
         self._current: Iterate | None = None
-        self._batch = BatchIdentity(model)
 
     # ------------------------------------------------------------------ protocol
     def set_batch(self, x: Tensor, y: Tensor) -> None:
@@ -102,14 +87,10 @@ class FirstOrder:
             return
         t0 = time.perf_counter()
         obj = ReducedObjective(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
-                               B=self.regularizer,
-                               inner=InnerOptions(self.config.inner_rtol, self.config.inner_atol,
-                                                  self.config.inner_max_iter))
+                               B=self.regularizer, inner=self.config.inner())
         check_head_is_last(self.split, x[: min(len(x), 16)])
         if self.reg is None:  # the common start: θ0 with W*(θ0)
-            theta0 = torch.cat([p.detach().reshape(-1).to(torch.float64)
-                                for p in self.feature_params.values()])
-            pt = obj.evaluate(theta0, WarmStart(self.split.head_weights().to(torch.float64)))
+            pt = obj.evaluate(self.theta(), WarmStart(self.split.head_weights().to(torch.float64)))
             self.split.set_head_weights(pt.W)
             self.reg = Regularizer(self.alpha_theta, obj.features.layout, self.regularizer)
             self._current = Iterate(pt.value, pt.loss, pt.S)
@@ -132,9 +113,7 @@ class FirstOrder:
 
     def step(self, x: Tensor | None = None, y: Tensor | None = None) -> StepInfo:
         """One epoch of mini-batch steps over (x, y)."""
-        if y is None:
-            raise no_closure("FirstOrder", "a closure" if callable(x) else
-                             "step() without a batch")
+        self._check_step(x, y)
         self.set_batch(x, y)
         assert self._xC is not None
         x, C = self._xC
@@ -167,9 +146,6 @@ class FirstOrder:
 
     def termination(self) -> Termination:
         return Termination.RUNNING
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        raise no_closure("FirstOrder", "zero_grad() (each step() is a whole epoch)")
 
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

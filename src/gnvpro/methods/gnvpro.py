@@ -11,27 +11,19 @@ optimisers share is in methods/varpro_optimizer.py.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 
-from ..solver import (
-    SolverConfig,
-    SolverState,
-    StepInfo,
-    Termination,
-    check_termination,
-    trust_region_step,
-)
-from ..trust_region import RadiusRule
-from ..validate import validate_config
-from ..varpro import InnerOptions
+from ..solver import SolverConfig, SolverState, StepInfo, trust_region_step
+from .base import InnerSettings
 from .varpro_optimizer import VarProOptimizer
 
 __all__ = ["GNvpro", "GNvproConfig"]
 
 
 @dataclass(frozen=True)
-class GNvproConfig:
-    """All settings of GNvpro besides the model, the loss and α.
+class GNvproConfig(SolverConfig, InnerSettings):
+    """All settings of GNvpro besides the model, the loss and α: the outer solver's
+    (SolverConfig: Krylov products, trust region or line search), the inner solve's, and these.
 
     The defaults are the fastest variant measured (docs/results.md, "wall time"): truncated
     Gauss-Newton, ≤ 10 CG products on H_GN d = −∇Φ_red preconditioned by L-BFGS(10) from the
@@ -40,38 +32,16 @@ class GNvproConfig:
     """
 
     max_krylov: int = 10  # products per outer iteration (CG for "tn", Lanczos vectors for TR)
-    krylov_rtol: float = 1e-2
     subproblem: str = "tn"  # or "lanczos" (the paper's trust region), "steihaug" (solver.py)
     jacobian: str = "full"  # or "kaufman" (drops dW*/dθ; ablation)
     gn_alpha_w: bool = True  # include α_W J_Wᵀ J_W in H_GN (the least-squares GN matrix)
-    grad_rtol: float = 1e-10
-    grad_atol: float = 0.0
-    inner_rtol: float = 1e-10
-    inner_atol: float = 1e-10
-    inner_max_iter: int = 100
     jvp_mode: str = "auto"  # "double-backward", "jvp" or "linearize" (gnvpro.autodiff)
-    radius_rule: RadiusRule = field(default_factory=RadiusRule)
-    min_radius: float = 1e-14
-    tn_memory: int = 10  # subproblem "tn": L-BFGS pairs in the CG preconditioner
-    max_line_search: int = 25  # subproblem "tn": evaluations per line search
-    extrapolate: bool = False  # trust region: also try 2s after a very successful step
     threads: int | None = None  # torch intra-op threads in step(); None: gnvpro.threads.auto
-
-    def __post_init__(self) -> None:
-        validate_config(self)  # every field, by its type and range (TypeError / ValueError)
 
     @classmethod
     def trust_region(cls, **changes: object) -> GNvproConfig:
         """The paper's trust-region GNvpro (Lanczos, ≤ 20 vectors, tolerance 1e-2)."""
         return cls(**{"subproblem": "lanczos", "max_krylov": 20, "krylov_rtol": 1e-2, **changes})
-
-    def solver(self) -> SolverConfig:
-        """The outer solver's settings (the fields both configs share)."""
-        return SolverConfig(**{f.name: getattr(self, f.name) for f in fields(SolverConfig)})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 
 class GNvpro(VarProOptimizer):
@@ -79,21 +49,13 @@ class GNvpro(VarProOptimizer):
 
     config_type = GNvproConfig
 
-    @property
-    def solver_config(self) -> SolverConfig:
-        return self.config.solver()
-
     def _objective_options(self) -> dict:
         c = self.config
         return {"jacobian": c.jacobian, "gn_alpha_w": c.gn_alpha_w, "jvp_mode": c.jvp_mode,
-                "inner": InnerOptions(c.inner_rtol, c.inner_atol, c.inner_max_iter)}
+                "inner": c.inner()}
 
     def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo]:
-        assert self.objective is not None
-        return trust_region_step(self.objective, state, self.solver_config)
-
-    def _termination(self, state: SolverState) -> Termination:
-        return check_termination(state, self.solver_config, None, None)
+        return trust_region_step(self.problem, state, self.config)
 
     def _carry(self, old: SolverState, fresh: SolverState) -> SolverState:
         """A new batch: the trust-region radius carries over with the counters."""

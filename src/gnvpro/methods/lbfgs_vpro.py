@@ -13,58 +13,31 @@ pairs are dropped at a new batch (pairs of another batch's Φ_red are not secant
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from ..solver import (
-    SolverConfig,
-    SolverState,
-    StepInfo,
-    Termination,
-    check_termination,
-    lbfgs_step,
-)
-from ..validate import validate_config
-from ..varpro import InnerOptions
+from ..solver import SolverState, StepInfo, lbfgs_step
+from .base import InnerSettings
 from .varpro_optimizer import VarProOptimizer
 
 __all__ = ["LBFGSVarPro", "LBFGSVarProConfig"]
 
 
 @dataclass(frozen=True)
-class LBFGSVarProConfig:
-    """Settings of L-BFGS-VarPro besides the model, the loss and α."""
+class LBFGSVarProConfig(InnerSettings):
+    """Settings of L-BFGS-VarPro besides the model, the loss and α (and the inner solve's)."""
 
     memory: int = 10  # curvature pairs
     max_line_search: int = 25  # evaluations per line search
     grad_rtol: float = 1e-10
     grad_atol: float = 0.0
-    inner_rtol: float = 1e-10
-    inner_atol: float = 1e-10
-    inner_max_iter: int = 100
     threads: int | None = None  # torch intra-op threads in step(); None: gnvpro.threads.auto
-
-    def __post_init__(self) -> None:
-        validate_config(self)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class LBFGSVarPro(VarProOptimizer):
-    """L-BFGS with a strong Wolfe line search on Φ_red (the model holds θ and W*(θ))."""
+    """L-BFGS with a strong Wolfe line search on Φ_red (the model holds θ and W*(θ)); on a new
+    batch the counters carry over, the curvature pairs do not."""
 
     config_type = LBFGSVarProConfig
 
-    def _objective_options(self) -> dict:
-        c = self.config
-        return {"inner": InnerOptions(c.inner_rtol, c.inner_atol, c.inner_max_iter)}
-
     def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo | None]:
-        assert self.objective is not None
-        return lbfgs_step(self.objective, state, self.config.memory,
-                          self.config.max_line_search)
-
-    def _termination(self, state: SolverState) -> Termination:
-        c = self.config
-        return check_termination(state, SolverConfig(grad_rtol=c.grad_rtol,
-                                                     grad_atol=c.grad_atol), None, None)
+        return lbfgs_step(self.problem, state, self.config.memory, self.config.max_line_search)

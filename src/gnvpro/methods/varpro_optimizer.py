@@ -14,119 +14,48 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..head import HeadSplit, check_head_is_last, split_model
-from ..losses import Loss, make_loss
+from ..head import check_head_is_last
+from ..losses import Loss
 from ..metrics import prediction_metrics
 from ..regularizer import LinearMap
-from ..solver import SolverState, StepInfo, Termination, initial_state
-from ..threads import auto_threads, intra_op_threads
+from ..solver import SolverState, StepInfo, initial_state
 from ..validate import check_batch, check_model, check_real, config_from_dict, describe
 from ..varpro import ReducedObjective, WarmStart
-from .base import BatchIdentity, Iterate, no_closure
+from .solver_method import SolverMethod
 
 __all__ = ["VarProOptimizer"]
 
 
-class VarProOptimizer:
-    """Base of the variable-projection optimisers; subclasses give ``config_type``,
-    ``_objective_options()``, ``_outer_step(state)`` and ``_termination(state)``."""
+class VarProOptimizer(SolverMethod):
+    """Base of the variable-projection optimisers (the problem is Φ_red on the current batch);
+    subclasses give ``config_type``, ``_objective_options()`` and ``_outer_step(state)``."""
 
-    config_type: ClassVar[type]
-    step_work: float | None = None
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loss: str | Loss = "least_squares",
-        alpha_w: float = 1e-10,
-        alpha_theta: float = 1e-10,
-        head: str | None = None,
-        config: Any = None,
-        regularizer: LinearMap | None = None,
-    ) -> None:
-        name = type(self).__name__
-        if not isinstance(loss, str | Loss):
-            raise TypeError(f"loss must be a name (least_squares, cross_entropy, logistic) or a "
-                            f"gnvpro.losses.Loss, got {describe(loss)}")
-        alpha_w = check_real("alpha_w", alpha_w, low=0.0)
-        alpha_theta = check_real("alpha_theta", alpha_theta, low=0.0)
-        if config is not None and not isinstance(config, self.config_type):
-            raise TypeError(f"config must be a gnvpro.{self.config_type.__name__} or None, got "
-                            f"{describe(config)}")
-        if regularizer is not None and not callable(regularizer):
-            raise TypeError(f"regularizer must be a callable (a linear map of the named "
-                            f"parameters) or None, got {describe(regularizer)}")
-        self.split: HeadSplit = split_model(model, head)
-        check_model(self.split)
-        self.model = model
-        self.loss = make_loss(loss) if isinstance(loss, str) else loss
-        if alpha_w == 0 and not self.loss.is_quadratic:
-            raise ValueError(f"alpha_w must be > 0 for the {self.loss.name} loss (W* must be "
-                             f"unique), got 0 ({name})")
-        self.alpha_w = alpha_w
-        self.alpha_theta = alpha_theta
-        self.config = config or self.config_type()
-        self.regularizer = regularizer
-        self.objective: ReducedObjective | None = None
-        self.state: SolverState | None = None
-        self._batch = BatchIdentity(model)
+    def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
+                 alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
+                 config: object = None, regularizer: LinearMap | None = None) -> None:
+        super().__init__(model, loss, alpha_w, alpha_theta, head, config, regularizer)
         self._resume: dict | None = None
 
-    # ------------------------------------------------------------------ hooks
+    @property
+    def objective(self) -> ReducedObjective | None:
+        """Φ_red on the current batch."""
+        return self.problem
+
     def _objective_options(self) -> dict:
-        raise NotImplementedError
+        return {"inner": self.config.inner()}
 
-    def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo | None]:
-        raise NotImplementedError
-
-    def _termination(self, state: SolverState) -> Termination:
-        raise NotImplementedError
+    def _theta_W(self, pt) -> tuple[Tensor, Tensor]:
+        return pt.theta, pt.W
 
     def _carry(self, old: SolverState, fresh: SolverState) -> SolverState:
         """The state on a new batch: counters carry over (subclasses add what else does)."""
         return replace(fresh, work=old.work + fresh.work, iteration=old.iteration,
                        seconds=old.seconds + fresh.seconds,
                        inner_seconds=old.inner_seconds + fresh.inner_seconds)
-
-    # ------------------------------------------------------------------ state
-    def theta(self) -> Tensor:
-        """θ as a flat float64 vector (the model's current feature weights)."""
-        params = self.split.feature_params()
-        return torch.cat([p.detach().reshape(-1).to(torch.float64) for p in params.values()])
-
-    @torch.no_grad()
-    def _write_back(self) -> None:
-        assert self.objective is not None and self.state is not None
-        named = self.objective.features.layout.unflatten(self.state.pt.theta)
-        for name, p in self.split.feature_params().items():
-            p.copy_(named[name].to(p))
-        self.split.set_head_weights(self.state.pt.W)
-        self._batch.weights_written()
-
-    @property
-    def work(self) -> float:
-        return 0.0 if self.state is None else self.state.work
-
-    @property
-    def seconds(self) -> float:
-        return 0.0 if self.state is None else self.state.seconds
-
-    @property
-    def inner_seconds(self) -> float:
-        return 0.0 if self.state is None else self.state.inner_seconds
-
-    def current(self) -> Iterate:
-        assert self.state is not None, "set_batch(x, y) first"
-        pt = self.state.pt
-        return Iterate(pt.value, pt.loss, pt.S, self.state.grad_norm)
-
-    def termination(self) -> Termination:
-        return Termination.RUNNING if self.state is None else self._termination(self.state)
 
     def set_batch(self, x: Tensor, y: Tensor) -> None:
         """Evaluate Φ_red, W* and ∇Φ_red at the current θ on (x, y) (2 work units; nothing
@@ -157,44 +86,11 @@ class VarProOptimizer:
                             iteration=r["iteration"], pairs=r["pairs"])
             self._resume = None
         # commit only now: a bad batch raises above and leaves the optimiser as it was
-        self.objective, self.state = objective, fresh
+        self.problem, self.state = objective, fresh
         self._batch.remember(x, y)
         self._write_back()
 
     # ------------------------------------------------------------------- API
-    def step(self, x: Tensor | Callable | None = None, y: Tensor | None = None
-             ) -> StepInfo | None:
-        """One outer iteration on the batch (x, y); the model holds the result (None: no step
-        was possible here, termination() says why)."""
-        if y is None:
-            raise no_closure(type(self).__name__, "a closure" if callable(x) else
-                             "step() without a batch")
-        with intra_op_threads(self._threads(x)):
-            self.set_batch(x, y)
-            assert self.objective is not None and self.state is not None
-            try:
-                state, info = self._outer_step(self.state)
-            except (torch.linalg.LinAlgError, ArithmeticError) as e:
-                raise ValueError(f"the outer step failed numerically ({type(e).__name__}: {e}); "
-                                 "the model and the optimiser are unchanged. The data or the "
-                                 "weights are badly scaled: standardise x and y") from e
-        self.state = state
-        self._write_back()
-        return info
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        raise no_closure(type(self).__name__, "zero_grad() (it keeps no .grad)")
-
-    def _threads(self, x: Tensor) -> int | None:
-        """config.threads, or one thread for a small CPU problem (gnvpro.threads)."""
-        threads = getattr(self.config, "threads", None)
-        if threads is not None:
-            return threads
-        n_params = sum(p.numel() for p in self.split.feature_params().values())
-        n_params += self.split.head.weight.numel()  # the W-side products scale with c·p
-        n = x.shape[0] if isinstance(x, Tensor) and x.ndim > 0 else 1  # x is checked later
-        return auto_threads(n, n_params, self.split.head.weight.device)
-
     def evaluate(self, x: Tensor, y: Tensor) -> dict:
         """Metrics of the current model on (x, y) (loss, relative error or accuracy)."""
         check_batch(self.split, x, y)
@@ -269,7 +165,7 @@ class VarProOptimizer:
         if "config" in sd:
             config = config_from_dict(self.config_type, sd["config"], "state_dict['config']")
         self.alpha_w, self.alpha_theta, self.config = alpha_w, alpha_theta, config
-        self.objective, self.state = None, None
+        self.problem, self.state = None, None
         self._batch.forget()
         self._resume = {"radius": radius, "work": work, "iteration": iteration, "pairs": pairs}
 

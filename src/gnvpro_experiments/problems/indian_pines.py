@@ -59,7 +59,7 @@ _HOW_TO_GET = (
 def load_indian_pines(path: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load ``(cube, labels)``: cube (145, 145, 200) uint16, labels (145, 145) uint8 in 0..16.
 
-    ``path`` defaults to ``shared_data_dir() / "indian_pines.npz"``; a missing file raises a
+    ``path`` defaults to ``default_data_file("indian_pines.npz")``; a missing file raises a
     FileNotFoundError that says how to get it.
     """
     p = require_file(

@@ -26,13 +26,6 @@ def find_shared(subdir: str, name: str) -> Path:
     return next((c for c in cands if c.is_file()), _REPO_ROOT.parent / "shared" / subdir / name)
 
 
-def shared_data_dir() -> Path:
-    """The directory a data file is looked for in first: ``$GNVPRO_DATA`` if set, else
-    ``<repo>/../shared/data``."""
-    env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else _REPO_ROOT.parent / "shared" / "data"
-
-
 def default_data_file(name: str) -> Path:
     """Where the data file ``name`` is looked for (:func:`find_shared` in ``data``)."""
     return find_shared("data", name)
