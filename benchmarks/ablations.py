@@ -25,8 +25,7 @@ from gnvpro_experiments.selection import parse_seeds
 VARIANTS: dict[str, dict] = {
     "trust region (paper)": {},
     "trust region + extrapolation (try 2s)": {"extrapolate": True},
-    "trust region, radius ×2 when ρ > 0.5": {
-        "extra": {"radius_rule": {"eta_expand": 0.5, "expand": 2.0}}},
+    "trust region, radius ×2 when ρ > 0.5": {"radius_rule": {"eta_expand": 0.5, "expand": 2.0}},
     "tn, ≤ 10 CG, L-BFGS(10) preconditioner": {"subproblem": "tn", "max_krylov": 10},
     "tn, ≤ 5 CG": {"subproblem": "tn", "max_krylov": 5},
     "tn, ≤ 20 CG": {"subproblem": "tn", "max_krylov": 20},
@@ -38,12 +37,7 @@ VARIANTS: dict[str, dict] = {
 
 def variant_config(base: dict, changes: dict):
     raw = {**base, "methods": {**base["methods"]}}
-    gn = dict(raw["methods"]["gnvpro"])
-    extra = {**gn.get("extra", {}), **changes.get("extra", {})}
-    gn.update({k: v for k, v in changes.items() if k != "extra"})
-    if extra:
-        gn["extra"] = extra
-    raw["methods"] = {"gnvpro": gn}
+    raw["methods"] = {"gnvpro": {**raw["methods"]["gnvpro"], **changes}}
     raw["default_methods"] = ["gnvpro"]
     return config_from_dict(raw)
 

@@ -36,18 +36,31 @@ from .progress import bar
 from .solver import StepInfo, Termination
 from .validate import check_real, describe
 
-__all__ = ["History", "KeepBest", "fit"]
+__all__ = ["History", "KeepBest", "Position", "fit"]
 
 Callback = Callable[[StepInfo], bool | None]
 
 
 @dataclass
+class Position:
+    """Where a schedule stands after a record: the epoch (from 1), the batch, the steps taken on
+    it, and the loop's work counter (work units of the whole run)."""
+
+    epoch: int = 1
+    batch: int = 0
+    k: int = 0
+    work: float = 0.0
+
+
+@dataclass
 class History:
-    """Records of a run and why it stopped (batch_stops: batches a method could not go on)."""
+    """Records of a run and why it stopped (batch_stops: batches a method could not go on;
+    position: where the schedule stands, for checkpoints)."""
 
     records: list[StepInfo]
     termination: Termination
     batch_stops: list[dict] = field(default_factory=list)
+    position: Position = field(default_factory=Position)
 
     @property
     def final(self) -> StepInfo | None:
@@ -126,12 +139,15 @@ def fit(
     record_start: bool = False,
     checkpoint: Callable[[History], None] | None = None,
     checkpoint_every: float = 300.0,
+    start: Position | None = None,
 ) -> History:
     """Train ``method``'s model on ``batches`` (module docstring); the model holds the result.
 
     record_start: record 0 describes the starting point (after the first evaluation).
     checkpoint(history) is called at most every ``checkpoint_every`` wall seconds, after a
-    record (the caller saves model, method.state_dict() and the records)."""
+    record (the caller saves the model, method.state_dict(), the records and
+    history.position). start: continue a schedule from a checkpoint's position (the method
+    restored by load_state_dict; the budgets are those left)."""
     batches = _check_batches(batches)
     single = len(batches) == 1 and epochs == 1
     max_work, max_iter, max_seconds = _check_budget(
@@ -148,13 +164,16 @@ def fit(
     if val is not None:
         _check_val(method, batches[0][0], val)
 
-    x0, y0 = batches[0]
+    start = start or Position()
+    x0, y0 = batches[start.batch]
     work = method.work
     method.set_batch(x0, y0)
     work += (method.work - work) * len(x0) / n_samples
+    if start.work:
+        work = start.work
     start_work, start_seconds = work, method.seconds
     records: list[StepInfo] = []
-    hist = History(records, Termination.RUNNING)
+    hist = History(records, Termination.RUNNING, position=start)
     last_checkpoint = time.perf_counter()
 
     def record(info: StepInfo, y: Tensor, **extra: object) -> StepInfo:
@@ -184,13 +203,15 @@ def fit(
             None if steps_per_batch is None else epochs * len(batches) * steps_per_batch))
     pbar = bar(progress, total, "WU" if total == max_work else "it", leave=False)
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(start.epoch, epochs + 1):
             for b, (x, y) in enumerate(batches):
+                if (epoch, b) < (start.epoch, start.batch):
+                    continue
                 if not single:
                     before = method.work
                     method.set_batch(x, y)
                     work += (method.work - before) * len(x) / n_samples
-                k = 0
+                k = start.k if (epoch, b) == (start.epoch, start.batch) else 0
                 while steps_per_batch is None or k < steps_per_batch:
                     term = _budget(method, steps, work - start_work,
                                    method.seconds - start_seconds, max_iter, max_work,
@@ -214,6 +235,7 @@ def fit(
                     steps += 1
                     extra = {} if single else {"epoch": epoch, "batch": b, "batch_size": len(x)}
                     rec = record(info, y, **extra)
+                    hist.position = Position(epoch, b, k, work)
                     if pbar is not None:
                         pbar.update((work - start_work - pbar.n) if total == max_work else 1)
                         pbar.set_postfix(loss=f"{rec.loss:.4g}")

@@ -79,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
                    "gnvpro.radius_rule.eta_expand=0.8, adam.lr=1e-2 (a TOML value; repeatable)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--resume", action="store_true", help="continue killed runs in --out from "
-                   "their last level checkpoint (finished runs are always kept)")
+                   "their last checkpoint (finished runs are always kept)")
+    r.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
+                   help="inside a level, checkpoint a run at most this often (default 300; "
+                   "level ends are always checkpointed)")
 
     rep = sub.add_parser("report", help="tables and figures of a run directory")
     rep.add_argument("dir", help="the --out directory of `gnvpro run`")
@@ -129,7 +132,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     summary = run_experiment(cfg, out, methods, seeds, data_path=args.data, device=args.device,
                              budget_scale=args.budget_scale, progress=not args.no_progress,
-                             resume=args.resume)
+                             resume=args.resume, checkpoint_every=args.checkpoint_every)
     print(summary_table(summary))
     print(f"\nresults in {out}  (tables and figures: gnvpro report {out})")
     return 0

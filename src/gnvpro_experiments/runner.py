@@ -103,12 +103,15 @@ def final_metrics(cfg: ExperimentConfig, model: nn.Module, data: Split) -> dict:
 
 def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, seed: int | str,
             run_dir: Path, budget_scale: float, device: str, progress: bool,
-            data_path: str | None = None, resume: bool = False) -> dict:
+            data_path: str | None = None, resume: bool = False,
+            checkpoint_every: float = 300.0) -> dict:
     """Train one method from θ0 through all levels; write the run's files; return its summary.
 
     A finished run (its final.json, written last, exists) is never rerun or rewritten: its row
-    is returned. After every level but the last a checkpoint (model, history, counters, RNG
-    state) is written atomically; with ``resume`` a killed run continues from it.
+    is returned. After every level but the last, and inside a level at most every
+    ``checkpoint_every`` seconds, a checkpoint (model, history, counters, RNG state, and inside
+    a level the optimiser state and the schedule position) is written atomically; with
+    ``resume`` a killed run continues from it.
     """
     done = finished_row(run_dir, seed, cfg.metric)
     if done is not None:
@@ -120,10 +123,10 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
     history: list[dict] = []
     offset = dict.fromkeys(_CUMULATIVE, 0.0)
     level_cfgs: list[dict] = []
-    first, wall0 = 1, 0.0
+    first, wall0, mid = 1, 0.0, None
     ckpt = run_dir / CHECKPOINT
     if resume and ckpt.is_file():
-        model, state = _load_checkpoint(ckpt, model, follow, device)
+        model, state, mid = _load_checkpoint(ckpt, model, follow, device)
         history, level_cfgs, offset = state["history"], state["level_cfgs"], state["offset"]
         first, wall0 = state["level"] + 1, state["wall"]
     elif ckpt.exists():
@@ -136,7 +139,15 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
             kw.update(seed=int(seed) if isinstance(seed, int) else 0, progress=progress,
                       regularizer=_regularizer(cfg, model))
             level_cfgs.append({k: v for k, v in kw.items() if k != "regularizer"})
-            records = train(method, model, data, kw)
+
+            def save_mid(inside: dict, level: int = level, model: nn.Module = model) -> None:
+                _save_checkpoint(ckpt, model, {
+                    "level": level - 1, "history": history, "level_cfgs": level_cfgs[:-1],
+                    "offset": offset, "wall": wall0 + time.perf_counter() - t_start}, inside)
+
+            records = train(method, model, data, kw, checkpoint=save_mid,
+                            checkpoint_every=checkpoint_every,
+                            resume=mid if level == first else None)
             last = dict.fromkeys(_CUMULATIVE, 0.0)
             for i, rec in enumerate(records):
                 rec = to_jsonable(dict(rec))
@@ -204,6 +215,7 @@ def run_experiment(
     budget_scale: float = 1.0,
     progress: bool = True,
     resume: bool = False,
+    checkpoint_every: float = 300.0,
 ) -> dict:
     """Run ``methods`` × ``seeds`` of the experiment; write the files; return summary.json.
 
@@ -211,6 +223,9 @@ def run_experiment(
     killed run continues from its last checkpoint (else it starts afresh)."""
     if not (budget_scale > 0 and math.isfinite(budget_scale)):
         raise ExperimentError(f"--budget-scale must be a positive number, got {budget_scale}")
+    if not (checkpoint_every >= 0 and math.isfinite(checkpoint_every)):
+        raise ExperimentError(f"--checkpoint-every must be a number of seconds >= 0, got "
+                              f"{checkpoint_every}")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ExperimentError(f"--device must be cpu or cuda, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -256,7 +271,7 @@ def run_experiment(
                     m0 = build_model(cfg, data, seed, method)
                 row = run_one(cfg, method, m0, data_dev, seed,
                               out / method / seed_label(seed), budget_scale, device, progress,
-                              data_path, resume)
+                              data_path, resume, checkpoint_every)
                 summary["methods"][method].append(row)
                 write_summary(out / "summary.json", summary)  # partial results survive a crash
                 if bar is not None:

@@ -87,15 +87,22 @@ def _torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _save_checkpoint(path: Path, model: nn.Module, state: dict) -> None:
-    """The model after the finished levels, the records so far, the counters, the RNG."""
+def _save_checkpoint(path: Path, model: nn.Module, state: dict, mid: dict | None = None) -> None:
+    """The model (after the finished levels, or inside an unfinished one), the records so far,
+    the counters, the RNG, and inside a level ``mid``: the training state that
+    gnvpro_experiments.train.train(resume=...) continues from (optimiser state, schedule
+    position, the level's records)."""
     _torch_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "state": json.dumps(to_jsonable(state)), "rng": torch.get_rng_state()}, path)
+                 "state": json.dumps(to_jsonable(state)), "rng": torch.get_rng_state(),
+                 "mid": None if mid is None else {
+                     **{k: v for k, v in mid.items() if k != "records"},
+                     "records": json.dumps(to_jsonable(mid["records"]))}}, path)
 
 
 def _load_checkpoint(path: Path, model0: nn.Module, follow: bool,
-                     device: str) -> tuple[nn.Module, dict]:
-    """(the model after state["level"] levels and refinements, the saved state)."""
+                     device: str) -> tuple[nn.Module, dict, dict | None]:
+    """(the model after state["level"] levels and refinements, the saved state, the training
+    state inside the next level or None)."""
     from .models.resnet import refine_network
 
     try:
@@ -106,10 +113,13 @@ def _load_checkpoint(path: Path, model0: nn.Module, follow: bool,
             model = refine_network(model, follow)
         model.load_state_dict(ck["model"])
         torch.set_rng_state(ck["rng"])
+        mid = ck.get("mid")
+        if mid is not None:
+            mid = {**mid, "records": json.loads(mid["records"])}
     except Exception as e:  # corrupt or from another version: say so, do not guess
         raise ExperimentError(f"{path} cannot be resumed ({type(e).__name__}: {e}); delete it "
                               "to rerun that run from the start") from None
-    return model.to(device), state
+    return model.to(device), state, mid
 
 
 def earlier_summary(path: Path, settings: dict) -> dict | None:

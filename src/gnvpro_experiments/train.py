@@ -13,15 +13,15 @@ W*(θ0) (2 work units). Adding a method is one entry in METHODS.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
 from gnvpro import RadiusRule
 from gnvpro.batches import fixed_batches
-from gnvpro.loop import KeepBest, fit
+from gnvpro.loop import History, KeepBest, Position, fit
 from gnvpro.methods import (
     FirstOrder,
     FirstOrderConfig,
@@ -101,17 +101,24 @@ def make_config(name: str, settings: Mapping[str, Any]) -> Any:
     return spec.config_type(**{**spec.defaults, **given})
 
 
-def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any]) -> list[dict]:
-    """Train ``model`` in place with method ``name``; one record (dict) per step."""
+def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
+          checkpoint: Callable[[dict], None] | None = None, checkpoint_every: float = 300.0,
+          resume: Mapping[str, Any] | None = None) -> list[dict]:
+    """Train ``model`` in place with method ``name``; one record (dict) per step.
+
+    checkpoint(state) is called at most every ``checkpoint_every`` seconds with what
+    ``resume`` takes to continue: {"optimizer": the method's state_dict, "position": where the
+    schedule stands, "records": the records so far, "best": the KeepBest model and score}; the
+    model's weights are the caller's to save. With ``resume`` (and the model holding the saved
+    weights) training continues with the budget that was left."""
     if name not in METHODS:
         raise ValueError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
     spec = METHODS[name]
     s = dict(settings)
     if spec.cls is FirstOrder:
         s["seed"] = int(s.get("seed", 0))
-    config = make_config(name, s)
     method = spec.cls(model, s.get("loss", "least_squares"), s.get("alpha_w", 1e-10),
-                      s.get("alpha_theta", 1e-10), config=config,
+                      s.get("alpha_theta", 1e-10), config=make_config(name, s),
                       regularizer=s.get("regularizer"))
     x, y = data.x_train, data.y_train
     schedule: dict[str, Any] = {}
@@ -125,16 +132,50 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any])
     keep = KeepBest(model, method.loss.classification) if s.get("keep_best_val") else None
     if keep is not None and val is None:
         raise ValueError("keep_best_val needs validation data (data.x_val is empty)")
-    max_work = s.get("max_work")
-    hist = fit(method, batches, n_samples=len(x), max_work=None if max_work is None or
-               max_work >= 1e12 else max_work, max_iter=s.get("max_iter"),
-               max_seconds=s.get("max_seconds"), val=val,
+    budget = {k: s.get(k) for k in ("max_work", "max_iter", "max_seconds")}
+    if budget["max_work"] is not None and budget["max_work"] >= 1e12:
+        budget["max_work"] = None  # the iterations, epochs or seconds are the budget
+    done: list[dict] = []
+    if resume is not None:
+        method.load_state_dict(resume["optimizer"])
+        done = list(resume["records"])
+        budget = _left(budget, done, resume["position"]["work"])
+        if keep is not None and resume.get("best") is not None:
+            keep.state, keep.score = resume["best"]["state"], float(resume["best"]["score"])
+
+    def as_dicts(hist: History) -> list[dict]:
+        return done + [{"method": name, **rec.to_dict()} for rec in hist.records]
+
+    def save(hist: History) -> None:
+        assert checkpoint is not None
+        best = None if keep is None or keep.state is None else {"state": keep.state,
+                                                                "score": keep.score}
+        checkpoint({"optimizer": method.state_dict(), "position": asdict(hist.position),
+                    "records": as_dicts(hist), "best": best})
+
+    hist = fit(method, batches, n_samples=len(x), val=val,
                callbacks=[keep] if keep is not None else [], progress=bool(s.get("progress")),
-               record_start=True, **schedule)
+               record_start=resume is None, checkpoint=save if checkpoint else None,
+               checkpoint_every=checkpoint_every,
+               start=None if resume is None else Position(**resume["position"]),
+               **budget, **schedule)
     if keep is not None:
         keep.restore()
-    records = [{"method": name, **rec.to_dict()} for rec in hist.records]
+    records = as_dicts(hist)
     records[-1]["termination"] = hist.termination.value
     if hist.batch_stops:
         records[-1]["batch_stops"] = hist.batch_stops
     return records
+
+
+def _left(budget: dict, done: list[dict], work: float) -> dict:
+    """The budget left after the records ``done`` (record 0 is the start)."""
+    out = dict(budget)
+    if out["max_work"] is not None:
+        out["max_work"] = max(0.0, out["max_work"] - (work - done[0]["work_units"]))
+    if out["max_iter"] is not None:
+        out["max_iter"] = max(0, out["max_iter"] - (len(done) - 1))
+    if out["max_seconds"] is not None:
+        out["max_seconds"] = max(0.0, out["max_seconds"] - (done[-1]["seconds"]
+                                                            - done[0]["seconds"]))
+    return out

@@ -154,6 +154,7 @@ class FirstOrder(ModelMethod):
         return {"method": "FirstOrder", "config": self.config.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(), "work": self.work,
+                "seconds": self.seconds, "inner_seconds": self.inner_seconds,
                 "iteration": self.iteration, "started": self.reg is not None}
 
     def load_state_dict(self, sd: dict) -> None:
@@ -165,6 +166,9 @@ class FirstOrder(ModelMethod):
         self.optimizer.load_state_dict(sd["optimizer"])
         self.generator.set_state(sd["generator"])
         self.work = check_real("state_dict['work']", sd["work"], low=0.0)
+        self.seconds = check_real("state_dict['seconds']", sd.get("seconds", 0.0), low=0.0)
+        self.inner_seconds = check_real("state_dict['inner_seconds']",
+                                        sd.get("inner_seconds", 0.0), low=0.0)
         self.iteration = check_real("state_dict['iteration']", sd["iteration"], integer=True,
                                     low=0)
         self._batch.forget()

@@ -15,7 +15,6 @@ from torch import Tensor
 from ..head import check_head_is_last
 from ..joint import JointPoint, JointProblem
 from ..solver import SolverConfig, SolverState, StepInfo, initial_state, trust_region_step
-from ..validate import check_real, config_from_dict
 from ..varpro import ReducedObjective, WarmStart
 from .base import InnerSettings
 from .solver_method import SolverMethod
@@ -36,7 +35,6 @@ class JointGaussNewton(SolverMethod):
     """Trust-region Gauss-Newton on (θ, W) of a model whose last layer is affine."""
 
     config_type = JointGNConfig
-    _resumed = False  # after load_state_dict: start from the model's (θ, W) as is
 
     def _theta_W(self, pt: JointPoint) -> tuple[Tensor, Tensor]:
         return self.problem.unpack(pt.theta)
@@ -54,7 +52,7 @@ class JointGaussNewton(SolverMethod):
         t0, inner_seconds = time.perf_counter(), 0.0
         if old is not None:
             z = old.pt.theta
-        elif self._resumed:
+        elif self._resume is not None:
             z = problem.pack(self.theta(), self.split.head_weights().to(torch.float64))
         else:  # θ0 with W*(θ0) on this batch
             obj = ReducedObjective(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
@@ -71,32 +69,11 @@ class JointGaussNewton(SolverMethod):
             fresh = replace(fresh, radius=old.radius, work=old.work + fresh.work,
                             iteration=old.iteration, seconds=old.seconds + fresh.seconds,
                             inner_seconds=old.inner_seconds + fresh.inner_seconds)
-        self.problem, self.state, self._resumed = problem, fresh, False
+        elif self._resume is not None:  # after load_state_dict: from the model's (θ, W)
+            fresh = self._restore(fresh)
+        self.problem, self.state = problem, fresh
         self._batch.remember(x, y)
         self._write_back()
 
     def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo]:
         return trust_region_step(self.problem, state, self.config)
-
-    def state_dict(self) -> dict:
-        """Optimiser state only: settings, α, counters (the model holds θ and W)."""
-        s = self.state
-        return {"method": "JointGaussNewton", "config": self.config.to_dict(),
-                "loss": self.loss.name, "alpha_w": self.alpha_w, "alpha_theta": self.alpha_theta,
-                "work": 0.0 if s is None else s.work, "iteration": 0 if s is None else s.iteration}
-
-    def load_state_dict(self, sd: dict) -> None:
-        """Restore settings and α (checked first); the next step continues from the model's
-        (θ, W) (the radius from the first Gauss-Newton step there)."""
-        if not isinstance(sd, dict) or sd.get("method") != "JointGaussNewton":
-            raise ValueError("not a JointGaussNewton state dict")
-        if sd.get("loss", self.loss.name) != self.loss.name:
-            raise ValueError(f"the state dict was saved with loss {sd['loss']!r}, this "
-                             f"optimiser uses {self.loss.name!r}")
-        config = config_from_dict(JointGNConfig, sd.get("config", {}), "state_dict['config']")
-        alpha_w = check_real("state_dict['alpha_w']", sd.get("alpha_w", self.alpha_w), low=0.0)
-        alpha_theta = check_real("state_dict['alpha_theta']",
-                                 sd.get("alpha_theta", self.alpha_theta), low=0.0)
-        self.alpha_w, self.alpha_theta, self.config = alpha_w, alpha_theta, config
-        self.problem, self.state, self._resumed = None, None, True
-        self._batch.forget()

@@ -23,7 +23,7 @@ from ..losses import Loss
 from ..metrics import prediction_metrics
 from ..regularizer import LinearMap
 from ..solver import SolverState, StepInfo, initial_state
-from ..validate import check_batch, check_model, check_real, config_from_dict, describe
+from ..validate import check_batch, check_model
 from ..varpro import ReducedObjective, WarmStart
 from .solver_method import SolverMethod
 
@@ -38,7 +38,6 @@ class VarProOptimizer(SolverMethod):
                  alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
                  config: object = None, regularizer: LinearMap | None = None) -> None:
         super().__init__(model, loss, alpha_w, alpha_theta, head, config, regularizer)
-        self._resume: dict | None = None
 
     @property
     def objective(self) -> ReducedObjective | None:
@@ -81,10 +80,7 @@ class VarProOptimizer(SolverMethod):
         if old is not None:
             fresh = self._carry(old, fresh)
         elif self._resume is not None:  # after load_state_dict
-            r = self._resume
-            fresh = replace(fresh, radius=r["radius"], work=r["work"] + fresh.work,
-                            iteration=r["iteration"], pairs=r["pairs"])
-            self._resume = None
+            fresh = self._restore(fresh)
         # commit only now: a bad batch raises above and leaves the optimiser as it was
         self.problem, self.state = objective, fresh
         self._batch.remember(x, y)
@@ -111,75 +107,3 @@ class VarProOptimizer(SolverMethod):
 
         return fit(self, [(x, y)], max_work=max_work, max_iter=max_iter, val=val,
                    max_seconds=max_seconds, callback=callback, progress=progress)
-
-    # ---------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
-        """Optimiser state only (as torch.optim): settings, α, the trust-region radius, the
-        curvature pairs and the counters. gnvpro.checkpoint saves it with the model."""
-        s = self.state
-        return {
-            "method": type(self).__name__,
-            "config": self.config.to_dict(),
-            "loss": self.loss.name,
-            "alpha_w": self.alpha_w,
-            "alpha_theta": self.alpha_theta,
-            "radius": None if s is None else s.radius,
-            "work": 0.0 if s is None else s.work,
-            "iteration": 0 if s is None else s.iteration,
-            "pairs": [] if s is None else [[a.clone(), b.clone(), r] for a, b, r in s.pairs],
-        }
-
-    def load_state_dict(self, sd: dict) -> None:
-        """Restore a state_dict(): α, config, radius, pairs and counters (the loss must be the
-        same); the next step re-evaluates at the model's weights. Everything is checked first;
-        a refused dict changes nothing."""
-        name = type(self).__name__
-        if not isinstance(sd, dict):
-            raise TypeError(f"load_state_dict expects the dict of {name}.state_dict(), got "
-                            f"{describe(sd)}")
-        if "model" in sd:
-            raise ValueError(f"this looks like a model+optimiser checkpoint: load it with "
-                             f"gnvpro.load_checkpoint(path, model, opt), or pass sd['optimizer']"
-                             f" to {name}.load_state_dict")
-        missing = {"radius", "work", "iteration"} - set(sd)
-        if missing:
-            raise ValueError(f"not a {name} state dict: missing {sorted(missing)}")
-        if sd.get("method", name) != name:
-            raise ValueError(f"the state dict is of {sd['method']}, not {name}")
-        radius = sd["radius"]
-        if radius is not None:
-            radius = check_real("state_dict['radius']", radius, low=0.0, low_inclusive=False)
-        work = check_real("state_dict['work']", sd["work"], low=0.0)
-        iteration = check_real("state_dict['iteration']", sd["iteration"], integer=True, low=0)
-        if "loss" in sd and sd["loss"] != self.loss.name:
-            raise ValueError(f"the state dict was saved with loss {sd['loss']!r} but this "
-                             f"optimiser uses {self.loss.name!r}: create {name}(model, "
-                             f"loss={sd['loss']!r}) to load it")
-        alpha_w = check_real("state_dict['alpha_w']", sd.get("alpha_w", self.alpha_w), low=0.0)
-        alpha_theta = check_real("state_dict['alpha_theta']",
-                                 sd.get("alpha_theta", self.alpha_theta), low=0.0)
-        if alpha_w == 0 and not self.loss.is_quadratic:
-            raise ValueError(f"state_dict['alpha_w'] must be > 0 for the {self.loss.name} loss")
-        pairs = _check_pairs(sd.get("pairs", []), self.theta())
-        config = self.config
-        if "config" in sd:
-            config = config_from_dict(self.config_type, sd["config"], "state_dict['config']")
-        self.alpha_w, self.alpha_theta, self.config = alpha_w, alpha_theta, config
-        self.problem, self.state = None, None
-        self._batch.forget()
-        self._resume = {"radius": radius, "work": work, "iteration": iteration, "pairs": pairs}
-
-
-def _check_pairs(pairs: object, theta: Tensor) -> tuple:
-    """state_dict['pairs']: a list of [s, y, 1/sᵀy] with s, y finite vectors of θ's size."""
-    if not isinstance(pairs, list | tuple):
-        raise TypeError(f"state_dict['pairs'] must be a list, got {describe(pairs)}")
-    out = []
-    for i, p in enumerate(pairs):
-        ok = (isinstance(p, list | tuple) and len(p) == 3 and all(isinstance(t, Tensor)
-              for t in p[:2]) and all(t.shape == theta.shape for t in p[:2]))
-        if not ok or not all(bool(torch.isfinite(t).all()) for t in p[:2]):
-            raise ValueError(f"state_dict['pairs'][{i}] must be [s, y, rho] with finite s, y of "
-                             f"θ's size {theta.numel()}")
-        out.append((p[0].to(theta), p[1].to(theta), float(p[2])))
-    return tuple(out)
