@@ -11,6 +11,7 @@ import pytest
 
 from gnvpro.threads import intra_op_threads
 from gnvpro_experiments import load_config, run_experiment
+from gnvpro_experiments.problems.cdr import default_cdr_path
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "experiments.json").read_text())
 RTOL = 1e-10
@@ -39,8 +40,12 @@ def _check(name: str, stored: dict, out: Path) -> None:
         assert got["final_work_units"] == want["final_work_units"], key
 
 
+CDR = pytest.param("cdr", marks=pytest.mark.skipif(not default_cdr_path().is_file(),
+                                                    reason="CDR_Data.mat not found"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cdr", "ellipse"])
+@pytest.mark.parametrize("name", [CDR, "ellipse"])
 def test_experiment_numbers_reproduce(name, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "data"))
     stored = FIXTURE[name]

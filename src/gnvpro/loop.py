@@ -25,16 +25,17 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from .methods.base import Method
 from .metrics import prediction_metrics
 from .progress import bar
 from .solver import StepInfo, Termination
-from .validate import check_real, describe
+from .validate import check_batch, check_real, describe
 
 __all__ = ["History", "KeepBest", "Position", "fit"]
 
@@ -203,53 +204,48 @@ def fit(
             None if steps_per_batch is None else epochs * len(batches) * steps_per_batch))
     pbar = bar(progress, total, "WU" if total == max_work else "it", leave=False)
     try:
-        for epoch in range(start.epoch, epochs + 1):
-            for b, (x, y) in enumerate(batches):
-                if (epoch, b) < (start.epoch, start.batch):
+        for epoch, b, k in _schedule(len(batches), epochs, start):
+            x, y = batches[b]
+            if not single:
+                before = method.work
+                method.set_batch(x, y)
+                work += (method.work - before) * len(x) / n_samples
+            while steps_per_batch is None or k < steps_per_batch:
+                term = _budget(method, steps, work - start_work,
+                               method.seconds - start_seconds, max_iter, max_work,
+                               max_seconds)
+                if term is not Termination.RUNNING:
+                    break
+                own = method.termination()
+                if own is not Termination.RUNNING:
+                    if single:
+                        term = own
+                    else:
+                        hist.batch_stops.append({"epoch": epoch, "batch": b,
+                                                 "reason": own.value})
+                    break
+                before = method.work
+                info = method.step(x, y)
+                work += (method.work - before) * len(x) / n_samples
+                if info is None:  # no step possible here: termination() says why
                     continue
-                if not single:
-                    before = method.work
-                    method.set_batch(x, y)
-                    work += (method.work - before) * len(x) / n_samples
-                k = start.k if (epoch, b) == (start.epoch, start.batch) else 0
-                while steps_per_batch is None or k < steps_per_batch:
-                    term = _budget(method, steps, work - start_work,
-                                   method.seconds - start_seconds, max_iter, max_work,
-                                   max_seconds)
-                    if term is not Termination.RUNNING:
-                        break
-                    own = method.termination()
-                    if own is not Termination.RUNNING:
-                        if single:
-                            term = own
-                        else:
-                            hist.batch_stops.append({"epoch": epoch, "batch": b,
-                                                     "reason": own.value})
-                        break
-                    before = method.work
-                    info = method.step(x, y)
-                    work += (method.work - before) * len(x) / n_samples
-                    if info is None:  # no step possible here: termination() says why
-                        continue
-                    k += 1
-                    steps += 1
-                    extra = {} if single else {"epoch": epoch, "batch": b, "batch_size": len(x)}
-                    rec = record(info, y, **extra)
-                    hist.position = Position(epoch, b, k, work)
-                    if pbar is not None:
-                        pbar.update((work - start_work - pbar.n) if total == max_work else 1)
-                        pbar.set_postfix(loss=f"{rec.loss:.4g}")
-                    stop = [cb(rec) for cb in callbacks]
-                    if not math.isfinite(rec.loss):
-                        term = Termination.DIVERGED
-                    elif any(stop):
-                        term = Termination.STOPPED
-                    if checkpoint is not None and \
-                            time.perf_counter() - last_checkpoint >= checkpoint_every:
-                        checkpoint(hist)
-                        last_checkpoint = time.perf_counter()
-                    if term is not Termination.RUNNING:
-                        break
+                k += 1
+                steps += 1
+                extra = {} if single else {"epoch": epoch, "batch": b, "batch_size": len(x)}
+                rec = record(info, y, **extra)
+                hist.position = Position(epoch, b, k, work)
+                if pbar is not None:
+                    pbar.update((work - start_work - pbar.n) if total == max_work else 1)
+                    pbar.set_postfix(loss=f"{rec.loss:.4g}")
+                stop = [cb(rec) for cb in callbacks]
+                if not math.isfinite(rec.loss):
+                    term = Termination.DIVERGED
+                elif any(stop):
+                    term = Termination.STOPPED
+                if checkpoint is not None and \
+                        time.perf_counter() - last_checkpoint >= checkpoint_every:
+                    checkpoint(hist)
+                    last_checkpoint = time.perf_counter()
                 if term is not Termination.RUNNING:
                     break
             if term is not Termination.RUNNING:
@@ -261,6 +257,14 @@ def fit(
             pbar.close()
     hist.termination = term
     return hist
+
+
+def _schedule(n_batches: int, epochs: int, start: Position) -> Iterator[tuple[int, int, int]]:
+    """(epoch, batch, steps already taken on it) from the start position to the end."""
+    for epoch in range(start.epoch, epochs + 1):
+        for b in range(n_batches):
+            if (epoch, b) >= (start.epoch, start.batch):
+                yield epoch, b, start.k if (epoch, b) == (start.epoch, start.batch) else 0
 
 
 def _budget(method: Method, steps: int, work: float, seconds: float, max_iter: int | None,
@@ -278,16 +282,12 @@ def _budget(method: Method, steps: int, work: float, seconds: float, max_iter: i
 
 
 def _val_metrics(method: Method, val: tuple[Tensor, Tensor]) -> dict:
-    import torch
-
     with torch.no_grad():
         S = method.model(val[0])
     return prediction_metrics(method.loss, S, val[1], S.shape[1])
 
 
 def _check_val(method: Method, x: Tensor, val: object) -> None:
-    from .validate import check_batch
-
     if not isinstance(val, tuple | list) or len(val) != 2:
         raise TypeError(f"val must be a pair (x_val, y_val) of tensors, got {describe(val)}")
     xv, yv = val
