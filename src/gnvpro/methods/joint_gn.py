@@ -65,10 +65,8 @@ class JointGaussNewton(SolverMethod):
         fresh = initial_state(problem, z)
         fresh = replace(fresh, seconds=fresh.seconds + setup,
                         inner_seconds=fresh.inner_seconds + inner_seconds)
-        if old is not None:
-            fresh = replace(fresh, radius=old.radius, work=old.work + fresh.work,
-                            iteration=old.iteration, seconds=old.seconds + fresh.seconds,
-                            inner_seconds=old.inner_seconds + fresh.inner_seconds)
+        if old is not None:  # a new batch: the radius carries over with the counters
+            fresh = replace(self._carry(old, fresh), radius=old.radius)
         elif self._resume is not None:  # after load_state_dict: from the model's (θ, W)
             fresh = self._restore(fresh)
         self.problem, self.state = problem, fresh

@@ -40,6 +40,12 @@ class SolverMethod(ModelMethod):
         """θ (flat) and W = [W̃, b] of a point."""
         raise NotImplementedError
 
+    def _carry(self, old: SolverState, fresh: SolverState) -> SolverState:
+        """The state on a new batch: the counters carry over (subclasses add what else does)."""
+        return replace(fresh, work=old.work + fresh.work, iteration=old.iteration,
+                       seconds=old.seconds + fresh.seconds,
+                       inner_seconds=old.inner_seconds + fresh.inner_seconds)
+
     # ------------------------------------------------------------------ state
     @property
     def work(self) -> float:

@@ -13,16 +13,13 @@ over: step() on a sequence of batches is the paper's stochastic variant.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..head import check_head_is_last
-from ..losses import Loss
 from ..metrics import prediction_metrics
-from ..regularizer import LinearMap
-from ..solver import SolverState, StepInfo, initial_state
+from ..solver import StepInfo, initial_state
 from ..validate import check_batch, check_model
 from ..varpro import ReducedObjective, WarmStart
 from .solver_method import SolverMethod
@@ -34,11 +31,6 @@ class VarProOptimizer(SolverMethod):
     """Base of the variable-projection optimisers (the problem is Φ_red on the current batch);
     subclasses give ``config_type``, ``_objective_options()`` and ``_outer_step(state)``."""
 
-    def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
-                 alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
-                 config: object = None, regularizer: LinearMap | None = None) -> None:
-        super().__init__(model, loss, alpha_w, alpha_theta, head, config, regularizer)
-
     @property
     def objective(self) -> ReducedObjective | None:
         """Φ_red on the current batch."""
@@ -49,12 +41,6 @@ class VarProOptimizer(SolverMethod):
 
     def _theta_W(self, pt) -> tuple[Tensor, Tensor]:
         return pt.theta, pt.W
-
-    def _carry(self, old: SolverState, fresh: SolverState) -> SolverState:
-        """The state on a new batch: counters carry over (subclasses add what else does)."""
-        return replace(fresh, work=old.work + fresh.work, iteration=old.iteration,
-                       seconds=old.seconds + fresh.seconds,
-                       inner_seconds=old.inner_seconds + fresh.inner_seconds)
 
     def set_batch(self, x: Tensor, y: Tensor) -> None:
         """Evaluate Φ_red, W* and ∇Φ_red at the current θ on (x, y) (2 work units; nothing
