@@ -1,34 +1,35 @@
-"""Every deterministic number of the CDR (6 seeds) and ellipse (3 seeds) experiments — the
-records' losses, work units and validation metrics, and the final train/val/test metrics of
-gnvpro, gnvpro-tn, gn, lbfgs-vpro and adam — reproduces to 1e-10 against the values stored
-before the one-engine refactor (tests/data/make_experiment_fixture.py wrote them)."""
+"""Every deterministic number of docs/results.md for CDR and the ellipse — the records' losses,
+work units and validation metrics and the final train/val/test metrics of gnvpro, gnvpro-tn,
+gn, lbfgs-vpro and adam on CDR (6 seeds and the reference seed) and the ellipse (3 seeds), and
+of the 8 CDR ablation variants (6 seeds) — reproduces to 1e-10 against the values stored before
+the one-engine refactor (tests/data/make_experiment_fixture.py wrote them)."""
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
 from gnvpro.threads import intra_op_threads
 from gnvpro_experiments import load_config, run_experiment
-from gnvpro_experiments.problems.cdr import default_cdr_path
+from gnvpro_experiments.problems.cdr import default_cdr_path, default_reference_path
 
-FIXTURE = json.loads((Path(__file__).parent / "data" / "experiments.json").read_text())
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parents[1]
+FIXTURE = json.loads((DATA / "experiments.json").read_text())
 RTOL = 1e-10
+HAVE_CDR = default_cdr_path().is_file() and default_reference_path().is_file()
 
 
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-13)
 
 
-def _check(name: str, stored: dict, out: Path) -> None:
-    from make_experiment_fixture import extract
-
-    metric = stored["metric"]
-    runs = extract(out, metric)
-    assert sorted(runs) == sorted(stored["runs"])
-    for key, want in stored["runs"].items():
-        got = runs[key]
+def _check(name: str, want_runs: dict, got_runs: dict) -> None:
+    assert sorted(got_runs) == sorted(want_runs)
+    for key, want in want_runs.items():
+        got = got_runs[key]
         for field in ("loss", "work_units", "val"):
             assert len(got[field]) == len(want[field]), (key, field)
             bad = [(i, a, b) for i, (a, b) in enumerate(zip(got[field], want[field], strict=True))
@@ -40,17 +41,52 @@ def _check(name: str, stored: dict, out: Path) -> None:
         assert got["final_work_units"] == want["final_work_units"], key
 
 
-CDR = pytest.param("cdr", marks=pytest.mark.skipif(not default_cdr_path().is_file(),
-                                                    reason="CDR_Data.mat not found"))
+def _seeds(text: str) -> list:
+    if text == "ref":
+        return ["ref"]
+    lo, hi = map(int, text.split("-"))
+    return list(range(lo, hi + 1))
+
+
+def _param(key: str):
+    needs_cdr = FIXTURE[key]["experiment"] == "cdr"
+    return pytest.param(key, marks=pytest.mark.skipif(needs_cdr and not HAVE_CDR,
+                                                      reason="CDR data not found"))
+
+
+@pytest.fixture
+def extract(monkeypatch):
+    monkeypatch.syspath_prepend(str(DATA))
+    from make_experiment_fixture import extract
+
+    return extract
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [CDR, "ellipse"])
-def test_experiment_numbers_reproduce(name, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "data"))
-    stored = FIXTURE[name]
-    seeds = [int(s) for s in range(int(stored["seeds"].split("-")[1]) + 1)]
+@pytest.mark.parametrize("key", [_param(k) for k in ("cdr", "ellipse", "cdr-ref")])
+def test_experiment_numbers_reproduce(key, tmp_path, extract):
+    stored = FIXTURE[key]
     with intra_op_threads(1):  # the fixture's thread count (reduction order)
-        run_experiment(load_config(name), tmp_path, methods=stored["methods"].split(","),
-                       seeds=seeds, progress=False)
-    _check(name, stored, tmp_path)
+        run_experiment(load_config(stored["experiment"]), tmp_path,
+                       methods=stored["methods"].split(","), seeds=_seeds(stored["seeds"]),
+                       progress=False)
+    _check(key, stored["runs"], extract(tmp_path, stored["metric"]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_CDR, reason="CDR data not found")
+def test_ablation_numbers_reproduce(tmp_path, extract, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("ablations", None)
+    from ablations import VARIANTS, variant_config
+
+    stored = FIXTURE["cdr-ablations"]
+    raw = load_config("cdr").to_dict()
+    got = {}
+    with intra_op_threads(1):
+        for i, changes in enumerate(VARIANTS.values()):
+            out = tmp_path / f"v{i}"
+            run_experiment(variant_config(raw, changes), out, ["gnvpro"], _seeds("0-5"),
+                           progress=False)
+            got |= {f"v{i}/{k}": v for k, v in extract(out, "rel_err").items()}
+    _check("cdr-ablations", stored["runs"], got)

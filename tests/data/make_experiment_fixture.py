@@ -1,11 +1,13 @@
-"""Write tests/data/experiments.json: every deterministic number of the CDR (6 seeds) and ellipse
-(3 seeds) experiments, for tests/test_experiment_regression.py.
+"""Write tests/data/experiments.json: every deterministic number of docs/results.md for CDR
+(6 seeds, the reference seed, the ablations) and the ellipse (3 seeds), for
+tests/test_experiment_regression.py.
 
 Run with the code whose numbers are to be kept, e.g. from a checkout of that commit:
     OMP_NUM_THREADS=1 PYTHONPATH=src python tests/data/make_experiment_fixture.py [RUNS_DIR]
-RUNS_DIR (default: a temporary directory) receives `gnvpro run` output for both experiments; an
-existing RUNS_DIR with both experiments in it is read, not rerun. Seconds are not kept (they
-depend on the machine); losses, work units and metrics of every record and run are.
+RUNS_DIR (default: a temporary directory) receives `gnvpro run` output (cdr, ellipse,
+cdr-ref) and `benchmarks/ablations.py cdr` output (abl); what is already there is read, not
+rerun. Seconds are not kept (they depend on the machine); losses, work units and metrics of
+every record and run are.
 """
 
 import json
@@ -15,7 +17,9 @@ import tempfile
 from pathlib import Path
 
 METHODS = "gnvpro,gnvpro-tn,gn,lbfgs-vpro,adam"
-EXPERIMENTS = {"cdr": ("0-5", "rel_err"), "ellipse": ("0-2", "accuracy")}
+EXPERIMENTS = {"cdr": ("cdr", "0-5", "rel_err"), "ellipse": ("ellipse", "0-2", "accuracy"),
+               "cdr-ref": ("cdr", "ref", "rel_err")}
+N_VARIANTS = 8  # benchmarks/ablations.py VARIANTS
 
 
 def run(name: str, seeds: str, out: Path) -> None:
@@ -23,6 +27,13 @@ def run(name: str, seeds: str, out: Path) -> None:
         return
     subprocess.run([sys.executable, "-m", "gnvpro_experiments.cli", "run", name, "--seeds", seeds,
                     "--methods", METHODS, "--out", str(out)], check=True)
+
+
+def ablations(out: Path) -> None:
+    if (out / "ablations.md").exists():
+        return
+    subprocess.run([sys.executable, str(Path(__file__).parents[2] / "benchmarks" / "ablations.py"),
+                    "cdr", "--seeds", "0-5", "--out", str(out)], check=True)
 
 
 def extract(out: Path, metric: str) -> dict:
@@ -45,10 +56,16 @@ def extract(out: Path, metric: str) -> dict:
 def main() -> None:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
     fixture = {}
-    for name, (seeds, metric) in EXPERIMENTS.items():
-        run(name, seeds, root / name)
-        fixture[name] = {"seeds": seeds, "methods": METHODS, "metric": metric,
-                         "runs": extract(root / name, metric)}
+    for key, (name, seeds, metric) in EXPERIMENTS.items():
+        run(name, seeds, root / key)
+        fixture[key] = {"experiment": name, "seeds": seeds, "methods": METHODS, "metric": metric,
+                        "runs": extract(root / key, metric)}
+    ablations(root / "abl")
+    fixture["cdr-ablations"] = {"experiment": "cdr", "seeds": "0-5", "methods": "gnvpro",
+                                "metric": "rel_err",
+                                "runs": {f"v{i}/{k}": v for i in range(N_VARIANTS)
+                                         for k, v in extract(root / "abl" / f"v{i}",
+                                                             "rel_err").items()}}
     out = Path(__file__).with_name("experiments.json")
     out.write_text(json.dumps(fixture) + "\n")
     print(f"wrote {out}")
