@@ -70,37 +70,28 @@ Public API: :class:`DCRConfig`, :class:`Mesh2D`, :func:`build_mesh`, :func:`harm
 
 from __future__ import annotations
 
-from .config import (
-    GENERATOR_VERSION,
-    N_MEASUREMENTS,
-    N_PARAMS,
-    PARAM_NAMES,
-    DCRConfig,
-)
-from .dataset import (
-    cached_dcr,
-    dcr_split,
-    generate_dcr,
-    load_dcr,
-    sample_prior,
-    save_dcr,
-)
-from .finite_volume import (
-    Mesh2D,
-    assemble_operator,
-    dipole_response,
-    divergence,
-    gradient,
-    harmonic_average,
-    solve_potentials,
-)
-from .simulation import (
-    build_mesh,
-    electrode_layout,
-    forward_operator,
-    log_conductivity,
-    simulate,
-)
+import importlib
+from typing import Any
+
+# name -> submodule; loaded on first use (the simulator needs scipy.sparse, which an experiment
+# that does not touch DCR should not pay for: the problem registry imports this package)
+_WHERE = {
+    **dict.fromkeys(("GENERATOR_VERSION", "N_MEASUREMENTS", "N_PARAMS", "PARAM_NAMES",
+                     "DCRConfig"), "config"),
+    **dict.fromkeys(("cached_dcr", "dcr_split", "generate_dcr", "load_dcr", "sample_prior",
+                     "save_dcr"), "dataset"),
+    **dict.fromkeys(("Mesh2D", "assemble_operator", "dipole_response", "divergence", "gradient",
+                     "harmonic_average", "solve_potentials"), "finite_volume"),
+    **dict.fromkeys(("build_mesh", "electrode_layout", "forward_operator", "log_conductivity",
+                     "simulate"), "simulation"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
 
 __all__ = [
     "GENERATOR_VERSION",

@@ -11,7 +11,6 @@ import numpy as np
 from ...config import ExperimentConfig, ExperimentError
 from ..base import Problem, Split
 from ..paths import optional_file
-from .dataset import cached_dcr, dcr_split, load_dcr
 
 
 class DCR(Problem):
@@ -29,6 +28,8 @@ class DCR(Problem):
 
     def load(self, cfg: ExperimentConfig, data_path: str | None,
              progress: bool) -> dict[str, Any]:
+        from .dataset import cached_dcr, load_dcr  # (scipy.sparse: only when DCR runs)
+
         p = optional_file(data_path)
         if p is not None:
             return load_dcr(p)
@@ -37,6 +38,8 @@ class DCR(Problem):
                           progress=progress, workers=int(d.get("workers", 1)))
 
     def split(self, cfg: ExperimentConfig, raw: dict[str, Any], seed: int) -> Split:
+        from .dataset import dcr_split
+
         d = cfg.data
         data = dict(raw)
         perm = np.random.default_rng(int(seed)).permutation(len(data["Y"]))
