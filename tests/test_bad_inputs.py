@@ -895,33 +895,7 @@ def test_malicious_pickle_is_refused_by_the_loader(tmp_path):
 
 
 # ------------------------------------------------------------------ crash safety: kill -9, resume
-TINY_CDR = """
-name = "tiny-cdr"
-problem = "cdr"
-metric = "rel_err"
-loss = "least_squares"
-levels = 3
-default_methods = ["gnvpro", "lbfgs-vpro"]
-default_seeds = "0"
-[data]
-n_train = 400
-n_val = 200
-n_test = 200
-[model]
-kind = "resnet"
-width = 6
-n_nodes = 2
-T = 1.0
-n_steps = 1
-[train]
-alpha_w = 1e-10
-alpha_theta = 1e-10
-[methods.gnvpro]
-max_work = 60
-max_krylov = 5
-[methods.lbfgs-vpro]
-max_work = 60
-"""
+TINY_CDR = (Path(__file__).parent / "data" / "tiny_cdr.toml").read_text()
 
 
 def _numbers(out: Path) -> dict:

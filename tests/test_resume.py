@@ -12,44 +12,7 @@ from gnvpro.threads import intra_op_threads
 from gnvpro_experiments import load_config, run_experiment, runner
 from gnvpro_experiments.problems.cdr import default_cdr_path
 
-CDR = """
-name = "tiny-cdr"
-problem = "cdr"
-metric = "rel_err"
-loss = "least_squares"
-levels = 2
-default_seeds = "0"
-[data]
-n_train = 200
-n_val = 100
-n_test = 100
-[model]
-kind = "resnet"
-width = 6
-n_nodes = 2
-T = 1.0
-n_steps = 1
-[train]
-alpha_w = 1e-10
-alpha_theta = 1e-10
-[methods.gnvpro]
-max_work = 60
-max_krylov = 5
-[methods.gnvpro-tn]
-max_work = 60
-subproblem = "tn"
-max_krylov = 5
-[methods.gn]
-max_work = 60
-max_krylov = 5
-[methods.lbfgs-vpro]
-max_work = 60
-[methods.adam]
-epochs = 4
-lr = 1e-2
-batch_size = 20
-keep_best_val = true
-"""
+CDR = (Path(__file__).parent / "data" / "tiny_cdr.toml").read_text()
 ELLIPSE = (Path(load_config("ellipse").source).read_text()
            .replace("n_per_class = 7000", "n_per_class = 300")
            .replace("n_train = 5000", "n_train = 300")
