@@ -158,20 +158,27 @@ class FirstOrder(ModelMethod):
                 "iteration": self.iteration, "started": self.reg is not None}
 
     def load_state_dict(self, sd: dict) -> None:
+        """Restore a state_dict() (checked first: a refused dict changes nothing); the model
+        keeps its weights (no new W*(θ0))."""
         if not isinstance(sd, dict) or sd.get("method") != "FirstOrder":
             raise ValueError("not a FirstOrder state dict")
         if sd.get("config") != self.config.to_dict():
             raise ValueError("the state dict was saved with other settings: create "
                              "FirstOrder(..., config=FirstOrderConfig(**sd['config']))")
-        self.optimizer.load_state_dict(sd["optimizer"])
-        self.generator.set_state(sd["generator"])
-        self.work = check_real("state_dict['work']", sd["work"], low=0.0)
-        self.seconds = check_real("state_dict['seconds']", sd.get("seconds", 0.0), low=0.0)
-        self.inner_seconds = check_real("state_dict['inner_seconds']",
-                                        sd.get("inner_seconds", 0.0), low=0.0)
-        self.iteration = check_real("state_dict['iteration']", sd["iteration"], integer=True,
-                                    low=0)
+        counters = [check_real(f"state_dict[{k!r}]", sd.get(k, 0.0), low=0.0)
+                    for k in ("work", "seconds", "inner_seconds")]
+        iteration = check_real("state_dict['iteration']", sd.get("iteration"), integer=True,
+                               low=0)
+        backup = self.optimizer.state_dict()
+        try:
+            self.optimizer.load_state_dict(sd["optimizer"])
+            self.generator.set_state(sd["generator"])
+        except Exception:
+            self.optimizer.load_state_dict(backup)
+            raise
+        self.work, self.seconds, self.inner_seconds = counters
+        self.iteration = iteration
         self._batch.forget()
-        if sd.get("started"):  # keep the model's W: no new W*(θ0)
+        if sd.get("started"):
             layout = ParamLayout.of(self.split.feature_params())
             self.reg = Regularizer(self.alpha_theta, layout, self.regularizer)
