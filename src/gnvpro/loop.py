@@ -291,13 +291,11 @@ def _check_val(method: Method, x: Tensor, val: object) -> None:
     if not isinstance(val, tuple | list) or len(val) != 2:
         raise TypeError(f"val must be a pair (x_val, y_val) of tensors, got {describe(val)}")
     xv, yv = val
-    split = getattr(method, "split", None)
-    if split is not None:
-        check_batch(split, xv, yv, "val[0] (x_val)", "val[1] (y_val)")
-        if isinstance(x, Tensor) and xv.shape[1:] != x.shape[1:]:
-            raise ValueError(f"val[0] (x_val) has samples of shape {tuple(xv.shape[1:])} but x "
-                             f"has {tuple(x.shape[1:])}: they must match")
-        try:
-            method.loss.prepare_targets(yv, split.n_outputs)
-        except ValueError as e:
-            raise ValueError(f"val[1] (y_val): {e}") from None
+    check_batch(method.split, xv, yv, "val[0] (x_val)", "val[1] (y_val)")
+    if isinstance(x, Tensor) and xv.shape[1:] != x.shape[1:]:
+        raise ValueError(f"val[0] (x_val) has samples of shape {tuple(xv.shape[1:])} but x "
+                         f"has {tuple(x.shape[1:])}: they must match")
+    try:
+        method.loss.prepare_targets(yv, method.split.n_outputs)
+    except ValueError as e:
+        raise ValueError(f"val[1] (y_val): {e}") from None

@@ -225,6 +225,7 @@ def trust_region_step(
     )
     inner = getattr(trial, "inner", None)
     inner_seconds = state.inner_seconds + (inner.seconds if inner else 0.0)
+    status = _inner_status(state, trial)  # of the trial at s (before any extrapolation)
     if outcome is StepOutcome.REJECTED:
         keep = state.basis if cfg.subproblem == "lanczos" else None
         new = replace(state, radius=radius, basis=keep, work=work)
@@ -240,12 +241,6 @@ def trust_region_step(
         new = replace(state, pt=trial, g=g, radius=radius, basis=None, work=work + 1)
     new = replace(new, iteration=state.iteration + 1, inner_seconds=inner_seconds,
                   seconds=state.seconds + time.perf_counter() - t0)
-    status = "ok"
-    here = getattr(state.pt, "inner", None)
-    if here is not None and not here.converged:  # e.g. at the starting point
-        status = f"inner solve at the current point not converged: {here.message}"
-    if inner is not None and not inner.converged:
-        status = f"inner solve not converged: {inner.message}"
     info = StepInfo(
         iteration=new.iteration,
         loss=new.pt.value,
@@ -270,6 +265,7 @@ def trust_region_step(
 
 
 def _inner_status(state: SolverState, trial: Any) -> str:
+    """A step's status: the trial's unconverged inner solve, else the current point's, or ok."""
     here = getattr(state.pt, "inner", None)
     inner = getattr(trial, "inner", None)
     if inner is not None and not inner.converged:

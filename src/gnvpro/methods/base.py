@@ -47,6 +47,7 @@ class Iterate:
 @runtime_checkable
 class Method(Protocol):
     model: nn.Module
+    split: HeadSplit  # the model split at its affine head
     loss: Loss
     work: float
     seconds: float

@@ -25,7 +25,7 @@ from ..reduce import SampleReducer
 from ..regularizer import LinearMap, Regularizer
 from ..solver import StepInfo, Termination
 from ..validate import check_real
-from ..varpro import ReducedObjective, WarmStart
+from ..varpro import ReducedObjective, WarmStart, batch_targets
 from .base import InnerSettings, Iterate, ModelMethod
 
 __all__ = ["FirstOrder", "FirstOrderConfig", "OPTIMIZERS"]
@@ -86,20 +86,21 @@ class FirstOrder(ModelMethod):
         if self._batch.same(x, y):
             return
         t0 = time.perf_counter()
-        obj = ReducedObjective(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
-                               B=self.regularizer, inner=self.config.inner())
-        check_head_is_last(self.split, x[: min(len(x), 16)])
         if self.reg is None:  # the common start: θ0 with W*(θ0)
+            obj = ReducedObjective(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
+                                   B=self.regularizer, inner=self.config.inner())
+            check_head_is_last(self.split, x[: min(len(x), 16)])
             pt = obj.evaluate(self.theta(), WarmStart(self.split.head_weights().to(torch.float64)))
             self.split.set_head_weights(pt.W)
             self.reg = Regularizer(self.alpha_theta, obj.features.layout, self.regularizer)
             self._current = Iterate(pt.value, pt.loss, pt.S)
             self.work += 2.0
             self.inner_seconds += pt.inner.seconds
-        else:
+            C = obj.C
+        else:  # a new batch: its targets (Φ on it is evaluated when a record asks)
+            C = batch_targets(self.split, self.loss, x, y)
             self._current = None
-        dtype = self.split.head.weight.dtype
-        self._xC = (x, obj.C.to(device=x.device, dtype=dtype))
+        self._xC = (x, C.to(device=x.device, dtype=self.split.head.weight.dtype))
         self.seconds += time.perf_counter() - t0
         self._batch.remember(x, y)
 
