@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -49,9 +51,19 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Method
     """Write checkpoint_state(model, optimizer, **extra) to path atomically (a crash leaves the
     previous file)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint_state(model, optimizer, **extra), tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()  # serialised in memory: a full disk is an OSError naming the file
+    torch.save(checkpoint_state(model, optimizer, **extra), buf)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a failed write leaves no temporary file
+        if isinstance(e, OSError) and not e.filename:  # a full disk: name the file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Method) -> dict:
@@ -61,7 +73,12 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Method
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        text = str(e).strip()
+        if "weights only load failed" in text.lower() or "weights_only" in text:
+            why = "it holds objects other than tensors and plain data, so it was not unpickled"
+        else:
+            why = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+        raise ValueError(f"{path}: not a readable checkpoint ({why})") from None
     return restore(model, optimizer, state)
 
 

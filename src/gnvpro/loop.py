@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 
 import torch
@@ -73,6 +73,12 @@ class KeepBest:
     or lowest loss for regression; ties keep the earlier) and marks records best_val."""
 
     def __init__(self, model: nn.Module, classification: bool) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"KeepBest(model=...) must be the nn.Module being trained, got "
+                            f"{describe(model)}")
+        if not isinstance(classification, bool):
+            raise TypeError(f"KeepBest(classification=...) must be True (accuracy) or False "
+                            f"(loss), got {describe(classification)}")
         self.model, self.classification = model, classification
         self.score, self.state = -math.inf, None
 
@@ -106,21 +112,76 @@ def _check_budget(max_work: float | None, max_iter: int | None, max_seconds: flo
     return max_work, max_iter, max_seconds
 
 
-def _check_batches(batches: object) -> list[tuple[Tensor, Tensor]]:
+_METHOD_API = ("set_batch", "step", "current", "termination", "state_dict", "load_state_dict")
+
+
+def _check_method(method: object) -> None:
+    """``method`` follows the protocol of gnvpro.methods.base.Method."""
+    missing = [a for a in _METHOD_API if not callable(getattr(method, a, None))]
+    missing += [a for a in ("model", "split", "loss", "work", "seconds", "inner_seconds")
+                if not hasattr(method, a)]
+    if missing:
+        raise TypeError(f"method must be a gnvpro method (GNvpro, LBFGSVarPro, "
+                        f"JointGaussNewton, FirstOrder or one with their protocol), got "
+                        f"{describe(method)} without {', '.join(missing)}")
+
+
+def _check_batches(method: Method, batches: object) -> list[tuple[Tensor, Tensor]]:
+    """The batches as a list of (x, y), each checked for the model (types, shapes, dtype,
+    device, widths, finite values, targets) before anything is trained."""
     if isinstance(batches, tuple) and len(batches) == 2 and isinstance(batches[0], Tensor):
         raise TypeError("batches must be a sequence of (x, y) pairs: pass [(x, y)] for "
                         "full-batch training")
-    try:
-        out = list(batches)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(f"batches must be a sequence of (x, y) pairs, got "
-                        f"{describe(batches)}") from None
+    if isinstance(batches, Iterator) or not isinstance(batches, Sized) or \
+            not hasattr(batches, "__getitem__") or isinstance(batches, str | bytes | Tensor):
+        raise TypeError(f"batches must be a sequence of (x, y) pairs with a length (a list or "
+                        f"tuple; fit reads it once per epoch), got {describe(batches)}: pass "
+                        "list(...) of a finite iterable")
+    out = list(batches)
     if not out:
         raise ValueError("batches is empty: give at least one (x, y) batch")
     for i, b in enumerate(out):
         if not (isinstance(b, tuple | list) and len(b) == 2):
             raise TypeError(f"batches[{i}] must be a pair (x, y), got {describe(b)}")
+        where = "" if len(out) == 1 else f"batches[{i}]: "
+        check_batch(method.split, b[0], b[1], f"{where}x", f"{where}y")
+        if i and b[0].shape[1:] != out[0][0].shape[1:]:
+            raise ValueError(f"batches[{i}]: x has samples of shape {tuple(b[0].shape[1:])} but "
+                             f"batches[0] has {tuple(out[0][0].shape[1:])}: they must match")
+        try:
+            method.loss.prepare_targets(b[1], method.split.n_outputs)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}y: {e}") from None
     return [tuple(b) for b in out]  # type: ignore[misc]
+
+
+def _check_hooks(callback: object, callbacks: object, checkpoint: object,
+                 checkpoint_every: object) -> tuple[list[Callback], float]:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {describe(callback)}")
+    if not isinstance(callbacks, list | tuple):
+        raise TypeError(f"callbacks must be a list of callables, got {describe(callbacks)}")
+    for i, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise TypeError(f"callbacks[{i}] must be callable (record -> bool | None), got "
+                            f"{describe(cb)}")
+    if checkpoint is not None and not callable(checkpoint):
+        raise TypeError(f"checkpoint must be callable (history -> None) or None, got "
+                        f"{describe(checkpoint)}")
+    every = check_real("checkpoint_every", checkpoint_every, low=0.0, finite=False)
+    return [*callbacks, *([callback] if callback is not None else [])], every
+
+
+def _check_start(start: object, n_batches: int, epochs: int) -> Position:
+    if start is None:
+        return Position()
+    if not isinstance(start, Position):
+        raise TypeError(f"start must be a gnvpro.loop.Position or None, got {describe(start)}")
+    check_real("start.epoch", start.epoch, integer=True, low=1, high=epochs)
+    check_real("start.batch", start.batch, integer=True, low=0, high=n_batches - 1)
+    check_real("start.k", start.k, integer=True, low=0)
+    check_real("start.work", start.work, low=0.0)
+    return start
 
 
 def fit(
@@ -146,26 +207,32 @@ def fit(
 
     record_start: record 0 describes the starting point (after the first evaluation).
     checkpoint(history) is called at most every ``checkpoint_every`` wall seconds, after a
-    record (the caller saves the model, method.state_dict(), the records and
-    history.position). start: continue a schedule from a checkpoint's position (the method
-    restored by load_state_dict; the budgets are those left)."""
-    batches = _check_batches(batches)
+    record, and after the record at which a callback stops the run (the caller saves the
+    model, method.state_dict(), the records and history.position). start: continue a schedule
+    from a checkpoint's position (the method restored by load_state_dict; the budgets are those
+    left). Everything is checked before the first step: the method, every batch (errors name
+    batches[i]), the budgets (one is needed unless steps_per_batch bounds the schedule), the
+    callbacks and the checkpoint hook."""
+    _check_method(method)
+    batches = _check_batches(method, batches)
+    epochs = check_real("epochs", epochs, integer=True, low=1)
     single = len(batches) == 1 and epochs == 1
+    if steps_per_batch is not None:
+        steps_per_batch = check_real("steps_per_batch", steps_per_batch, integer=True, low=1)
     max_work, max_iter, max_seconds = _check_budget(
-        max_work, max_iter, max_seconds, unbounded=single and steps_per_batch is None)
+        max_work, max_iter, max_seconds, unbounded=steps_per_batch is None)
+    largest = max(len(x) for x, _ in batches)
     if n_samples is None:
         n_samples = sum(len(x) for x, _ in batches) if not single else len(batches[0][0])
     n_samples = check_real("n_samples", n_samples, integer=True, low=1)
-    epochs = check_real("epochs", epochs, integer=True, low=1)
-    if steps_per_batch is not None:
-        steps_per_batch = check_real("steps_per_batch", steps_per_batch, integer=True, low=1)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable or None, got {describe(callback)}")
-    callbacks = [*callbacks, *([callback] if callback is not None else [])]
+    if n_samples < largest:
+        raise ValueError(f"n_samples ({n_samples}) is smaller than a batch ({largest} samples): "
+                         "give the number of training samples (the work of a step on a batch "
+                         "of b samples counts b / n_samples)")
+    callbacks, checkpoint_every = _check_hooks(callback, callbacks, checkpoint, checkpoint_every)
     if val is not None:
         _check_val(method, batches[0][0], val)
-
-    start = start or Position()
+    start = _check_start(start, len(batches), epochs)
     x0, y0 = batches[start.batch]
     work = method.work
     method.set_batch(x0, y0)
@@ -242,8 +309,9 @@ def fit(
                     term = Termination.DIVERGED
                 elif any(stop):
                     term = Termination.STOPPED
-                if checkpoint is not None and \
-                        time.perf_counter() - last_checkpoint >= checkpoint_every:
+                if checkpoint is not None and (term is Termination.STOPPED or
+                                               time.perf_counter() - last_checkpoint
+                                               >= checkpoint_every):
                     checkpoint(hist)
                     last_checkpoint = time.perf_counter()
                 if term is not Termination.RUNNING:

@@ -8,14 +8,23 @@
     gnvpro report DIR
     gnvpro data dcr --n N --seed S --out PATH
 
-User errors (a missing data file, an unknown experiment or method, ...) print one line to stderr
-and exit with code 2.
+User errors (a missing data file, an unknown experiment or method, a setting out of range, a
+full disk, a corrupt checkpoint, ...) print one line to stderr and exit with code 2; an internal
+error (a bug) prints its traceback and a line that says so, exit code 1. SIGINT and SIGTERM stop
+``gnvpro run`` after the current step with a checkpoint and a line that says how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import linecache
+import os
+import shlex
+import signal
 import sys
+import traceback
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,9 +121,21 @@ def _set_threads(n: int | None) -> None:
     """torch intra-op threads: n, or 1 by default (gnvpro.threads explains why)."""
     import torch
 
-    if n is not None and n < 1:
-        raise _Usage(f"--threads must be >= 1, got {n}")
+    if n is not None and not 1 <= n <= MAX_THREADS:
+        raise _Usage(f"--threads must be in [1, {MAX_THREADS}], got {n}")
     torch.set_num_threads(1 if n is None else n)
+
+
+MAX_THREADS = 1024
+MAX_DCR_SAMPLES = 10**7
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Range checks of run's numeric options that no later layer makes (never clamped; the
+    config checks --levels, --subset and --epochs >= 1, the runner the budgets and memory)."""
+    if args.levels is not None and args.levels > 64:
+        raise _Usage(f"--levels {args.levels}: every level doubles the network; use at most "
+                     "64 (a few in practice)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -122,6 +143,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .report import summary_table
     from .runner import run_experiment
     from .selection import parse_methods, parse_seeds
+    from .store import resumable
+
+    _check_numbers(args)
 
     cfg = load_config(args.experiment).with_levels(args.levels).with_epochs(args.epochs)
     cfg = cfg.with_data(subset=args.subset).with_jvp_mode(args.jvp_mode)
@@ -130,6 +154,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, cfg)
     seeds = parse_seeds(args.seeds, cfg)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    if args.resume and not resumable(out.expanduser()):
+        raise _Usage(f"--resume: {out} holds no runs to resume; run without --resume to start "
+                     "them")
     summary = run_experiment(cfg, out, methods, seeds, data_path=args.data, device=args.device,
                              budget_scale=args.budget_scale, progress=not args.no_progress,
                              resume=args.resume, checkpoint_every=args.checkpoint_every)
@@ -150,31 +177,104 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise _Usage(f"--n must be >= 1, got {args.n}")
+    if args.n > MAX_DCR_SAMPLES:
+        raise _Usage(f"--n must be <= {MAX_DCR_SAMPLES}, got {args.n}")
     if args.seed < 0:
         raise _Usage(f"--seed must be >= 0, got {args.seed}")
+    if args.workers < 1:
+        raise _Usage(f"--workers must be >= 1, got {args.workers}")
     if Path(args.out).is_dir():
         raise _Usage(f"--out {args.out} is a directory; give the path of the .npz file to write")
     path = save_dcr(args.out, generate_dcr(args.n, args.seed, progress=True,
-                                           workers=max(1, args.workers)))
+                                           workers=args.workers))
     print(f"wrote {path}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gnvpro`` console script; returns the exit code."""
+_OWN = tuple(os.path.dirname(os.path.abspath(m)) for m in (__file__,))
+
+
+def _packages() -> tuple[str, ...]:
+    """The source directories of gnvpro and gnvpro_experiments."""
+    import gnvpro
+
+    return (os.path.dirname(os.path.abspath(gnvpro.__file__)), *_OWN)
+
+
+def _raised_on_purpose(e: BaseException) -> bool:
+    """Whether ``e`` was raised by a ``raise`` statement of gnvpro or gnvpro_experiments (their
+    argument checks: a user error), not by Python or another library in the middle of a
+    computation (a bug)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    last = traceback.extract_tb(tb)[-1]
+    fname = os.path.abspath(last.filename)
+    if not any(fname.startswith(d + os.sep) for d in _packages()):
+        return False
+    line = last.line or linecache.getline(last.filename, last.lineno or 0)
+    return line.lstrip().startswith("raise ")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of a user error, or None for an internal error (a bug)."""
     from .config import ExperimentError
 
-    args = _parser().parse_args(None if argv is None else list(argv))
+    if isinstance(e, ExperimentError | _Usage):
+        return _one_line(e)
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"no space left on the device{where}: free some space or choose another "
+                    "--out (the files written so far are intact)")
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"permission denied{where}: {e.strerror or e}"
+        return _one_line(e)
+    if isinstance(e, ValueError | TypeError | IndexError | KeyError) and _raised_on_purpose(e):
+        return _one_line(e)
+    return None
+
+
+def _resume_command(argv: Sequence[str]) -> str:
+    args = list(argv)
+    return shlex.join(["gnvpro", *args, *([] if "--resume" in args else ["--resume"])])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gnvpro`` console script; returns the exit code."""
+    from .stop import Interrupted, handle_signals
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
     handler = {"demo": _cmd_demo, "run": _cmd_run, "report": _cmd_report, "data": _cmd_data}
+    cmd = f"gnvpro {args.command}"
     try:
-        return handler[args.command](args)
-    except (ExperimentError, _Usage, OSError) as e:  # OSError: missing, unreadable, read-only
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"gnvpro {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        with handle_signals() if args.command == "run" else contextlib.nullcontext():
+            return handler[args.command](args)
+    except Interrupted as e:
+        print(f"{cmd}: stopped by {signal.Signals(e.signum).name}; unfinished runs are "
+              f"checkpointed: continue them with `{_resume_command(argv)}`", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print("gnvpro: interrupted", file=sys.stderr)
+        again = (f": continue from the last checkpoint with `{_resume_command(argv)}`"
+                 if args.command == "run" else "")
+        print(f"{cmd}: interrupted{again}", file=sys.stderr)
         return 130
+    except Exception as e:
+        msg = user_error(e)
+        if msg is None:
+            traceback.print_exc()
+            print(f"{cmd}: internal error (a bug in gnvpro, not in your input; please report "
+                  f"it with the traceback above): {type(e).__name__}: {_one_line(e)}",
+                  file=sys.stderr)
+            return 1
+        print(f"{cmd}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

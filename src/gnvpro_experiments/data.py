@@ -5,13 +5,18 @@ errors for unusable data."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
+import os
 import pickle
 import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -143,3 +148,77 @@ def _regularizer(cfg: ExperimentConfig, model: nn.Sequential):
 
         return time_smoothness(model)
     return None
+
+
+def data_fingerprint(raw: Any, data_path: str | None) -> dict:
+    """What identifies the data a run reads, wherever it was found (--data, $GNVPRO_DATA, the
+    shared directory): {"source", "size" (bytes), "sha256"} of the files a problem's ``load``
+    returned (a path: the file, or every file of a directory), or of the arrays it read."""
+    h = hashlib.sha256()
+    size = 0
+    source = None if data_path is None else str(Path(data_path).expanduser().resolve())
+
+    def feed(obj: Any) -> None:
+        nonlocal size, source
+        if isinstance(obj, Path) and obj.exists():
+            p = Path(obj)
+            source = source or str(p.resolve())
+            files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+            for f in files:
+                h.update(str(f.relative_to(p) if f != p else f.name).encode() + b"\0")
+                with open(f, "rb") as fh:
+                    while chunk := fh.read(1 << 22):
+                        h.update(chunk)
+                        size += len(chunk)
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                h.update(str(k).encode() + b"\0")
+                feed(obj[k])
+        elif isinstance(obj, list | tuple):
+            for v in obj:
+                feed(v)
+        elif isinstance(obj, np.ndarray | torch.Tensor):
+            a = obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else obj
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+            size += a.nbytes
+        elif obj is not None:
+            h.update(repr(obj).encode())
+
+    feed(raw)
+    if source is None:
+        source = "generated from the settings" if raw is None else "the default data file"
+    return {"source": source, "size": size, "sha256": h.hexdigest()}
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory (bytes; 2**40 where it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return 2**40
+
+
+def check_levels(cfg: ExperimentConfig, methods: list[str]) -> None:
+    """Refuse a level count whose last network would not fit in memory: every level doubles the
+    residual network's weight grid (n_nodes → 2·n_nodes − 1), and the Gauss-Newton methods hold
+    a few dozen vectors of its size."""
+    mem = _memory_bytes()
+    for m in methods:
+        levels, model = cfg.method_levels(m), cfg.method_model(m)
+        if levels <= 1 or model.get("kind") != "resnet":
+            continue
+        width, nodes = int(model["width"]), int(model.get("n_nodes", 2))
+        if levels > 64:
+            need = math.inf
+        else:
+            nodes = 2 ** (levels - 1) * (nodes - 1) + 1
+            need = 32 * nodes * (width * width + width) * 8
+            if model.get("steps_follow_grid"):  # one layer per interval: activations grow too
+                need += 4 * (nodes - 1) * int(cfg.data.get("n_train") or 1000) * width * 8
+        if need > mem:
+            raise ExperimentError(
+                f"{levels} levels: the last network of {m} would have {nodes} nodes and need "
+                f"about {min(need, 2**80) / 2**30:.3g} GiB, more than this machine's "
+                f"{mem / 2**30:.0f} GiB; use fewer levels (--levels)")

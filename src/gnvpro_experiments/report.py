@@ -285,6 +285,47 @@ def best_run(root: Path, summary: dict) -> tuple[str, Path] | None:
     return None
 
 
+def _history_state(f: Path) -> str | None:
+    """'no records', 'only non-finite losses' or None (a usable history) of a history.jsonl."""
+    try:
+        recs = _read_history(f) if f.is_file() else []
+    except ExperimentError as e:
+        return str(e)
+    if not recs:
+        return "no records"
+    losses = [r.get("loss") for r in recs]
+    if not any(isinstance(v, int | float) and math.isfinite(v) for v in losses):
+        return "only non-finite losses"
+    return None
+
+
+def run_notes(root: Path, summary: dict) -> list[str]:
+    """One line per run directory that is not a usable row of the table: a run in progress or
+    killed (no final.json; with or without a checkpoint), or a finished run whose history is
+    empty or all NaN (its curves are left out of the figures)."""
+    lines = []
+    for d in sorted(root.glob("*/seed-*")):
+        if not d.is_dir():
+            continue
+        name = f"{d.parent.name} {d.name}"
+        state = _history_state(d / "history.jsonl")
+        if not (d / "final.json").is_file():
+            ck = "a checkpoint to --resume from" if (d / "checkpoint.pt").is_file() else \
+                "no checkpoint yet"
+            n = 0 if state == "no records" else len(_safe_lines(d / "history.jsonl"))
+            lines.append(f"- {name}: not finished (in progress or killed; {n} records, {ck})")
+        elif state is not None:
+            lines.append(f"- {name}: finished, but its history has {state} (no curves)")
+    return lines
+
+
+def _safe_lines(f: Path) -> list[str]:
+    try:
+        return [x for x in f.read_text().splitlines() if x.strip()]
+    except OSError:
+        return []
+
+
 def report(dir: str | Path) -> str:
     """Write DIR/report.md and the PNG figures; return the markdown."""
     root = Path(dir).expanduser()
@@ -306,7 +347,10 @@ def report(dir: str | Path) -> str:
     notes: list[str] = []
     problem = _registered(_problem_of(root, methods))
     if problem is not None:
-        more, note = problem.figures(root, summary)
+        try:
+            more, note = problem.figures(root, summary)
+        except ExperimentError as e:  # one run's files: the rest of the report still stands
+            more, note = [], f"The {problem.name} figures could not be drawn: {e}\n"
         figs += more
         if note:
             notes.append(note)
@@ -319,6 +363,9 @@ def report(dir: str | Path) -> str:
                      f"val {f['val']:.4g}, test {f['test']:.4g}, "
                      f"{ref['work_units'][-1]:.0f} work units.\n")
     parts += notes
+    pending = run_notes(root, summary)
+    if pending:
+        parts += ["## Runs not in the table or the figures\n", *pending, ""]
     parts.append("## Figures\n")
     parts += [f"![{p.stem}]({p.name})" for p in figs]
     md = "\n".join(parts) + "\n"

@@ -40,7 +40,9 @@ from gnvpro.losses import make_loss
 from gnvpro.metrics import prediction_metrics
 from gnvpro.progress import bar as progress_bar
 from gnvpro.progress import on_terminal
+from gnvpro.solver import Termination
 
+from . import stop
 from .config import ExperimentConfig, ExperimentError
 from .data import (
     _check_split_finite,
@@ -49,6 +51,8 @@ from .data import (
     build_data,
     build_final_model,
     build_model,
+    check_levels,
+    data_fingerprint,
     load_problem_data,
     predict,
     problem_of,
@@ -68,11 +72,12 @@ from .store import (
     _write_text,
     earlier_summary,
     finished_row,
+    run_lock,
     seed_label,
     to_jsonable,
     write_summary,
 )
-from .train import train
+from .train import ResumeError, check_budget, train
 
 __all__ = [
     "build_data", "build_final_model", "build_model", "load_problem_data", "predict",
@@ -104,19 +109,38 @@ def final_metrics(cfg: ExperimentConfig, model: nn.Module, data: Split) -> dict:
 def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, seed: int | str,
             run_dir: Path, budget_scale: float, device: str, progress: bool,
             data_path: str | None = None, resume: bool = False,
-            checkpoint_every: float = 300.0) -> dict:
+            checkpoint_every: float = 300.0, fingerprint: dict | None = None) -> dict | None:
     """Train one method from θ0 through all levels; write the run's files; return its summary.
 
     A finished run (its final.json, written last, exists) is never rerun or rewritten: its row
-    is returned. After every level but the last, and inside a level at most every
-    ``checkpoint_every`` seconds, a checkpoint (model, history, counters, RNG state, and inside
-    a level the optimiser state and the schedule position) is written atomically; with
-    ``resume`` a killed run continues from it.
+    is returned. A run is trained under its lock (store.run_lock): a run that another live
+    process holds is skipped with a one-line message (None is returned). After every level but
+    the last, and inside a level at most every ``checkpoint_every`` seconds, a checkpoint
+    (model, history, counters, RNG state, and inside a level the optimiser state and the
+    schedule position) is written atomically; with ``resume`` a killed run continues from it.
     """
     done = finished_row(run_dir, seed, cfg.metric)
     if done is not None:
         return done
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) as holder:
+        if holder is not None:
+            print(f"gnvpro run: {method} {seed_label(seed)} is being run by process {holder} "
+                  f"({run_dir}); skipped: that process adds it to summary.json",
+                  file=sys.stderr, flush=True)
+            return None
+        done = finished_row(run_dir, seed, cfg.metric)  # finished while we waited for the lock
+        if done is not None:
+            return done
+        return _run_locked(cfg, method, model0, data, seed, run_dir, budget_scale, device,
+                           progress, data_path, resume, checkpoint_every, fingerprint)
+
+
+def _run_locked(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split,
+                seed: int | str, run_dir: Path, budget_scale: float, device: str,
+                progress: bool, data_path: str | None, resume: bool,
+                checkpoint_every: float, fingerprint: dict | None) -> dict:
+    """run_one's work, with the run's lock held."""
+    stop.check()
     n_levels = cfg.method_levels(method)
     follow = bool(cfg.method_model(method).get("steps_follow_grid", False))
     model = copy.deepcopy(model0).to(device)
@@ -127,10 +151,20 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
     ckpt = run_dir / CHECKPOINT
     if resume and ckpt.is_file():
         model, state, mid = _load_checkpoint(ckpt, model, follow, device)
-        history, level_cfgs, offset = state["history"], state["level_cfgs"], state["offset"]
-        first, wall0 = state["level"] + 1, state["wall"]
-    elif ckpt.exists():
-        ckpt.unlink()  # no --resume: start afresh
+        try:
+            history, level_cfgs, offset = state["history"], state["level_cfgs"], state["offset"]
+            first, wall0 = int(state["level"]) + 1, float(state["wall"])
+            if not 1 <= first <= n_levels:
+                raise ValueError(f"level {first - 1} of {n_levels} levels")
+        except (KeyError, TypeError, ValueError) as e:
+            raise ExperimentError(f"{ckpt} cannot be resumed (its state is not of this run: "
+                                  f"{e}); delete it to rerun that run from the start") from None
+    else:
+        if resume and progress:
+            print(f"gnvpro run: {method} {seed_label(seed)} has no checkpoint in {run_dir}: "
+                  "starting it from the beginning", file=sys.stderr, flush=True)
+        if ckpt.exists():
+            ckpt.unlink()  # no --resume: start afresh
     _write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     t_start = time.perf_counter()
     with (run_dir / "history.jsonl").open("a") as fh:
@@ -145,9 +179,14 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
                     "level": level - 1, "history": history, "level_cfgs": level_cfgs[:-1],
                     "offset": offset, "wall": wall0 + time.perf_counter() - t_start}, inside)
 
-            records = train(method, model, data, kw, checkpoint=save_mid,
-                            checkpoint_every=checkpoint_every,
-                            resume=mid if level == first else None)
+            try:
+                records = train(method, model, data, kw, checkpoint=save_mid,
+                                checkpoint_every=checkpoint_every,
+                                resume=mid if level == first else None)
+            except ResumeError as e:
+                raise ExperimentError(f"{ckpt} cannot be resumed ({e}); delete it to rerun "
+                                      "that run from the start") from None
+            _say_termination(method, seed, level, records)
             last = dict.fromkeys(_CUMULATIVE, 0.0)
             for i, rec in enumerate(records):
                 rec = to_jsonable(dict(rec))
@@ -174,6 +213,7 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
                 _save_checkpoint(ckpt, model, {
                     "level": level, "history": history, "level_cfgs": level_cfgs,
                     "offset": offset, "wall": wall0 + time.perf_counter() - t_start})
+                stop.check()
     wall = wall0 + time.perf_counter() - t_start
     fin = final_metrics(cfg, model, data)
     _torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -184,6 +224,7 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
         "architecture": repr(model),
         # what the report needs to rebuild the split and the network
         "data_path": None if data_path is None else str(Path(data_path).expanduser().resolve()),
+        "data": fingerprint,  # what was read, wherever it was found (size, sha256)
         "n_levels": cfg.method_levels(method),
         "split": _split_info(data),
     })
@@ -193,6 +234,28 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
     if ckpt.exists():
         ckpt.unlink()
     return _row(final, seed, cfg.metric)
+
+
+def _say_termination(method: str, seed: int | str, level: int, records: list[dict]) -> None:
+    """One line on stderr when a level diverged: the loop's Termination.DIVERGED (a non-finite
+    objective), or an objective that grew a millionfold; says which model the run keeps."""
+    first, last = records[0], records[-1]
+    loss0, loss = float(first.get("loss", math.nan)), float(last.get("loss", math.nan))
+    diverged = last.get("termination") == Termination.DIVERGED.value or not math.isfinite(loss)
+    grew = math.isfinite(loss0) and math.isfinite(loss) and loss > 1e6 * max(abs(loss0), 1e-300)
+    if not (diverged or grew):
+        return
+    best = [r for r in records if r.get("best_val")]
+    if best:
+        it = int(best[-1].get("iteration", 0))
+        kept = ("the start model θ0 was restored (the best validation metric)" if it == 0 else
+                f"the model of step {it} was restored (the best validation metric)")
+    else:
+        kept = "the model keeps the last iterate"
+    what = ("diverged (non-finite objective)" if diverged else
+            f"diverged (objective {loss0:.3g} → {loss:.3g})")
+    print(f"gnvpro run: {method} {seed_label(seed)} level {level} {what}; {kept}; try a smaller "
+          "step size", file=sys.stderr, flush=True)
 
 
 def _split_info(data: Split) -> dict:
@@ -232,15 +295,20 @@ def run_experiment(
         raise ExperimentError("--device cuda: no CUDA device is available")
     mlist = methods if isinstance(methods, list) else parse_methods(methods, cfg)
     slist = seeds if isinstance(seeds, list) else parse_seeds(seeds, cfg)
+    for m in mlist:
+        for level in range(1, cfg.method_levels(m) + 1):
+            check_budget(m, cfg.method_settings(m, level, budget_scale))
+    check_levels(cfg, mlist)
     out = _prepare_out(Path(out).expanduser())
     settings = {"config": cfg.to_dict(), "budget_scale": budget_scale, "device": device,
                 "data_path": None if data_path is None
                 else str(Path(data_path).expanduser().resolve())}
     settings = json.loads(json.dumps(to_jsonable(settings)))
     earlier_summary(out / "summary.json", settings)  # refuse a DIR of other settings up front
-    _claim(out, settings)
     with _data_errors(f"the data file {data_path or '(default)'} of {cfg.name} is unreadable"):
         raw = load_problem_data(cfg, data_path, progress)
+        fingerprint = data_fingerprint(raw, data_path)
+    note = _claim(out, settings, fingerprint)  # said at the end (errors stay one line)
     summary: dict = {"experiment": cfg.name, "metric": cfg.metric, "settings": settings,
                      "methods": {m: [] for m in mlist}}
     if "ref" in slist:
@@ -250,6 +318,7 @@ def run_experiment(
     bar = progress_bar(progress, len(mlist) * len(slist), "run", desc=cfg.name)
     try:
         for seed in slist:
+            stop.check()
             done = {m: finished_row(out / m / seed_label(seed), seed, cfg.metric) for m in mlist}
             if all(r is not None for r in done.values()):  # nothing left to do for this seed
                 for m, r in done.items():
@@ -271,12 +340,15 @@ def run_experiment(
                     m0 = build_model(cfg, data, seed, method)
                 row = run_one(cfg, method, m0, data_dev, seed,
                               out / method / seed_label(seed), budget_scale, device, progress,
-                              data_path, resume, checkpoint_every)
-                summary["methods"][method].append(row)
-                write_summary(out / "summary.json", summary)  # partial results survive a crash
+                              data_path, resume, checkpoint_every, fingerprint)
+                if row is not None:  # None: another process runs it
+                    summary["methods"][method].append(row)
+                    write_summary(out / "summary.json", summary)  # partial results survive
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    if note is not None:
+        print(f"gnvpro run: {note}", file=sys.stderr, flush=True)
     return write_summary(out / "summary.json", summary)

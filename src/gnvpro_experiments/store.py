@@ -4,6 +4,7 @@ rows and summary.json (merged under a file lock, one settings per directory)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -42,11 +43,26 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Write atomically (temporary file, then rename): a reader never sees half a file."""
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write atomically (temporary file, then rename): a reader never sees half a file, and a
+    failed write (a full disk, a read-only directory) leaves no temporary file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and not e.filename:  # a full disk: name the file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (_write_bytes)."""
+    _write_bytes(path, (json.dumps(to_jsonable(obj), indent=2) + "\n").encode())
 
 
 # what unreadable data files raise (corrupt, truncated, empty, wrong format)
@@ -75,16 +91,16 @@ def finished_row(run_dir: Path, seed: int | str, metric: str) -> dict | None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write text atomically (_write_bytes)."""
+    _write_bytes(path, text.encode())
 
 
 def _torch_save(obj: Any, path: Path) -> None:
-    """torch.save, atomically (temporary file and rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically: serialised in memory, then written by _write_bytes (so a full
+    disk is an OSError naming the file, not torch's stream-writer message)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _write_bytes(path, buf.getvalue())
 
 
 def _save_checkpoint(path: Path, model: nn.Module, state: dict, mid: dict | None = None) -> None:
@@ -112,14 +128,55 @@ def _load_checkpoint(path: Path, model0: nn.Module, follow: bool,
         for _ in range(int(state["level"])):
             model = refine_network(model, follow)
         model.load_state_dict(ck["model"])
+        bad = [k for k, v in ck["model"].items()
+               if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"the saved weights {bad[0]!r} hold NaN/Inf values")
         torch.set_rng_state(ck["rng"])
         mid = ck.get("mid")
         if mid is not None:
             mid = {**mid, "records": json.loads(mid["records"])}
     except Exception as e:  # corrupt or from another version: say so, do not guess
-        raise ExperimentError(f"{path} cannot be resumed ({type(e).__name__}: {e}); delete it "
-                              "to rerun that run from the start") from None
+        raise ExperimentError(f"{path} cannot be resumed ({_why(e)}); delete it to rerun that "
+                              "run from the start") from None
     return model.to(device), state, mid
+
+
+def _why(e: BaseException) -> str:
+    """One line on why a file could not be read (never torch's advice to unpickle it)."""
+    text = str(e).strip()
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        return "it holds objects other than tensors and plain data, so it was not unpickled"
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def settings_difference(old: Any, new: Any, where: str = "") -> str:
+    """The first setting in which ``old`` (a directory's) and ``new`` (this call's) differ, as
+    'NAME: A in the directory, B here' (an empty string when they are equal)."""
+    names = {"budget_scale": "--budget-scale", "device": "--device", "data_path": "--data"}
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*old, *(k for k in new if k not in old)]:
+            if old.get(k, _MISSING) != new.get(k, _MISSING):
+                key = names.get(k, k) if not where else f"{where}.{k}"
+                return settings_difference(old.get(k, _MISSING), new.get(k, _MISSING), key)
+        return ""
+    if old == new:
+        return ""
+
+    def show(v: Any) -> str:
+        return "(not set)" if v is _MISSING else json.dumps(v)[:60]
+
+    return f"{where or 'settings'}: {show(old)} in the directory, {show(new)} here"
+
+
+_MISSING = object()
+
+
+def _other_settings(out: Path, old: Any, new: dict) -> ExperimentError:
+    diff = settings_difference(old, new) or "unknown"
+    return ExperimentError(f"{out} holds results of a run with other settings ({diff}); "
+                           "choose another --out or repeat the directory's settings")
 
 
 def earlier_summary(path: Path, settings: dict) -> dict | None:
@@ -135,10 +192,7 @@ def earlier_summary(path: Path, settings: dict) -> dict | None:
         raise ExperimentError(f"{path} is not a gnvpro summary (no \"methods\" table): move it "
                               "away or choose another --out")
     if old.get("settings") != settings:
-        raise ExperimentError(
-            f"{path.parent} holds results of a run with other settings (config, --budget-scale, "
-            "--device, --data, --subset, --epochs or --levels differ); choose another --out"
-        )
+        raise _other_settings(path.parent, old.get("settings"), settings)
     return old
 
 
@@ -176,23 +230,135 @@ def _locked(lock: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _claim(out: Path, settings: dict) -> None:
-    """Mark DIR as a run directory of these settings; refuse one of other settings."""
-    marker = out / ".gnvpro-settings.json"
+MARKER = ".gnvpro-settings.json"
+_OWNER = ".gnvpro-settings.pid"
+DATA_MARKER = ".gnvpro-data.json"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def has_runs(out: Path) -> bool:
+    """Whether ``out`` holds anything of a run: summary.json, or a METHOD/seed-S directory with
+    records, a checkpoint or a final.json."""
+    if (out / "summary.json").exists():
+        return True
+    for d in out.glob("*/seed-*"):
+        if (d / "final.json").exists() or (d / CHECKPOINT).exists():
+            return True
+        h = d / "history.jsonl"
+        if h.is_file() and h.stat().st_size > 0:
+            return True
+    return False
+
+
+def resumable(out: Path) -> bool:
+    """Whether ``out`` is a run directory (a settings marker, summary.json or a run in it)."""
+    return out.is_dir() and ((out / MARKER).exists() or has_runs(out)
+                             or any(out.glob("*/seed-*")))
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _claim(out: Path, settings: dict, data: dict | None = None) -> str | None:
+    """Mark DIR as a run directory of these settings (and of this data fingerprint); refuse one
+    of other settings, naming the first setting that differs. The marker of a call that left no
+    run behind (it failed before any run started) and whose process has ended is replaced.
+    Returns a one-line note when the data fingerprint was recorded for a directory that had
+    none (written by an earlier version), else None."""
+    marker = out / MARKER
+    note = None
     with _locked(out / ".summary.json.lock"):
         if marker.is_file():
-            try:
-                old = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                old = None
+            old = _read_json_or_none(marker)
             if old != settings:
-                raise ExperimentError(
-                    f"{out} holds results of a run with other settings (config, --budget-scale, "
-                    "--device, --data, --subset, --epochs or --levels differ); choose another "
-                    "--out"
-                )
+                owner = _read_json_or_none(out / _OWNER)
+                live = isinstance(owner, int) and owner != os.getpid() and _alive(owner)
+                if has_runs(out) or live:
+                    raise _other_settings(out, old, settings)
+                _write_json(marker, settings)  # left by a failed call: nothing to protect
+                with contextlib.suppress(OSError):
+                    (out / DATA_MARKER).unlink()
         else:
             _write_json(marker, settings)
+        _write_json(out / _OWNER, os.getpid())
+        if data is not None:
+            dfile = out / DATA_MARKER
+            old_data = _read_json_or_none(dfile) if dfile.exists() else None
+            if old_data is None:
+                if has_runs(out):
+                    note = (f"recorded the data fingerprint of {out} ({data['size']} bytes, "
+                            f"sha256 {str(data['sha256'])[:12]}...): its runs had none, later "
+                            "calls must read the same data")
+                _write_json(dfile, data)
+            elif not same_data(old_data, data):
+                raise ExperimentError(
+                    f"{out} holds runs on other data ({_show_data(old_data)} in the directory, "
+                    f"{_show_data(data)} read now); give --data (or $GNVPRO_DATA) the "
+                    "directory's data, or choose another --out")
+    return note
+
+
+def same_data(a: Any, b: Any) -> bool:
+    """Whether two data fingerprints (size and hash) are of the same data."""
+    return isinstance(a, dict) and isinstance(b, dict) and \
+        (a.get("size"), a.get("sha256")) == (b.get("size"), b.get("sha256"))
+
+
+def _show_data(d: Any) -> str:
+    if not isinstance(d, dict):
+        return "an unreadable fingerprint"
+    return (f"{d.get('source', '?')}: {d.get('size', '?')} bytes, sha256 "
+            f"{str(d.get('sha256'))[:12]}...")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[int | None]:
+    """Hold the lock of one run (METHOD/seed-S) while it runs: yields None when it is held, or
+    the id of the live process that holds it (the caller then skips the run). The lock is a
+    POSIX flock on run_dir/.run.lock: a process that dies releases it, so a stale lock is taken
+    over. Where there is no flock (Windows) every run is treated as free."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield None
+        return
+    path = run_dir / ".run.lock"
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            text = fh.read().strip()
+            yield int(text) if text.isdigit() else -1
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield None
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
 
 
 def _prepare_out(out: Path) -> Path:

@@ -13,6 +13,7 @@ W*(θ0) (2 work units). Adding a method is one entry in METHODS.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,9 +35,17 @@ from gnvpro.methods import (
 )
 from gnvpro.validate import config_from_dict
 
+from . import stop
 from .problems.base import Split
 
-__all__ = ["METHODS", "MethodSpec", "config_keys", "train"]
+__all__ = ["METHODS", "MethodSpec", "ResumeError", "check_budget", "config_keys", "train"]
+
+NO_WORK_BUDGET = 1e12  # max_work at or above this: the iterations, epochs or seconds are the budget
+
+
+class ResumeError(ValueError):
+    """The training state to resume from does not fit this run (another method, settings or
+    schedule)."""
 
 _PAPER_TR = {"subproblem": "lanczos", "max_krylov": 20, "krylov_rtol": 1e-2}
 
@@ -91,6 +100,35 @@ def config_keys(name: str) -> set[str]:
     return keys
 
 
+def _count(settings: Mapping[str, Any], key: str, default: int) -> int:
+    """An integer setting (epochs, n_batches, iters_per_batch): refused when fractional."""
+    v = settings.get(key, default)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{key} must be a whole number >= 1, got {v!r}")
+    return v
+
+
+def check_budget(name: str, settings: Mapping[str, Any]) -> None:
+    """Refuse settings of method ``name`` that leave it without a budget: a full-batch method
+    needs max_work (below 1e12), max_iter or max_seconds; the sub-batch methods' epochs bound
+    them. Fractional epochs, batch counts or iteration counts are refused."""
+    if name not in METHODS:
+        raise ValueError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
+    spec = METHODS[name]
+    if spec.schedule == "sub-batches":
+        for key, default in (("epochs", 2), ("n_batches", 4), ("iters_per_batch", spec.iters)):
+            _count(settings, key, default)
+        return
+    work = settings.get("max_work")
+    if settings.get("max_iter") is None and settings.get("max_seconds") is None and (
+            work is None or work >= NO_WORK_BUDGET):
+        got = "no budget" if work is None else f"max_work {work:g} (>= 1e12 means no work budget)"
+        raise ValueError(f"{name} has {got} and no max_iter or max_seconds: give it a budget "
+                         "(or a smaller --budget-scale)")
+
+
 def make_config(name: str, settings: Mapping[str, Any]) -> Any:
     """The method's config from the experiments' defaults and ``settings`` (validated)."""
     spec = METHODS[name]
@@ -115,6 +153,7 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
         raise ValueError(f"unknown training method {name!r}; choose one of {', '.join(METHODS)}")
     spec = METHODS[name]
     s = dict(settings)
+    check_budget(name, s)
     if spec.cls is FirstOrder:
         s["seed"] = int(s.get("seed", 0))
     method = spec.cls(model, s.get("loss", "least_squares"), s.get("alpha_w", 1e-10),
@@ -123,9 +162,9 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
     x, y = data.x_train, data.y_train
     schedule: dict[str, Any] = {}
     if spec.schedule == "sub-batches":
-        batches = fixed_batches(x, y, int(s.get("n_batches", 4)), int(s.get("seed", 0)))
-        schedule = {"epochs": int(s.get("epochs", 2)),
-                    "steps_per_batch": int(s.get("iters_per_batch", spec.iters))}
+        batches = fixed_batches(x, y, _count(s, "n_batches", 4), int(s.get("seed", 0)))
+        schedule = {"epochs": _count(s, "epochs", 2),
+                    "steps_per_batch": _count(s, "iters_per_batch", spec.iters)}
     else:
         batches = [(x, y)]
     val = (data.x_val, data.y_val) if data.x_val is not None and len(data.x_val) else None
@@ -133,15 +172,25 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
     if keep is not None and val is None:
         raise ValueError("keep_best_val needs validation data (data.x_val is empty)")
     budget = {k: s.get(k) for k in ("max_work", "max_iter", "max_seconds")}
-    if budget["max_work"] is not None and budget["max_work"] >= 1e12:
+    if budget["max_work"] is not None and budget["max_work"] >= NO_WORK_BUDGET:
         budget["max_work"] = None  # the iterations, epochs or seconds are the budget
     done: list[dict] = []
+    callbacks: list[Callable] = [] if keep is None else [keep]
+    callbacks.append(lambda rec: stop.requested())  # SIGINT/SIGTERM: checkpoint, then stop
+    start = None
     if resume is not None:
-        method.load_state_dict(resume["optimizer"])
-        done = list(resume["records"])
-        budget = _left(budget, done, resume["position"]["work"])
-        if keep is not None and resume.get("best") is not None:
-            keep.state, keep.score = resume["best"]["state"], float(resume["best"]["score"])
+        try:
+            method.load_state_dict(resume["optimizer"])
+            done = list(resume["records"])
+            start = Position(**resume["position"])
+            _check_position(start, len(batches), int(schedule.get("epochs", 1)), done)
+            budget = _left(budget, done, start.work)
+            if keep is not None and resume.get("best") is not None:
+                keep.state, keep.score = resume["best"]["state"], float(resume["best"]["score"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ResumeError(f"its training state does not fit {name}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+                              ) from None
 
     def as_dicts(hist: History) -> list[dict]:
         return done + [{"method": name, **rec.to_dict()} for rec in hist.records]
@@ -153,12 +202,11 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
         checkpoint({"optimizer": method.state_dict(), "position": asdict(hist.position),
                     "records": as_dicts(hist), "best": best})
 
-    hist = fit(method, batches, n_samples=len(x), val=val,
-               callbacks=[keep] if keep is not None else [], progress=bool(s.get("progress")),
-               record_start=resume is None, checkpoint=save if checkpoint else None,
-               checkpoint_every=checkpoint_every,
-               start=None if resume is None else Position(**resume["position"]),
-               **budget, **schedule)
+    hist = fit(method, batches, n_samples=len(x), val=val, callbacks=callbacks,
+               progress=bool(s.get("progress")), record_start=resume is None,
+               checkpoint=save if checkpoint else None, checkpoint_every=checkpoint_every,
+               start=start, **budget, **schedule)
+    stop.check()  # a signal stopped the loop (after its checkpoint): no level end
     if keep is not None:
         keep.restore()
     records = as_dicts(hist)
@@ -166,6 +214,18 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
     if hist.batch_stops:
         records[-1]["batch_stops"] = hist.batch_stops
     return records
+
+
+def _check_position(p: Position, n_batches: int, epochs: int, done: list[dict]) -> None:
+    """A saved schedule position inside this schedule, after at least the start record."""
+    ok = (isinstance(p.epoch, int) and 1 <= p.epoch <= epochs and isinstance(p.batch, int)
+          and 0 <= p.batch < n_batches and isinstance(p.k, int) and p.k >= 0
+          and isinstance(p.work, int | float) and math.isfinite(p.work) and p.work >= 0)
+    if not ok:
+        raise ValueError(f"position {p} is outside the schedule ({epochs} epochs of "
+                         f"{n_batches} batches)")
+    if not done or not all(isinstance(r, dict) for r in done):
+        raise ValueError("it holds no records")
 
 
 def _left(budget: dict, done: list[dict], work: float) -> dict:

@@ -12,6 +12,7 @@ epoch number for t, which we do not copy.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -150,10 +151,10 @@ class FirstOrder(ModelMethod):
 
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """Optimiser state only: the torch optimiser's state, the shuffling generator, the
-        counters and the settings."""
+        """Optimiser state only: a copy of the torch optimiser's state (later steps do not
+        change it), the shuffling generator, the counters and the settings."""
         return {"method": "FirstOrder", "config": self.config.to_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "generator": self.generator.get_state(), "work": self.work,
                 "seconds": self.seconds, "inner_seconds": self.inner_seconds,
                 "iteration": self.iteration, "started": self.reg is not None}
