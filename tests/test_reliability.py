@@ -227,6 +227,7 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, capsys):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in last and "--resume" in last, err
     assert "Traceback" not in err
+    assert (run / "checkpoint.pt").is_file()  # written when the signal stopped the loop
     assert not _tmp_files(tmp_path / "out")
     assert cli.main(argv + ["--resume"]) == 0
     assert _records(run) == _records(tmp_path / "ref" / "gnvpro" / "seed-0")
@@ -304,6 +305,10 @@ def test_an_internal_error_shows_its_traceback_marked_as_a_bug(tmp_path, capsys,
     (["--threads", "100000"], r"--threads must be in \[1, 1024\]"),
     (["--checkpoint-every", "nan"], r"--checkpoint-every must be a number of seconds >= 0"),
     (["--max-seconds", "inf"], r"--max-seconds must be a positive number"),
+    (["--methods", "adam", "--set", "adam.epochs=1.5"],
+     r"adam: epochs must be a whole number >= 1, got 1\.5"),
+    (["--set", "gnvpro.max_iter=3", "--budget-scale", "0.1"],
+     r"--budget-scale 0\.1 leaves gnvpro 0\.3 iterations \(max_iter = 3\)"),
 ])
 def test_impossible_numbers_are_one_line(tmp_path, capsys, argv, pattern):
     rc, err = _main(capsys, _args(tmp_path / "o", _mat(tmp_path / "d.mat"), "gnvpro", *argv))
@@ -457,3 +462,9 @@ def test_report_lists_unfinished_and_empty_runs_and_draws_the_rest(tmp_path, cap
     assert "gnvpro seed-1: finished, but its history has only non-finite losses" in md
     assert "| gnvpro | 2 |" in md and "| adam | 2 |" in md
     assert (out / "loss_vs_work.png").stat().st_size > 10_000
+    # no run finished yet: one line naming the runs in progress
+    (out / "summary.json").unlink()
+    for f in out.glob("*/seed-*/final.json"):
+        f.unlink()
+    rc, err = _main(capsys, ["report", str(out)])
+    _one_line(rc, err, r"no run has finished yet \(5 in progress or killed: adam/seed-0")

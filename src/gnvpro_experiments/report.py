@@ -331,6 +331,13 @@ def report(dir: str | Path) -> str:
     root = Path(dir).expanduser()
     sfile = root / "summary.json"
     if not sfile.is_file():
+        pending = [str(d.relative_to(root)) for d in sorted(root.glob("*/seed-*"))
+                   if d.is_dir() and not (d / "final.json").is_file()] if root.is_dir() else []
+        if pending:
+            raise ExperimentError(f"no summary.json in {root}: no run has finished yet "
+                                  f"({len(pending)} in progress or killed: "
+                                  f"{', '.join(pending[:4])}{' ...' if len(pending) > 4 else ''})"
+                                  "; report again when one has")
         raise ExperimentError(f"no summary.json in {root} (run `gnvpro run ... --out {root}`)")
     summary = _check_summary(_read_json(sfile, "summary"), sfile)
     methods = list(summary["methods"])

@@ -77,7 +77,7 @@ from .store import (
     to_jsonable,
     write_summary,
 )
-from .train import ResumeError, check_budget, train
+from .train import METHODS, ResumeError, check_budget, train
 
 __all__ = [
     "build_data", "build_final_model", "build_model", "load_problem_data", "predict",
@@ -268,6 +268,31 @@ def _split_info(data: Split) -> dict:
     return info
 
 
+def _check_counts(cfg: ExperimentConfig, method: str, budget_scale: float) -> None:
+    """Refuse what the settings would otherwise round silently: fractional epochs, batch or
+    iteration counts, and a --budget-scale that leaves less than one iteration (a work budget
+    below one work unit is kept: a step is started while the work spent is below it)."""
+    raw = cfg.methods.get(method, {})
+    for key in ("epochs", "n_batches", "iters_per_batch", "max_iter"):
+        v = raw.get(key)
+        if v is not None and not (isinstance(v, int | float) and not isinstance(v, bool)
+                                  and float(v).is_integer() and v >= 1):
+            raise ExperimentError(f"{method}: {key} must be a whole number >= 1, got {v!r}")
+    if cfg.max_seconds is not None:
+        return
+    v, what = raw.get("max_iter"), "max_iter"
+    spec = METHODS.get(method)
+    if v is None and "epochs" in raw and spec is not None and spec.schedule == "sub-batches" \
+            and budget_scale != 1.0:  # the config scales epochs x batches x iterations
+        v = int(raw["epochs"]) * int(raw.get("n_batches", 4)) * int(raw.get("iters_per_batch",
+                                                                            spec.iters))
+        what = "epochs x batches x iterations per batch"
+    if v is not None and round(float(v) * budget_scale) < 1:
+        raise ExperimentError(
+            f"--budget-scale {budget_scale:g} leaves {method} {float(v) * budget_scale:.3g} "
+            f"iterations ({what} = {v:g}); use --budget-scale >= {1 / float(v):.3g}")
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     out: str | os.PathLike,
@@ -296,6 +321,7 @@ def run_experiment(
     mlist = methods if isinstance(methods, list) else parse_methods(methods, cfg)
     slist = seeds if isinstance(seeds, list) else parse_seeds(seeds, cfg)
     for m in mlist:
+        _check_counts(cfg, m, budget_scale)
         for level in range(1, cfg.method_levels(m) + 1):
             check_budget(m, cfg.method_settings(m, level, budget_scale))
     check_levels(cfg, mlist)
