@@ -237,6 +237,11 @@ def user_error(e: BaseException) -> str | None:
         return _one_line(e)
     if isinstance(e, ValueError | TypeError | IndexError | KeyError) and _raised_on_purpose(e):
         return _one_line(e)
+    text = str(e).lower()
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and (
+            "out of memory" in text or "can't allocate memory" in text)):
+        return (f"out of memory ({_one_line(e)[:120]}): use a smaller problem (--subset, "
+                "--levels, batch_size) or a machine with more memory")
     return None
 
 

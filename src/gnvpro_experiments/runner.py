@@ -18,8 +18,12 @@ Runs into a DIR that already holds results add to it: finished (method, seed) ru
 written last) are kept and never rerun or rewritten, so methods can run one after another (or in
 separate processes; summary.json is written under a file lock) into one table. "settings" (the
 resolved config, budget scale, device and data path) must match, so that the table never mixes
-settings. Every file is written atomically (temporary file and rename); a killed run continues
-from its last level checkpoint with ``--resume`` (else it starts afresh).
+settings. Every file is written atomically (temporary file and rename; a failed write leaves
+none); a killed run continues from its last checkpoint with ``--resume`` (else it starts
+afresh). Each run is trained under its own lock (METHOD/seed-S/.run.lock, store.run_lock): an
+invocation that reaches a run another live process holds skips it with a one-line message. The
+data read (wherever it was found) is fingerprinted (size, sha256) in DIR/.gnvpro-data.json and
+each config.json; a later invocation on other data is refused.
 """
 
 from __future__ import annotations

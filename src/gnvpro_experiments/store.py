@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,12 @@ def _locked(lock: Path) -> Iterator[None]:
         yield
         return
     with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another invocation writes the directory's files: wait
+            print(f"gnvpro run: waiting for another process that writes {lock.parent} "
+                  "(summary.json)", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
