@@ -385,6 +385,8 @@ def _weights(model) -> list[torch.Tensor]:
     (lambda o, x, y: fit(o, ((x, y) for _ in range(2)), max_iter=2), TypeError,
      r"\(generator\): pass list"),
     (lambda o, x, y: fit(o, iter([(x, y)]), max_iter=2), TypeError, r"with a length"),
+    (lambda o, x, y: fit(o, [(x, y)] * (10**6 + 1), max_iter=2), ValueError,
+     r"1000001 batches, more than 1000000"),
     (lambda o, x, y: fit(o, [(x, y), (x.float(), y)], max_iter=2), TypeError,
      r"batches\[1\]: x has dtype torch\.float32"),
     (lambda o, x, y: fit(o, [(x, y), (x[:, :2], y)], max_iter=2), ValueError,
@@ -413,7 +415,7 @@ def _weights(model) -> list[torch.Tensor]:
      r"method must be a gnvpro method"),
     (lambda o, x, y: KeepBest(o.model, "yes"), TypeError, r"classification=.* True"),
     (lambda o, x, y: KeepBest("model", True), TypeError, r"model=.* nn\.Module"),
-], ids=["repeat", "generator", "iterator", "dtype", "width", "nan", "targets",
+], ids=["repeat", "generator", "iterator", "too-many", "dtype", "width", "nan", "targets",
         "batches-no-budget", "epochs-no-budget", "n-samples", "checkpoint-every-nan",
         "fractional-epochs", "callback", "callbacks-not-list", "hook", "start", "method",
         "keepbest-classification", "keepbest-model"])
@@ -425,7 +427,7 @@ def test_fit_checks_everything_before_the_first_step(call, err, pattern):
         call(opt, x, y)
     assert time.monotonic() - t0 < 5  # refused, never materialised or run
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(model), strict=True))
-    assert opt.work == 0 and opt.iteration == 0 if hasattr(opt, "iteration") else True
+    assert opt.work == 0  # not even the first evaluation
 
 
 def test_first_order_state_is_a_copy_not_the_live_moments():

@@ -112,6 +112,7 @@ def _check_budget(max_work: float | None, max_iter: int | None, max_seconds: flo
     return max_work, max_iter, max_seconds
 
 
+MAX_BATCHES = 10**6
 _METHOD_API = ("set_batch", "step", "current", "termination", "state_dict", "load_state_dict")
 
 
@@ -137,12 +138,19 @@ def _check_batches(method: Method, batches: object) -> list[tuple[Tensor, Tensor
         raise TypeError(f"batches must be a sequence of (x, y) pairs with a length (a list or "
                         f"tuple; fit reads it once per epoch), got {describe(batches)}: pass "
                         "list(...) of a finite iterable")
+    if len(batches) > MAX_BATCHES:
+        raise ValueError(f"batches has {len(batches)} batches, more than {MAX_BATCHES}: use "
+                         "larger batches (gnvpro.batches.fixed_batches) or several fit calls")
     out = list(batches)
     if not out:
         raise ValueError("batches is empty: give at least one (x, y) batch")
+    seen: set[tuple[int, int]] = set()
     for i, b in enumerate(out):
         if not (isinstance(b, tuple | list) and len(b) == 2):
             raise TypeError(f"batches[{i}] must be a pair (x, y), got {describe(b)}")
+        if (id(b[0]), id(b[1])) in seen:  # the same tensors again: checked already
+            continue
+        seen.add((id(b[0]), id(b[1])))
         where = "" if len(out) == 1 else f"batches[{i}]: "
         check_batch(method.split, b[0], b[1], f"{where}x", f"{where}y")
         if i and b[0].shape[1:] != out[0][0].shape[1:]:
