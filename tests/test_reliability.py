@@ -206,6 +206,17 @@ def test_a_failed_first_call_does_not_block_the_corrected_one(tmp_path, capsys):
     _one_line(rc, err, r"CDR data has 50 samples")  # it failed after claiming the directory
     rc, err = _main(capsys, _args(out, _mat(tmp_path / "good.mat")))
     assert rc == 0, err
+    # a marker of other settings over a run directory without records: taken over only when
+    # nobody can be training there (a free run lock), else refused naming the difference
+    other = tmp_path / "other"
+    (other / "adam" / "seed-0").mkdir(parents=True)
+    (other / ".gnvpro-settings.json").write_text(json.dumps({"config": {}, "device": "cpu"}))
+    rc, err = _main(capsys, _args(other, tmp_path / "good.mat"))
+    _one_line(rc, err,
+              r"other settings \(config\.name: \(not set\) in the directory, \"tiny-cdr\" here")
+    (other / "adam" / "seed-0" / ".run.lock").write_text("1")
+    rc, err = _main(capsys, _args(other, tmp_path / "good.mat"))
+    assert rc == 0, err
 
 
 # ------------------------------------------------ 3. obscure: one line, SIGTERM, full disk, bugs

@@ -268,6 +268,19 @@ def has_runs(out: Path) -> bool:
     return False
 
 
+def _runs_idle(out: Path) -> bool:
+    """Whether no process trains a run of ``out``: every METHOD/seed-S directory has a run lock
+    that nobody holds (a directory without one, of an earlier version, counts as busy)."""
+    for d in out.glob("*/seed-*"):
+        lock = d / ".run.lock"
+        if not lock.is_file():
+            return False
+        with run_lock(d) as holder:
+            if holder is not None:
+                return False
+    return True
+
+
 def resumable(out: Path) -> bool:
     """Whether ``out`` is a run directory (a settings marker, summary.json or a run in it)."""
     return out.is_dir() and ((out / MARKER).exists() or has_runs(out)
@@ -295,7 +308,7 @@ def _claim(out: Path, settings: dict, data: dict | None = None) -> str | None:
             if old != settings:
                 owner = _read_json_or_none(out / _OWNER)
                 live = isinstance(owner, int) and owner != os.getpid() and _alive(owner)
-                if has_runs(out) or live:
+                if has_runs(out) or live or not _runs_idle(out):
                     raise _other_settings(out, old, settings)
                 _write_json(marker, settings)  # left by a failed call: nothing to protect
                 with contextlib.suppress(OSError):
