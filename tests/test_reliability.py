@@ -238,9 +238,36 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, capsys):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in last and "--resume" in last, err
     assert "Traceback" not in err
-    assert (run / "checkpoint.pt").is_file()  # written when the signal stopped the loop
     assert not _tmp_files(tmp_path / "out")
     assert cli.main(argv + ["--resume"]) == 0
+    assert _records(run) == _records(tmp_path / "ref" / "gnvpro" / "seed-0")
+
+
+def test_sigterm_mid_level_writes_a_checkpoint_first(tmp_path, capsys, monkeypatch):
+    """The signal arrives after the third step of a level (deterministically: sent from the
+    loop's stop check): the loop checkpoints that step, the resumed run has every number."""
+    from gnvpro_experiments import stop
+
+    data = _mat(tmp_path / "CDR_Data.mat")
+    argv = _args(tmp_path / "out", data, "gnvpro", "--checkpoint-every", "1000")
+    assert cli.main(_args(tmp_path / "ref", data, "gnvpro")) == 0
+    real, calls = stop.requested, {"n": 0}
+
+    def signal_at_third_record() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets the flag
+        return real()
+
+    monkeypatch.setattr(stop, "requested", signal_at_third_record)
+    rc, err = _main(capsys, argv)
+    assert rc == 128 + signal.SIGTERM, err
+    assert "SIGTERM received" in err and "--resume" in err.splitlines()[-1], err
+    run = tmp_path / "out" / "gnvpro" / "seed-0"
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ck["mid"] is not None and len(json.loads(ck["mid"]["records"])) == 3
+    monkeypatch.setattr(stop, "requested", real)
+    assert _main(capsys, argv + ["--resume"])[0] == 0
     assert _records(run) == _records(tmp_path / "ref" / "gnvpro" / "seed-0")
 
 
