@@ -168,6 +168,9 @@ def _run_locked(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Spl
             print(f"gnvpro run: {method} {seed_label(seed)} has no checkpoint in {run_dir}: "
                   "starting it from the beginning", file=sys.stderr, flush=True)
         if ckpt.exists():
+            print(f"gnvpro run: {method} {seed_label(seed)}: starting afresh without --resume; "
+                  f"the checkpoint of the killed run in {run_dir} is discarded", file=sys.stderr,
+                  flush=True)
             ckpt.unlink()  # no --resume: start afresh
     _write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     t_start = time.perf_counter()
