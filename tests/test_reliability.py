@@ -155,6 +155,7 @@ def test_resume_refuses_other_data_found_through_the_environment(tmp_path, capsy
     assert _main(capsys, _args(out, None))[0] == 0
     fp = json.loads((out / ".gnvpro-data.json").read_text())
     assert fp["size"] > 0 and len(fp["sha256"]) == 64
+    assert fp["source"] == str((tmp_path / "a" / "CDR_Data.mat").resolve())  # where it was found
     assert json.loads((out / "adam/seed-0/config.json").read_text())["data"] == fp
     before = _files(out / "adam" / "seed-0")
     monkeypatch.setenv("GNVPRO_DATA", str(_mat(tmp_path / "b" / "CDR_Data.mat", seed=1).parent))

@@ -150,13 +150,24 @@ def _regularizer(cfg: ExperimentConfig, model: nn.Sequential):
     return None
 
 
-def data_fingerprint(raw: Any, data_path: str | None) -> dict:
+def found_data_file(cfg: ExperimentConfig) -> str | None:
+    """The file the problem's default lookup ($GNVPRO_DATA, the shared directory) finds when it
+    returns arrays rather than the path (CDR), for the fingerprint's "source"; else None."""
+    if cfg.problem == "cdr":
+        from .problems.cdr import default_cdr_path
+
+        p = default_cdr_path()
+        return str(p.resolve()) if p.is_file() else None
+    return None
+
+
+def data_fingerprint(raw: Any, data_path: str | None, found: str | None = None) -> dict:
     """What identifies the data a run reads, wherever it was found (--data, $GNVPRO_DATA, the
     shared directory): {"source", "size" (bytes), "sha256"} of the files a problem's ``load``
     returned (a path: the file, or every file of a directory), or of the arrays it read."""
     h = hashlib.sha256()
     size = 0
-    source = None if data_path is None else str(Path(data_path).expanduser().resolve())
+    source = found if data_path is None else str(Path(data_path).expanduser().resolve())
 
     def feed(obj: Any) -> None:
         nonlocal size, source

@@ -57,6 +57,7 @@ from .data import (
     build_model,
     check_levels,
     data_fingerprint,
+    found_data_file,
     load_problem_data,
     predict,
     problem_of,
@@ -340,7 +341,7 @@ def run_experiment(
     earlier_summary(out / "summary.json", settings)  # refuse a DIR of other settings up front
     with _data_errors(f"the data file {data_path or '(default)'} of {cfg.name} is unreadable"):
         raw = load_problem_data(cfg, data_path, progress)
-        fingerprint = data_fingerprint(raw, data_path)
+        fingerprint = data_fingerprint(raw, data_path, found_data_file(cfg))
     note = _claim(out, settings, fingerprint)  # said at the end (errors stay one line)
     summary: dict = {"experiment": cfg.name, "metric": cfg.metric, "settings": settings,
                      "methods": {m: [] for m in mlist}}
