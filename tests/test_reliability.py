@@ -509,3 +509,29 @@ def test_report_lists_unfinished_and_empty_runs_and_draws_the_rest(tmp_path, cap
         f.unlink()
     rc, err = _main(capsys, ["report", str(out)])
     _one_line(rc, err, r"no run has finished yet \(5 in progress or killed: adam/seed-0")
+
+
+@pytest.mark.parametrize(("name", "settings", "pattern"), [
+    ("gnvpro-stochastic", {"n_batches": 20, "epochs": 1}, r"n_batches 20 is more than the 12"),
+    ("gnvpro-stochastic", {"n_batches": 2, "epochs": 1.5}, r"epochs must be a whole number"),
+    ("gnvpro", {"max_work": 1e12}, r"max_work 1e\+12 \(>= 1e12 means no work budget\)"),
+    ("gnvpro", {}, r"gnvpro has no budget"),
+])
+def test_train_refuses_settings_it_would_round_or_run_unbounded(name, settings, pattern):
+    from gnvpro_experiments.problems.base import Split
+    from gnvpro_experiments.train import train
+
+    model, x, y, _ = _tiny()
+    with pytest.raises(ValueError, match=pattern):
+        train(name, model, Split(x, y, x[:4], y[:4], x[:4], y[:4]), settings)
+
+
+def test_a_refused_pickle_does_not_advise_unpickling_it(tmp_path):
+    from gnvpro.checkpoint import load_checkpoint
+
+    model, _, _, opt = _tiny()
+    torch.save({"model": KeepBest(model, False), "optimizer": {}}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"not a readable checkpoint \(it holds objects other "
+                                         r"than tensors") as e:
+        load_checkpoint(tmp_path / "evil.pt", model, opt)
+    assert "weights_only" not in str(e.value) and len(str(e.value).splitlines()) == 1

@@ -162,7 +162,11 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
     x, y = data.x_train, data.y_train
     schedule: dict[str, Any] = {}
     if spec.schedule == "sub-batches":
-        batches = fixed_batches(x, y, _count(s, "n_batches", 4), int(s.get("seed", 0)))
+        n_batches = _count(s, "n_batches", 4)
+        if n_batches > len(x):
+            raise ValueError(f"{name}: n_batches {n_batches} is more than the {len(x)} training "
+                             "samples; use fewer batches or more data (--subset)")
+        batches = fixed_batches(x, y, n_batches, int(s.get("seed", 0)))
         schedule = {"epochs": _count(s, "epochs", 2),
                     "steps_per_batch": _count(s, "iters_per_batch", spec.iters)}
     else:
