@@ -263,7 +263,7 @@ def test_dense_hessian_chunked_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     loss, Zh, C = _problem("cross_entropy", n=23, m=2, c=3, seed=9)
     S = torch.randn(23, 3, dtype=DT)
     H_full = dense_hessian(loss, S, C, Zh, 0.1, _r(Zh))
-    monkeypatch.setattr(newton_mod, "_ROW_CHUNK_ELEMS", 20)  # ~2 rows per chunk
+    monkeypatch.setattr(newton_mod, "_PAIR_CHUNK_ELEMS", 12)  # 2 rows of Q (6 pairs) per chunk
     H_chunked = dense_hessian(loss, S, C, Zh, 0.1, _r(Zh))
     torch.testing.assert_close(H_chunked, H_full, rtol=1e-13, atol=1e-14)
 

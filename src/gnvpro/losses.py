@@ -71,6 +71,13 @@ def _check_integer_valued(y: Tensor, what: str) -> None:
         )
 
 
+def _softmax(S: Tensor) -> Tensor:
+    """Row-wise softmax exp(s_i − max s_i) / Σ exp(·) (several times faster than torch.softmax
+    for a few columns on the CPU)."""
+    E = torch.exp(S - S.amax(dim=1, keepdim=True))
+    return E / E.sum(dim=1, keepdim=True)
+
+
 class Loss(ABC):
     """A convex loss L(S, C) = Σ_i ℓ(s_i, c_i) of the predictions S ∈ R^{n×c}: a sum over rows.
 
@@ -186,7 +193,7 @@ class LeastSquaresLoss(Loss):
 class CrossEntropyLoss(Loss):
     """Softmax cross-entropy over all c classes (no reference class).
 
-    L = Σ_i [−c_iᵀ s_i + logsumexp(s_i)] (evaluated as −Σ_i c_iᵀ log_softmax(s_i), identical
+    L = Σ_i [−c_iᵀ s_i + logsumexp(s_i)] (evaluated as −Σ_i c_iᵀ (s_i − logsumexp(s_i)), identical
     because the rows of C sum to one), G = P − C,
     H_S[U]_i = (diag p_i − p_i p_iᵀ) u_i = p_i ∘ u_i − p_i (p_iᵀ u_i).
     """
@@ -282,21 +289,21 @@ class CrossEntropyLoss(Loss):
 
     def value(self, S: Tensor, C: Tensor) -> Tensor:
         _check_pair(S, C)
-        return -(C * torch.log_softmax(S, dim=1)).sum()
+        return -(C * (S - torch.logsumexp(S, dim=1, keepdim=True))).sum()
 
     def grad(self, S: Tensor, C: Tensor) -> Tensor:
         _check_pair(S, C)
-        return torch.softmax(S, dim=1) - C
+        return _softmax(S) - C
 
     def hess_apply(self, S: Tensor, C: Tensor, U: Tensor) -> Tensor:
         _check_pair(S, C)
-        P = torch.softmax(S, dim=1)
+        P = _softmax(S)
         PU = P * U
         return PU - P * PU.sum(dim=1, keepdim=True)
 
     def hessian_factors(self, S: Tensor) -> tuple[Tensor, Tensor | None]:
         """diag(p_i) − p_i p_iᵀ, p_i = softmax(s_i)."""
-        P = torch.softmax(S, dim=1)
+        P = _softmax(S)
         return P, P
 
     def predict_labels(self, S: Tensor) -> Tensor:

@@ -136,15 +136,17 @@ class ReducedObjective:
         """Ẑ = [Z, 1] in float64 (no ones column for a head without bias)."""
         return self.head.augment(Z)
 
-    def solve_inner(self, Zh: Tensor, W0: Tensor | None = None,
-                    finite: bool = False) -> InnerSolution:
-        """W*(Ẑ) (finite=True: Ẑ is known to be finite; C always is, batch_targets checked it)."""
+    def solve_inner(self, Zh: Tensor, W0: Tensor | None = None, finite: bool = False,
+                    factor0: Callable[[], Tensor] | None = None) -> InnerSolution:
+        """W*(Ẑ) (finite=True: Ẑ is known to be finite; C always is, batch_targets checked it;
+        factor0: the Cholesky factor of a nearby H_W, the Newton solve's preconditioner)."""
         o = self.inner_options
         return solve_inner(self.loss, Zh, self.C, self.alpha_w, self.reducer, W0, finite=finite,
-                           rtol=o.rtol, atol=o.atol, max_iter=o.max_iter)
+                           factor0=factor0, rtol=o.rtol, atol=o.atol, max_iter=o.max_iter)
 
     def evaluate(self, theta: Tensor, prev: Point | None = None, with_vjp: bool = True) -> Point:
-        """Forward pass, inner solve W*(θ) (warm-started from prev.W), Φ_red(θ).
+        """Forward pass, inner solve W*(θ) (warm-started from prev.W, preconditioned by the
+        Cholesky factor of prev's H_W when prev has a dense inner solution), Φ_red(θ).
 
         A non-finite forward pass gives value = inf (the trust region then rejects the step).
         """
@@ -152,6 +154,7 @@ class ReducedObjective:
         W0 = prev.W if prev is not None and prev.W.numel() else None
         if W0 is not None and tuple(W0.shape) != self.head.w_shape:
             W0 = None
+        factor0 = getattr(getattr(prev, "inner", None), "factor", None) if W0 is not None else None
         if with_vjp:
             Z, vjp_fn = self.features.with_vjp(theta)
             Z = Z.detach()
@@ -168,7 +171,7 @@ class ReducedObjective:
             empty = InnerSolution(W=torch.empty(0), hess_inv=lambda v: v, converged=False,
                                   message="non-finite features (the step is rejected)")
             return Point(theta, float("inf"), float("inf"), Zh, inf, inf, inf, empty, None)
-        sol = self.solve_inner(Zh, W0, finite=True)
+        sol = self.solve_inner(Zh, W0, finite=True, factor0=factor0)
         S = Zh @ sol.W.T
         L, G = self.loss.value_and_grad(S, self.C)
         L, G = self.reducer.mean(L), self.reducer.scale(G, inplace=True)

@@ -5,6 +5,8 @@ Every solver takes the SampleReducer that averages its sums over samples (n = re
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor
 
 from gnvpro.inner.base import InnerSolution
@@ -31,11 +33,14 @@ def solve_inner(
     reducer: SampleReducer,
     W0: Tensor | None = None,
     finite: bool = False,
+    factor0: Callable[[], Tensor] | None = None,
     **newton_options: float | int,
 ) -> InnerSolution:
-    """W* for any loss: the closed form for quadratic losses (W0 and options are then unused),
-    Newton's method (``solve_newton``, warm-started from W0) otherwise. finite=True: Ẑ and C
-    are known to be finite (not scanned again)."""
+    """W* for any loss: the closed form for quadratic losses (W0, factor0 and options are then
+    unused), Newton's method (``solve_newton``, warm-started from W0, preconditioned by the
+    Cholesky factor factor0() of a nearby H_W) otherwise. finite=True: Ẑ and C are known to be
+    finite (not scanned again)."""
     if loss.is_quadratic:
         return solve_least_squares(Zh, C, alpha_w, reducer, finite)
-    return solve_newton(loss, Zh, C, alpha_w, reducer, W0=W0, finite=finite, **newton_options)
+    return solve_newton(loss, Zh, C, alpha_w, reducer, W0=W0, finite=finite, factor0=factor0,
+                        **newton_options)

@@ -13,6 +13,7 @@ larger ones use (block-Jacobi-preconditioned) conjugate gradients on the matrix-
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -30,8 +31,10 @@ __all__ = ["solve_newton", "hessian_apply", "dense_hessian"]
 
 _C1 = 1e-4  # Armijo constant
 _MAX_BACKTRACK = 60
-_ROW_CHUNK_ELEMS = 2**24  # rows of M = [Ẑ∘p_1, …, Ẑ∘p_c] formed at once: ≤ 16M entries
+_PAIR_CHUNK_ELEMS = 2**22  # rows of Q = [ẑ_ia ẑ_ib]_{a≤b} formed at once: ≤ 4M entries
 _BLOCK_PRECOND_ELEMS = 2**25  # largest c·p² for the block-Jacobi CG preconditioner
+_REUSE_CG = 8  # PCG products with a reused factor before a fresh H_W is formed instead
+_FORCING_MAX = 0.1  # inexact Newton: ‖H_W d + ∇Φ‖ ≤ min(0.1, ‖∇Φ‖/‖∇Φ(0)‖)·‖∇Φ‖
 
 
 def hessian_apply(
@@ -53,16 +56,38 @@ def hessian_apply(
     return out.reshape(V.shape)
 
 
+def _hessian_operator(
+    loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float, reducer: SampleReducer
+) -> Callable[[Tensor], Tensor]:
+    """V ↦ H_W[V] at S (hessian_apply) with the loss's Hessian factors taken once:
+    H_S[U]_i = d_i ∘ u_i − f_i (f_iᵀ u_i) for H_i = diag(d_i) − f_i f_iᵀ."""
+    factors = loss.hessian_factors(S)
+    if factors is None:
+        return lambda V: hessian_apply(loss, S, C, Zh, V, alpha_w, reducer)
+    D, F = factors
+
+    def apply(V: Tensor) -> Tensor:
+        Vm = V.reshape(S.shape[1], Zh.shape[1])
+        U = Zh @ Vm.T
+        HU = D * U if F is None else D * U - F * (F * U).sum(dim=1, keepdim=True)
+        out = reducer.sum(reducer.scale(HU).T @ Zh) + alpha_w * Vm
+        return out.reshape(V.shape)
+
+    return apply
+
+
 def dense_hessian(
     loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float, reducer: SampleReducer
 ) -> Tensor:
     """The (c·p) × (c·p) matrix of H_W at S = Ẑ Wᵀ, rows/columns ordered as W.reshape(-1).
 
     From the loss's Hessian factors (Loss.hessian_factors: H_i = diag(d_i) − u_i u_iᵀ):
-    blockdiag_k(Ẑᵀ diag(d_k) Ẑ)/n − MᵀM/n + α_W I, M = [Ẑ∘u_1, …, Ẑ∘u_c] (formed in row
-    chunks; absent for a diagonal H_S; the /n is reducer.mean) — least squares d = 1, logistic
-    d = σ(1−σ), cross-entropy d = u = softmax; a loss without factors: H_W applied to the unit
-    vectors.
+    H_W = Σ_i H_i ⊗ ẑ_i ẑ_iᵀ / n + α_W I (the /n is reducer.mean). Diagonal H_i (least squares
+    d = 1, logistic d = σ(1−σ)): the c blocks Ẑᵀ diag(d_k) Ẑ/n. Otherwise (cross-entropy,
+    d = u = softmax) only the distinct entries: block (k, l), entry (a, b) with k ≤ l, a ≤ b is
+    row (a, b) of Qᵀ A, Q = [ẑ_ia ẑ_ib]_{i,(a≤b)}, A = [δ_kl d_ik − u_ik u_il]_{i,(k≤l)}
+    (``_pair_hessian``: a quarter of the flops of forming the (c·p)² matrix MᵀM). A loss without
+    factors: H_W applied to the unit vectors.
     """
     n, p = Zh.shape
     c = S.shape[1]
@@ -74,21 +99,60 @@ def dense_hessian(
         H = torch.stack(
             [hessian_apply(loss, S, C, Zh, eye[i], 0.0, reducer) for i in range(N)], dim=1
         )
-    else:
-        D, U = factors
+        H = 0.5 * (H + H.T)
+    elif factors[1] is None:
+        D = factors[0]
         H = torch.zeros(N, N, dtype=dt, device=dev)
         for k in range(c):
             H[k * p : (k + 1) * p, k * p : (k + 1) * p] = (Zh * D[:, k : k + 1]).T @ Zh
-        if U is not None:
-            rows = max(1, _ROW_CHUNK_ELEMS // max(N, 1))
-            for i0 in range(0, n, rows):
-                Zc, Uc = Zh[i0 : i0 + rows], U[i0 : i0 + rows]
-                M = (Uc[:, :, None] * Zc[:, None, :]).reshape(Zc.shape[0], N)  # column k·p + j
-                H -= M.T @ M
         H = reducer.mean(H, inplace=True)
-    H = 0.5 * (H + H.T)
+        H = 0.5 * (H + H.T)
+    else:
+        H = _pair_hessian(factors[0], factors[1], Zh, reducer)
     H.diagonal().add_(alpha_w)
     return H
+
+
+@functools.lru_cache(maxsize=8)
+def _pair_index(c: int, p: int, device: torch.device) -> Tensor:
+    """The (c·p)² gather index of H_W from R ∈ R^{p(p+1)/2 × c(c+1)/2}: entry (k·p + a, l·p + b)
+    ↦ flat position of R[(min(a, b), max(a, b)), (min(k, l), max(k, l))], pairs numbered in
+    row-major upper-triangle order (torch.triu_indices); both triangles read the same entry."""
+
+    def pair_pos(q: int) -> Tensor:
+        i, j = torch.triu_indices(q, q, device=device)
+        pos = torch.zeros(q, q, dtype=torch.int64, device=device)
+        pos[i, j] = torch.arange(i.shape[0], device=device)
+        return torch.maximum(pos, pos.T)
+
+    tpos, spos = pair_pos(p), pair_pos(c)
+    idx = tpos[None, :, None, :] * (c * (c + 1) // 2) + spos[:, None, :, None]
+    return idx.reshape(c * p, c * p)
+
+
+def _pair_products(X: Tensor) -> Tensor:
+    """[x_a ∘ x_b]_{a ≤ b} for the rows x_a of X (q, n): (q(q+1)/2, n), triu_indices order."""
+    return torch.cat([X[a:] * X[a] for a in range(X.shape[0])], dim=0)
+
+
+def _pair_hessian(D: Tensor, U: Tensor, Zh: Tensor, reducer: SampleReducer) -> Tensor:
+    """Σ_i (diag d_i − u_i u_iᵀ) ⊗ ẑ_i ẑ_iᵀ / n as the dense (c·p)² matrix, from its distinct
+    entries R = Q Aᵀ, Q = [ẑ_ia ẑ_ib]_{a≤b} and A = [δ_kl d_ik − u_ik u_il]_{k≤l} (pairs × samples,
+    in sample chunks of Q with ≤ 2^22 entries); reducer.mean is taken of R, before the gather."""
+    n, p = Zh.shape
+    c = D.shape[1]
+    T = p * (p + 1) // 2
+    Zt, Ut = Zh.T, U.T
+    run = torch.arange(c, 0, -1, device=Zh.device)
+    on_diag = torch.cumsum(run, 0) - run  # positions of the pairs (k, k)
+    R = torch.zeros(T, c * (c + 1) // 2, dtype=Zh.dtype, device=Zh.device)
+    cols = max(1, _PAIR_CHUNK_ELEMS // T)
+    for i0 in range(0, n, cols):
+        A = -_pair_products(Ut[:, i0 : i0 + cols])
+        A[on_diag] += D[i0 : i0 + cols].T
+        R += _pair_products(Zt[:, i0 : i0 + cols]) @ A.T
+    R = reducer.mean(R, inplace=True)
+    return R.reshape(-1)[_pair_index(c, p, Zh.device)]
 
 
 def _preconditioner(
@@ -147,6 +211,46 @@ def _cholesky_shifted(H: Tensor) -> Tensor:
     raise FloatingPointError("could not factor H_W even after shifting it by 1e6·max|diag H_W|")
 
 
+def _lazy(make: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """make(), evaluated on the first call and cached."""
+    cache: list[Tensor] = []
+
+    def get() -> Tensor:
+        if not cache:
+            cache.append(make())
+        return cache[0]
+
+    return get
+
+
+def _chol_apply(L: Tensor, R: Tensor) -> Tensor:
+    """(L Lᵀ)⁻¹ R for R of any shape with L.shape[0] entries (two triangular solves)."""
+    y = torch.linalg.solve_triangular(L, R.reshape(-1, 1), upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True).reshape(R.shape)
+
+
+def _dense_direction(
+    apply: Callable[[Tensor], Tensor],
+    form: Callable[[], Tensor],
+    g: Tensor,
+    L: Tensor | None,
+    forcing: float,
+) -> tuple[Tensor, Tensor | None]:
+    """Newton direction d ≈ −H_W⁻¹ g on the dense path; returns (d, the factor to keep).
+
+    With the Cholesky factor L of a nearby H_W: PCG on the exact H_W preconditioned by (L Lᵀ)⁻¹
+    until ‖H_W d + g‖ ≤ forcing (an inexact Newton step, Dembo-Eisenstat-Steihaug); if it has not
+    got there after _REUSE_CG products (the preconditioner is stale), or without L: a fresh factor
+    L = chol(H_W) at the current W (``form``) and the exact step d = −(L Lᵀ)⁻¹ g.
+    """
+    if L is not None:
+        res = pcg(apply, -g, forcing, _REUSE_CG, lambda R: _chol_apply(L, R))
+        if res.residual <= forcing and not res.negative_curvature:
+            return res.x, L
+    L = form()
+    return -_chol_apply(L, g), L
+
+
 def solve_newton(
     loss: Loss,
     Zh: Tensor,
@@ -159,12 +263,19 @@ def solve_newton(
     max_iter: int = 100,
     dense_max: int = 2000,
     finite: bool = False,
+    factor0: Callable[[], Tensor] | None = None,
 ) -> InnerSolution:
     """Minimise Φ(W) = L(Ẑ Wᵀ, C)/n + (α_W/2)‖W‖_F² by Newton's method, in float64 on Ẑ's
     device (n = reducer.n; every sum over the rows of Ẑ goes through the reducer).
 
-    Step: H_W d = −∇_W Φ, with H_W dense + Cholesky while c·p ≤ dense_max, otherwise
-    block-Jacobi-preconditioned CG on the matrix-free H_W to the residual min(0.5, √‖∇‖)·‖∇‖.
+    Step: H_W d = −∇_W Φ. While c·p ≤ dense_max (dense path), when forming H_W costs more than
+    16 products with it (``_reuse_pays``: cross-entropy with p(c+1) ≥ 128, logistic with
+    p ≥ 64), a Cholesky factor of a nearby H_W (factor0, else the one formed at the first
+    iteration) preconditions CG on the exact, matrix-free H_W, stopped at
+    ‖H_W d + ∇‖ ≤ min(0.1, ‖∇‖/‖∇Φ(0)‖)·‖∇‖ (inexact Newton, locally quadratic); when that
+    takes more than 8 products a fresh H_W is formed and factored at the current W and the step
+    is exact; small heads form and factor H_W at every iteration. Larger c·p: block-Jacobi-
+    preconditioned CG on the matrix-free H_W to the residual min(0.5, √‖∇‖)·‖∇‖.
     Globalised by backtracking (halving) until the Armijo condition
     Φ(W + t d) ≤ Φ(W) + 1e-4 t ∇ᵀd holds; in the round-off regime (|∇ᵀd| below ~1e3·eps·|Φ|,
     where Φ cannot resolve the decrease) a step is accepted when it reduces ‖∇_W Φ‖ instead.
@@ -175,7 +286,10 @@ def solve_newton(
     converged=False with a message and emits a RuntimeWarning.
 
     The returned ``hess_inv(V)`` = H_W⁻¹[V] at the returned W (V of shape (c, p) or (c·p,)):
-    one Cholesky factor reused (dense), or PCG to relative residual 1e-12 (c·p > dense_max).
+    one Cholesky factor of the exact H_W at W*, formed at the first call and reused (dense; also
+    returned as ``factor``, the next solve's factor0), or PCG to relative residual 1e-12
+    (c·p > dense_max). factor0: a callable returning the Cholesky factor of H_W at a nearby
+    point (a previous InnerSolution.factor; ignored unless (c·p) × (c·p)).
     finite=True: the caller has checked Ẑ and C for NaN/Inf (skips an n×c scan per solve).
     """
     t0 = time.perf_counter()
@@ -214,7 +328,11 @@ def solve_newton(
 
     S_zero = torch.zeros(n, c, dtype=torch.float64, device=dev)
     g_zero = reducer.sum(reducer.scale(loss.grad(S_zero, C)).T @ Zh)
-    tol = max(atol, rtol * float(torch.linalg.norm(g_zero)))
+    gnorm_ref = float(torch.linalg.norm(g_zero))
+    tol = max(atol, rtol * gnorm_ref)
+    gnorm_ref = gnorm_ref if gnorm_ref > 0 else 1.0
+    reuse = dense and _reuse_pays(loss, S_zero, p)
+    L = _reusable_factor(factor0, c * p) if reuse else None
 
     S = Zh @ W.T
     f = phi(W, S)
@@ -232,8 +350,15 @@ def solve_newton(
             break
         # Newton direction
         if dense:
-            L = _cholesky_shifted(dense_hessian(loss, S, C, Zh, alpha, reducer))
-            d = -torch.cholesky_solve(g.reshape(-1, 1), L).reshape(c, p)
+            S_fix = S
+            apply = _hessian_operator(loss, S, C, Zh, alpha, reducer)
+
+            def form(S_fix: Tensor = S_fix) -> Tensor:
+                return _dense_factor(loss, S_fix, C, Zh, alpha, reducer)
+
+            forcing = min(_FORCING_MAX, gnorm / gnorm_ref) * gnorm
+            d, L = _dense_direction(apply, form, g, L, forcing)
+            L = L if reuse else None
         else:
             S_fix = S
 
@@ -279,10 +404,12 @@ def solve_newton(
         )
         warnings.warn(f"solve_newton ({loss.name}): {message}", RuntimeWarning, stacklevel=2)
 
-    hess_inv = _make_hess_inv(loss, S, C, Zh, alpha, dense, reducer)
+    factor = _lazy(lambda: _dense_factor(loss, S, C, Zh, alpha, reducer)) if dense else None
+    hess_inv = _make_hess_inv(loss, S, C, Zh, alpha, factor, reducer)
     return InnerSolution(
         W=W,
         hess_inv=hess_inv,
+        factor=factor,
         iterations=it,
         grad_norm=gnorm,
         converged=converged,
@@ -291,23 +418,51 @@ def solve_newton(
     )
 
 
+def _dense_factor(
+    loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha: float, reducer: SampleReducer
+) -> Tensor:
+    """The Cholesky factor L of H_W at S (dense_hessian, shifted if not numerically SPD)."""
+    return _cholesky_shifted(dense_hessian(loss, S, C, Zh, alpha, reducer))
+
+
+def _reuse_pays(loss: Loss, S: Tensor, p: int) -> bool:
+    """Whether PCG with a reused factor is cheaper than forming H_W afresh: the formation costs
+    (per sample) c(c+1)/2·p² flops for coupled H_i (cross-entropy), c·p² for diagonal ones and
+    c·p products without factors, a product 4·c·p; reuse when the formation costs at least
+    2·_REUSE_CG products (so not for logistic heads narrower than 64 features)."""
+    c = S.shape[1]
+    factors = loss.hessian_factors(S[:1])
+    if factors is None:
+        form = 4.0 * c * p * c * p
+    else:
+        form = (c * (c + 1) / 2 if factors[1] is not None else c) * p * p
+    return form >= 2 * _REUSE_CG * 4.0 * c * p
+
+
+def _reusable_factor(factor0: Callable[[], Tensor] | None, N: int) -> Tensor | None:
+    """factor0() if it is an N × N factor (a previous solution's H_W of the same size)."""
+    if factor0 is None:
+        return None
+    L = factor0()
+    return L if tuple(L.shape) == (N, N) else None
+
+
 def _make_hess_inv(
     loss: Loss,
     S: Tensor,
     C: Tensor,
     Zh: Tensor,
     alpha: float,
-    dense: bool,
+    factor: Callable[[], Tensor] | None,
     reducer: SampleReducer,
 ) -> Callable[[Tensor], Tensor]:
-    """V ↦ H_W⁻¹[V] at S = Ẑ W*ᵀ (float64), factored once (dense) or by PCG (matrix-free)."""
+    """V ↦ H_W⁻¹[V] at S = Ẑ W*ᵀ (float64): by the dense Cholesky factor (formed at the first
+    call, ``factor``) or, without one, by PCG on the matrix-free H_W."""
     c, p = S.shape[1], Zh.shape[1]
-    if dense:
-        L = _cholesky_shifted(dense_hessian(loss, S, C, Zh, alpha, reducer))
+    if factor is not None:
 
         def hess_inv(V: Tensor) -> Tensor:
-            b = V.to(device=Zh.device, dtype=torch.float64).reshape(-1, 1)
-            return torch.cholesky_solve(b, L).reshape(V.shape)
+            return _chol_apply(factor(), V.to(device=Zh.device, dtype=torch.float64))
 
         return hess_inv
 

@@ -1,0 +1,183 @@
+"""Cost of the inner Newton solve W*(θ) inside GNvpro's default (truncated Gauss-Newton) step.
+
+Two classification problems on scikit-learn's 8×8 digits (1400 training samples, a tanh MLP
+64-32-32-c, α_W = α_θ = ALPHA): cross-entropy over the 10 classes (c = 10, the dense H_W is
+330 × 330) and logistic even/odd (c = 1). For each problem and each inner solver, GNvpro's
+default runs WARM outer iterations, then STEPS outer iterations are timed, REPEATS times from
+the same weights (a fresh optimiser each time); the table reports medians over the repeats:
+
+- ``outer ms``: one outer iteration (CG on H_GN + the Wolfe line search);
+- ``inner ms``: time inside the inner solves plus the H_W⁻¹ applications (both the W*-side
+  work of an iteration), and ``share`` = inner ms / outer ms;
+- ``ms/solve``, ``newton/solve``: per inner solve (line-search trial points and the start);
+- ``H formed/solve``: dense Hessians formed per inner solve (including the one behind H_W⁻¹).
+
+Inner solvers: ``head`` is the library as installed; ``base`` is ``solve_newton`` of the git
+revision --baseline (loaded from ``git show REV:src/gnvpro/inner/newton.py`` into this process
+and patched in), so before/after are measured in one process on the same machine load.
+One torch thread (torch.set_num_threads(1)); the ratios, not the seconds, carry across machines.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/inner_solve_cost.py [--baseline dda3b6f]
+        [--alpha 1e-4] [--steps 10] [--repeats 3] [--warm 10] [--json PATH]
+
+Needs scikit-learn (``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import gnvpro
+import gnvpro.inner
+from gnvpro.inner import newton as newton_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_baseline(rev: str) -> Callable:
+    """solve_newton of git revision `rev`, compiled into a fresh module of this process."""
+    src = subprocess.run(["git", "show", f"{rev}:src/gnvpro/inner/newton.py"], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout
+    mod = types.ModuleType(f"newton_{rev}")
+    mod.__dict__["__name__"] = mod.__name__
+    sys.modules[mod.__name__] = mod
+    exec(compile(src, f"{rev}:newton.py", "exec"), mod.__dict__)  # noqa: S102 - our own history
+    return mod.solve_newton
+
+
+def digits(loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """1400 standardised 8×8 digit images and their labels (10 classes, or even/odd)."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    x = torch.tensor(X[:1400], dtype=torch.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1.0)
+    y = torch.tensor(y[:1400], dtype=torch.int64)
+    return (x, y) if loss == "cross_entropy" else (x, (y % 2).to(torch.float64))
+
+
+def model_for(c: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
+                         nn.Linear(32, c)).double()
+
+
+class Meter:
+    """Counts time in the inner solves and in H_W⁻¹, solves, Newton iterations, Hessians."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.inner_s = 0.0
+        self.solves = 0
+        self.newton = 0
+        self.hessians = 0
+
+    def wrap_solver(self, solver: Callable, factor0: bool) -> Callable:
+        def timed(*args, **kwargs):
+            if not factor0:  # the baseline has no factor0
+                kwargs.pop("factor0", None)
+            t = time.perf_counter()
+            sol = solver(*args, **kwargs)
+            self.inner_s += time.perf_counter() - t
+            self.solves += 1
+            self.newton += sol.iterations
+            sol.hess_inv = self.wrap_hess_inv(sol.hess_inv)
+            return sol
+
+        return timed
+
+    def wrap_hess_inv(self, fn: Callable) -> Callable:
+        def timed(V):
+            t = time.perf_counter()
+            out = fn(V)
+            self.inner_s += time.perf_counter() - t
+            return out
+
+        return timed
+
+    def count_hessians(self, fn: Callable) -> Callable:
+        def counted(*args, **kwargs):
+            self.hessians += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+
+def run(loss: str, solver: Callable, meter: Meter, args: argparse.Namespace) -> dict:
+    x, y = digits(loss)
+    c = 10 if loss == "cross_entropy" else 1
+    model = model_for(c)
+    gnvpro.inner.solve_newton = meter.wrap_solver(solver, solver is newton_mod.solve_newton)
+    warm = gnvpro.GNvpro(model, loss=loss, alpha_w=args.alpha, alpha_theta=args.alpha)
+    for _ in range(args.warm):
+        warm.step(x, y)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    outer, inner, per = [], [], []
+    for _ in range(args.repeats):
+        model.load_state_dict(start)
+        opt = gnvpro.GNvpro(model, loss=loss, alpha_w=args.alpha, alpha_theta=args.alpha)
+        opt.set_batch(x, y)
+        meter.reset()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            opt.step(x, y)
+        total = time.perf_counter() - t
+        outer.append(total / args.steps)
+        inner.append(meter.inner_s / args.steps)
+        per.append((meter.inner_s / max(meter.solves, 1), meter.newton / max(meter.solves, 1),
+                    meter.hessians / max(meter.solves, 1), opt.current().value))
+    med = statistics.median
+    return {"outer_ms": 1e3 * med(outer), "inner_ms": 1e3 * med(inner),
+            "share": med(i / o for i, o in zip(inner, outer, strict=True)),
+            "ms_per_solve": 1e3 * med(p[0] for p in per),
+            "newton_per_solve": per[-1][1], "hessians_per_solve": per[-1][2],
+            "phi_after": per[-1][3]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--baseline", default="dda3b6f", help="git revision of the 'base' solver")
+    ap.add_argument("--alpha", type=float, default=1e-4)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warm", type=int, default=10)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    solvers = {"base": load_baseline(args.baseline), "head": newton_mod.solve_newton}
+    meter = Meter()
+    dense = newton_mod.dense_hessian
+    newton_mod.dense_hessian = meter.count_hessians(dense)  # the head's formations
+    base_mod = sys.modules[f"newton_{args.baseline}"]
+    base_mod.dense_hessian = meter.count_hessians(base_mod.dense_hessian)
+    rows = []
+    print(f"torch threads: {torch.get_num_threads()}, alpha = {args.alpha:g}, "
+          f"{args.steps} outer iterations × {args.repeats} repeats after {args.warm} warm-up")
+    print(f"{'loss':14s} {'solver':6s} {'outer ms':>9s} {'inner ms':>9s} {'share':>6s} "
+          f"{'ms/solve':>9s} {'newton/solve':>12s} {'H formed/solve':>14s} {'Φ after':>12s}")
+    for loss in ("cross_entropy", "logistic"):
+        for name, solver in solvers.items():
+            r = run(loss, solver, meter, args) | {"loss": loss, "solver": name}
+            rows.append(r)
+            print(f"{loss:14s} {name:6s} {r['outer_ms']:9.1f} {r['inner_ms']:9.1f} "
+                  f"{r['share']:6.0%} {r['ms_per_solve']:9.2f} {r['newton_per_solve']:12.2f} "
+                  f"{r['hessians_per_solve']:14.2f} {r['phi_after']:12.6e}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
