@@ -378,3 +378,162 @@ def test_solvers_on_cuda() -> None:
         assert float((back - V).norm() / V.norm()) < 1e-8
         cg = solve_newton(loss, Zh.cuda(), C.cuda(), 1e-3, _r(Zh), dense_max=0)
         torch.testing.assert_close(cg.W.cpu(), ref.W, rtol=1e-7, atol=1e-8)
+
+
+# ------------------------------------------------------------- structured H_W, reused factors
+def _kron_hessian(loss, S, Zh, alpha) -> torch.Tensor:
+    """Σ_i H_i ⊗ ẑ_i ẑ_iᵀ / n + α_W I term by term (H_i = diag d_i − u_i u_iᵀ)."""
+    D, U = loss.hessian_factors(S)
+    H = sum(torch.kron(torch.diag(D[i]) - torch.outer(U[i], U[i]), torch.outer(Zh[i], Zh[i]))
+            for i in range(len(Zh)))
+    return H / len(Zh) + alpha * torch.eye(H.shape[0], dtype=DT)
+
+
+def test_pair_hessian_is_the_kronecker_sum() -> None:
+    """The distinct-entry formation Qᵀ A equals Σ_i (diag p_i − p_i p_iᵀ) ⊗ ẑ_i ẑ_iᵀ/n + α I."""
+    loss, Zh, C = _problem("cross_entropy", n=29, m=4, c=5, seed=21)
+    S = torch.randn(29, 5, generator=torch.Generator().manual_seed(3), dtype=DT)
+    H = dense_hessian(loss, S, C, Zh, 0.2, _r(Zh))
+    torch.testing.assert_close(H, _kron_hessian(loss, S, Zh, 0.2), rtol=1e-13, atol=1e-14)
+    assert torch.equal(H, H.T)  # both triangles read the same entry
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "logistic", "least_squares"])
+def test_hessian_operator_taylor_and_adjoint(name: str) -> None:
+    """V ↦ H_W[V] with the factors taken once: equals hessian_apply, is self-adjoint, and is
+    the derivative of ∇_W Φ (Taylor test: ‖∇Φ(W + hV) − ∇Φ(W) − h H_W[V]‖ = O(h²))."""
+    import gnvpro.inner.newton as newton_mod
+    from gnvpro.checks import adjoint_test, taylor_test
+
+    alpha = 1e-2
+    loss, Zh, C = _problem(name, n=60, m=4, c=3, seed=22)
+    gen = torch.Generator().manual_seed(4)
+    W = torch.randn(C.shape[1], Zh.shape[1], generator=gen, dtype=DT)
+    V, U = (torch.randn(W.shape, generator=gen, dtype=DT) for _ in range(2))
+    S = Zh @ W.T
+    apply = newton_mod._hessian_operator(loss, S, C, Zh, alpha, _r(Zh))
+    torch.testing.assert_close(apply(V), hessian_apply(loss, S, C, Zh, V, alpha, _r(Zh)),
+                               rtol=1e-14, atol=1e-15)
+    assert apply(V.reshape(-1)).shape == (V.numel(),)
+    assert adjoint_test(apply, apply, V, U) < 1e-13
+    res = taylor_test(lambda X: _grad_W(loss, Zh, C, X, alpha), W, V, apply(V), h0=0.5, n=8)
+    if name == "least_squares":  # ∇Φ is linear in W: E1 is round-off only
+        assert max(res.e1) < 1e-13
+    else:
+        assert res.best_order() > 1.9, res.orders
+
+
+@pytest.mark.parametrize(
+    ("name", "c", "p", "pays"),
+    [("cross_entropy", 10, 33, True), ("cross_entropy", 3, 5, False), ("logistic", 1, 33, False),
+     ("logistic", 1, 65, True), ("least_squares", 2, 200, True)],
+)
+def test_factor_reuse_rule(name: str, c: int, p: int, pays: bool) -> None:
+    """Reuse when forming H_W costs ≥ 16 products: p(c+1) ≥ 128 coupled, p ≥ 64 diagonal."""
+    import gnvpro.inner.newton as newton_mod
+
+    assert newton_mod._reuse_pays(make_loss(name), torch.zeros(3, c, dtype=DT), p) is pays
+
+
+def _count_hessians(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import gnvpro.inner.newton as newton_mod
+
+    calls = [0]
+    real = newton_mod.dense_hessian
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(newton_mod, "dense_hessian", counted)
+    return calls
+
+
+def _reuse_problem(seed: int = 23):
+    """Cross-entropy with c = 8, p = 16 (p(c+1) = 144: the reuse path) and a perturbed Ẑ."""
+    loss, Zh, C = _problem("cross_entropy", n=300, m=15, c=8, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    Zh1 = Zh.clone()
+    Zh1[:, :-1] += 0.05 * torch.randn(Zh.shape[0], Zh.shape[1] - 1, generator=gen, dtype=DT)
+    return loss, Zh, Zh1, C
+
+
+def test_reused_factor_meets_the_same_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A solve preconditioned by the previous solution's factor forms no H_W, converges to the
+    same test and to the fresh-Newton W*; H_W⁻¹ is the exact inverse at W*, formed lazily once."""
+    import gnvpro.inner.newton as newton_mod
+
+    alpha = 1e-3
+    loss, Zh, Zh1, C = _reuse_problem()
+    sol0 = solve_newton(loss, Zh, C, alpha, _r(Zh))
+    sol0.factor()
+    calls = _count_hessians(monkeypatch)
+    sol1 = solve_newton(loss, Zh1, C, alpha, _r(Zh1), W0=sol0.W, factor0=sol0.factor)
+    assert calls[0] == 0 and sol1.converged and sol1.iterations > 0, sol1.message
+    tol = 1e-10 * float(_grad_W(loss, Zh1, C, torch.zeros_like(sol1.W), alpha).norm())
+    assert float(_grad_W(loss, Zh1, C, sol1.W, alpha).norm()) <= max(tol, 1e-10)
+    _check_hess_inv(loss, Zh1, C, sol1, alpha)
+    assert calls[0] == 1  # formed at the first H_W⁻¹, then reused
+    monkeypatch.setattr(newton_mod, "_reuse_pays", lambda *a: False)
+    fresh = solve_newton(loss, Zh1, C, alpha, _r(Zh1), W0=sol0.W)
+    assert fresh.iterations == sol1.iterations or abs(fresh.iterations - sol1.iterations) <= 2
+    rel = float((sol1.W - fresh.W).norm() / fresh.W.norm())
+    assert rel < 1e-7, rel
+
+
+def test_stale_or_misshaped_factor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A factor of a very different H_W (PCG stalls: H_W is formed afresh) or of another size
+    (ignored) changes nothing but the cost: same test, same W*."""
+    alpha = 1e-3
+    loss, Zh, Zh1, C = _reuse_problem(seed=24)
+    ref = solve_newton(loss, Zh1, C, alpha, _r(Zh1))
+    N = ref.W.numel()
+    bad = torch.linalg.cholesky(1e3 * torch.eye(N, dtype=DT) + torch.ones(N, N, dtype=DT))
+    calls = _count_hessians(monkeypatch)
+    stale = solve_newton(loss, Zh1, C, alpha, _r(Zh1), factor0=lambda: bad)
+    assert stale.converged and calls[0] >= 1
+    other = solve_newton(loss, Zh1, C, alpha, _r(Zh1), factor0=lambda: torch.eye(3, dtype=DT))
+    assert other.converged
+    for sol in (stale, other):
+        assert sol.grad_norm <= max(1e-10, ref.grad_norm * 1e3)
+        assert float((sol.W - ref.W).norm() / ref.W.norm()) < 1e-7
+
+
+def test_reduced_objective_taylor_with_reused_factor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Φ_red(θ + h v) evaluated as the line search does (warm start and factor from the point θ,
+    default tolerance 1e-10, no H_W formed at the trial points) matches Φ_red(θ) + h ∇Φ_redᵀv
+    to second order over h = 0.5 … 0.5/2^13: W* from the reused-factor solve is accurate enough
+    for the envelope gradient ∇Φ_red = J_Zᵀ(G W̃) + α_θ θ."""
+    from torch import nn
+
+    from gnvpro import ReducedObjective, split_model
+    from gnvpro.checks import taylor_test
+
+    gen = torch.Generator().manual_seed(25)
+    x = torch.randn(200, 6, generator=gen, dtype=DT)
+    y = (x @ torch.randn(6, 8, generator=gen, dtype=DT)).argmax(dim=1)
+    y[:8] = torch.arange(8)
+    torch.manual_seed(25)
+    model = nn.Sequential(nn.Linear(6, 15), nn.Tanh(), nn.Linear(15, 8)).double()
+    split = split_model(model, probe=x)
+    obj = ReducedObjective(split, make_loss("cross_entropy"), x, y, 1e-3, 1e-4)
+    theta = obj.features.layout.flatten(split.feature_params(), DT).detach()
+    pt = obj.evaluate(theta)
+    g = obj.gradient(pt)
+    pt.inner.factor()
+    v = torch.randn(theta.shape, generator=gen, dtype=DT)
+    v /= v.norm()
+    calls = _count_hessians(monkeypatch)
+    trials = []
+
+    def phi(t: torch.Tensor) -> torch.Tensor:
+        trial = obj.evaluate(t, pt, with_vjp=False)
+        assert trial.inner.converged
+        trials.append(trial.inner.iterations)
+        return torch.tensor(trial.value, dtype=DT)
+
+    res = taylor_test(phi, theta, v, g @ v, h0=0.5, n=14)
+    assert calls[0] == 0 and sum(trials) > 0
+    assert min(res.orders[2:]) > 1.8, res.orders
+    bad = taylor_test(phi, theta, v, 1.01 * (g @ v), h0=0.5, n=14)
+    assert bad.orders[-1] < 1.2, bad.orders

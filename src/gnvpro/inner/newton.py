@@ -33,8 +33,9 @@ _C1 = 1e-4  # Armijo constant
 _MAX_BACKTRACK = 60
 _PAIR_CHUNK_ELEMS = 2**22  # rows of Q = [ẑ_ia ẑ_ib]_{a≤b} formed at once: ≤ 4M entries
 _BLOCK_PRECOND_ELEMS = 2**25  # largest c·p² for the block-Jacobi CG preconditioner
-_REUSE_CG = 8  # PCG products with a reused factor before a fresh H_W is formed instead
-_FORCING_MAX = 0.1  # inexact Newton: ‖H_W d + ∇Φ‖ ≤ min(0.1, ‖∇Φ‖/‖∇Φ(0)‖)·‖∇Φ‖
+_REUSE_CG = 24  # PCG products with a reused factor before a fresh H_W is formed instead
+_REUSE_MIN = 16  # reuse a factor when forming H_W costs ≥ this many H_W products
+_FORCING_MAX = 0.5  # inexact Newton: ‖H_W d + ∇Φ‖ ≤ min(0.5, √(‖∇Φ‖/‖∇Φ(0)‖))·‖∇Φ‖
 
 
 def hessian_apply(
@@ -272,8 +273,9 @@ def solve_newton(
     16 products with it (``_reuse_pays``: cross-entropy with p(c+1) ≥ 128, logistic with
     p ≥ 64), a Cholesky factor of a nearby H_W (factor0, else the one formed at the first
     iteration) preconditions CG on the exact, matrix-free H_W, stopped at
-    ‖H_W d + ∇‖ ≤ min(0.1, ‖∇‖/‖∇Φ(0)‖)·‖∇‖ (inexact Newton, locally quadratic); when that
-    takes more than 8 products a fresh H_W is formed and factored at the current W and the step
+    ‖H_W d + ∇‖ ≤ max(min(0.5, √(‖∇‖/‖∇Φ(0)‖))·‖∇‖, tol/10) (inexact Newton, superlinear
+    to the tolerance tol below: order 1.5, Eisenstat-Walker); when that
+    takes more than 24 products a fresh H_W is formed and factored at the current W and the step
     is exact; small heads form and factor H_W at every iteration. Larger c·p: block-Jacobi-
     preconditioned CG on the matrix-free H_W to the residual min(0.5, √‖∇‖)·‖∇‖.
     Globalised by backtracking (halving) until the Armijo condition
@@ -356,7 +358,7 @@ def solve_newton(
             def form(S_fix: Tensor = S_fix) -> Tensor:
                 return _dense_factor(loss, S_fix, C, Zh, alpha, reducer)
 
-            forcing = min(_FORCING_MAX, gnorm / gnorm_ref) * gnorm
+            forcing = max(min(_FORCING_MAX, math.sqrt(gnorm / gnorm_ref)) * gnorm, 0.1 * tol)
             d, L = _dense_direction(apply, form, g, L, forcing)
             L = L if reuse else None
         else:
@@ -429,14 +431,14 @@ def _reuse_pays(loss: Loss, S: Tensor, p: int) -> bool:
     """Whether PCG with a reused factor is cheaper than forming H_W afresh: the formation costs
     (per sample) c(c+1)/2·p² flops for coupled H_i (cross-entropy), c·p² for diagonal ones and
     c·p products without factors, a product 4·c·p; reuse when the formation costs at least
-    2·_REUSE_CG products (so not for logistic heads narrower than 64 features)."""
+    16 products (so not for logistic heads narrower than 64 features)."""
     c = S.shape[1]
     factors = loss.hessian_factors(S[:1])
     if factors is None:
         form = 4.0 * c * p * c * p
     else:
         form = (c * (c + 1) / 2 if factors[1] is not None else c) * p * p
-    return form >= 2 * _REUSE_CG * 4.0 * c * p
+    return form >= _REUSE_MIN * 4.0 * c * p
 
 
 def _reusable_factor(factor0: Callable[[], Tensor] | None, N: int) -> Tensor | None:
