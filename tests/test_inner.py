@@ -488,7 +488,9 @@ def test_stale_or_misshaped_factor(monkeypatch: pytest.MonkeyPatch) -> None:
     loss, Zh, Zh1, C = _reuse_problem(seed=24)
     ref = solve_newton(loss, Zh1, C, alpha, _r(Zh1))
     N = ref.W.numel()
-    bad = torch.linalg.cholesky(1e3 * torch.eye(N, dtype=DT) + torch.ones(N, N, dtype=DT))
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(0))
+    spread = torch.logspace(-6, 6, N, dtype=DT)[perm]
+    bad = torch.diag(spread.sqrt())  # the factor of a wildly wrong diagonal H_W
     calls = _count_hessians(monkeypatch)
     stale = solve_newton(loss, Zh1, C, alpha, _r(Zh1), factor0=lambda: bad)
     assert stale.converged and calls[0] >= 1

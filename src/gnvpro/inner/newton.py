@@ -60,8 +60,9 @@ def hessian_apply(
 def _hessian_operator(
     loss: Loss, S: Tensor, C: Tensor, Zh: Tensor, alpha_w: float, reducer: SampleReducer
 ) -> Callable[[Tensor], Tensor]:
-    """V ↦ H_W[V] at S (hessian_apply) with the loss's Hessian factors taken once:
-    H_S[U]_i = d_i ∘ u_i − f_i (f_iᵀ u_i) for H_i = diag(d_i) − f_i f_iᵀ."""
+    """V ↦ H_W[V] = reducer.mean(H_S[Ẑ Vᵀ]ᵀ Ẑ) + α_W V at S (hessian_apply) with the loss's
+    Hessian factors taken once: H_S[U]_i = d_i ∘ u_i − f_i (f_iᵀ u_i), H_i = diag(d_i) − f_i f_iᵀ
+    (cross-entropy, f = d = p: p_i ∘ (u_i − p_iᵀ u_i))."""
     factors = loss.hessian_factors(S)
     if factors is None:
         return lambda V: hessian_apply(loss, S, C, Zh, V, alpha_w, reducer)
@@ -70,8 +71,13 @@ def _hessian_operator(
     def apply(V: Tensor) -> Tensor:
         Vm = V.reshape(S.shape[1], Zh.shape[1])
         U = Zh @ Vm.T
-        HU = D * U if F is None else D * U - F * (F * U).sum(dim=1, keepdim=True)
-        out = reducer.sum(reducer.scale(HU).T @ Zh) + alpha_w * Vm
+        if F is None:
+            HU = D * U
+        elif F is D:  # cross-entropy: p ∘ (u − pᵀu)
+            HU = D * (U - (D * U).sum(dim=1, keepdim=True))
+        else:
+            HU = D * U - F * (F * U).sum(dim=1, keepdim=True)
+        out = torch.add(reducer.mean(HU.T @ Zh), Vm, alpha=alpha_w)
         return out.reshape(V.shape)
 
     return apply
