@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The paper-budget CIFAR-10 runs (docs/results.md, "CIFAR-10 at the paper's budget"), spread over
+# as many stretches of work as it takes: each call starts or resumes (--resume) every listed run
+# in turn, at low priority on one thread, checkpointing every few minutes into results/cifar10
+# (committed: any clone resumes them). Finished runs are skipped by the runner.
+#
+#   benchmarks/cifar10_paper_runs.sh METHOD:SEED [METHOD:SEED ...]
+#   e.g. benchmarks/cifar10_paper_runs.sh gnvpro-stochastic:0 gn-stochastic:0 &
+#        benchmarks/cifar10_paper_runs.sh sgd:0 lbfgs-vpro-stochastic:0 &
+#
+# Environment: OUT (results/cifar10), GNVPRO (.venv/bin/gnvpro), CHECKPOINT_EVERY (240 s).
+# results/cifar10/parts.log gets one line per stretch: start/stop time, run, commit, exit status.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/cifar10}
+GNVPRO=${GNVPRO:-.venv/bin/gnvpro}
+mkdir -p "$OUT/logs"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain -- src 2>/dev/null)" ] || commit="$commit+dirty"
+for item in "$@"; do
+  method=${item%%:*}; seed=${item##*:}
+  resume=(); [ -d "$OUT/$method/seed-$seed" ] && resume=(--resume)
+  start=$(date -u +%FT%TZ)
+  OMP_NUM_THREADS=1 nice -n 19 "$GNVPRO" run cifar10 --methods "$method" --seeds "$seed" \
+    --out "$OUT" --threads 1 --checkpoint-every "${CHECKPOINT_EVERY:-240}" --no-progress \
+    "${resume[@]}" >> "$OUT/logs/$method-seed-$seed.log" 2>&1
+  rc=$?
+  echo "$start $(date -u +%FT%TZ) $method seed-$seed commit=$commit host=$(hostname) rc=$rc" \
+    >> "$OUT/parts.log"
+done
