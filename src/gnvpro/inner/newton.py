@@ -33,7 +33,7 @@ _C1 = 1e-4  # Armijo constant
 _MAX_BACKTRACK = 60
 _PAIR_CHUNK_ELEMS = 2**22  # rows of Q = [ẑ_ia ẑ_ib]_{a≤b} formed at once: ≤ 4M entries
 _BLOCK_PRECOND_ELEMS = 2**25  # largest c·p² for the block-Jacobi CG preconditioner
-_REUSE_CG = 24  # PCG products with a reused factor before a fresh H_W is formed instead
+_REUSE_CG = 12  # PCG products with a reused factor before it is dropped as stale
 _REUSE_MIN = 16  # reuse a factor when forming H_W costs ≥ this many H_W products
 _FORCING_MAX = 0.5  # inexact Newton: ‖H_W d + ∇Φ‖ ≤ min(0.5, √(‖∇Φ‖/‖∇Φ(0)‖))·‖∇Φ‖
 
@@ -246,14 +246,18 @@ def _dense_direction(
     """Newton direction d ≈ −H_W⁻¹ g on the dense path; returns (d, the factor to keep).
 
     With the Cholesky factor L of a nearby H_W: PCG on the exact H_W preconditioned by (L Lᵀ)⁻¹
-    until ‖H_W d + g‖ ≤ forcing (an inexact Newton step, Dembo-Eisenstat-Steihaug); if it has not
-    got there after _REUSE_CG products (the preconditioner is stale), or without L: a fresh factor
-    L = chol(H_W) at the current W (``form``) and the exact step d = −(L Lᵀ)⁻¹ g.
+    until ‖H_W d + g‖ ≤ forcing (an inexact Newton step, Dembo-Eisenstat-Steihaug). When it has
+    not got there after _REUSE_CG products the preconditioner is stale: the PCG iterate is still
+    the step if its residual is below ‖g‖ (a descent direction, like every CG iterate), and no
+    factor is kept (the next iteration forms one); otherwise, or without L, a fresh factor
+    L = chol(H_W) at the current W (``form``) gives the exact step d = −(L Lᵀ)⁻¹ g.
     """
     if L is not None:
         res = pcg(apply, -g, forcing, _REUSE_CG, lambda R: _chol_apply(L, R))
         if res.residual <= forcing and not res.negative_curvature:
             return res.x, L
+        if not res.negative_curvature and res.residual < float(g.norm()):
+            return res.x, None
     L = form()
     return -_chol_apply(L, g), L
 
@@ -280,9 +284,9 @@ def solve_newton(
     p ≥ 64), a Cholesky factor of a nearby H_W (factor0, else the one formed at the first
     iteration) preconditions CG on the exact, matrix-free H_W, stopped at
     ‖H_W d + ∇‖ ≤ max(min(0.5, √(‖∇‖/‖∇Φ(0)‖))·‖∇‖, tol/10) (inexact Newton, superlinear
-    to the tolerance tol below: order 1.5, Eisenstat-Walker); when that
-    takes more than 24 products a fresh H_W is formed and factored at the current W and the step
-    is exact; small heads form and factor H_W at every iteration. Larger c·p: block-Jacobi-
+    to the tolerance tol below: order 1.5, Eisenstat-Walker); when that takes more than 12
+    products the factor is stale (``_dense_direction``) and H_W is formed and factored afresh at
+    the next iterate; small heads form and factor H_W at every iteration. Larger c·p: block-Jacobi-
     preconditioned CG on the matrix-free H_W to the residual min(0.5, √‖∇‖)·‖∇‖.
     Globalised by backtracking (halving) until the Armijo condition
     Φ(W + t d) ≤ Φ(W) + 1e-4 t ∇ᵀd holds; in the round-off regime (|∇ᵀd| below ~1e3·eps·|Φ|,
