@@ -260,8 +260,8 @@ def test_dense_hessian_equals_matrix_free(name: str, c: int) -> None:
 def test_dense_hessian_chunked_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     import gnvpro.inner.newton as newton_mod
 
-    loss, Zh, C = _problem("cross_entropy", n=23, m=2, c=3, seed=9)
-    S = torch.randn(23, 3, dtype=DT)
+    loss, Zh, C = _problem("cross_entropy", n=23, m=2, c=6, seed=9)
+    S = torch.randn(23, 6, dtype=DT)
     H_full = dense_hessian(loss, S, C, Zh, 0.1, _r(Zh))
     monkeypatch.setattr(newton_mod, "_PAIR_CHUNK_ELEMS", 12)  # 2 rows of Q (6 pairs) per chunk
     H_chunked = dense_hessian(loss, S, C, Zh, 0.1, _r(Zh))
@@ -389,13 +389,15 @@ def _kron_hessian(loss, S, Zh, alpha) -> torch.Tensor:
     return H / len(Zh) + alpha * torch.eye(H.shape[0], dtype=DT)
 
 
-def test_pair_hessian_is_the_kronecker_sum() -> None:
-    """The distinct-entry formation Qᵀ A equals Σ_i (diag p_i − p_i p_iᵀ) ⊗ ẑ_i ẑ_iᵀ/n + α I."""
-    loss, Zh, C = _problem("cross_entropy", n=29, m=4, c=5, seed=21)
-    S = torch.randn(29, 5, generator=torch.Generator().manual_seed(3), dtype=DT)
+@pytest.mark.parametrize(("c", "m"), [(6, 4), (3, 4), (6, 70)])
+def test_coupled_hessian_is_the_kronecker_sum(c: int, m: int) -> None:
+    """Both formations of a coupled H_W (distinct entries Q Aᵀ for c ≥ 6, p ≤ 64; one product
+    per block k ≤ l otherwise) equal Σ_i (diag p_i − p_i p_iᵀ) ⊗ ẑ_i ẑ_iᵀ/n + α I."""
+    loss, Zh, C = _problem("cross_entropy", n=29, m=m, c=c, seed=21)
+    S = torch.randn(29, c, generator=torch.Generator().manual_seed(3), dtype=DT)
     H = dense_hessian(loss, S, C, Zh, 0.2, _r(Zh))
     torch.testing.assert_close(H, _kron_hessian(loss, S, Zh, 0.2), rtol=1e-13, atol=1e-14)
-    assert torch.equal(H, H.T)  # both triangles read the same entry
+    assert torch.equal(H, H.T)
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "logistic", "least_squares"])

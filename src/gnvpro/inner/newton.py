@@ -31,6 +31,7 @@ __all__ = ["solve_newton", "hessian_apply", "dense_hessian"]
 
 _C1 = 1e-4  # Armijo constant
 _MAX_BACKTRACK = 60
+_PAIR_MIN_C, _PAIR_MAX_P = 6, 64  # H_W from its distinct entries for c ≥ 6 and p ≤ 64
 _PAIR_CHUNK_ELEMS = 2**22  # rows of Q = [ẑ_ia ẑ_ib]_{a≤b} formed at once: ≤ 4M entries
 _BLOCK_PRECOND_ELEMS = 2**25  # largest c·p² for the block-Jacobi CG preconditioner
 _REUSE_CG = 12  # PCG products with a reused factor before it is dropped as stale
@@ -91,10 +92,12 @@ def dense_hessian(
     From the loss's Hessian factors (Loss.hessian_factors: H_i = diag(d_i) − u_i u_iᵀ):
     H_W = Σ_i H_i ⊗ ẑ_i ẑ_iᵀ / n + α_W I (the /n is reducer.mean). Diagonal H_i (least squares
     d = 1, logistic d = σ(1−σ)): the c blocks Ẑᵀ diag(d_k) Ẑ/n. Otherwise (cross-entropy,
-    d = u = softmax) only the distinct entries: block (k, l), entry (a, b) with k ≤ l, a ≤ b is
-    row (a, b) of Qᵀ A, Q = [ẑ_ia ẑ_ib]_{i,(a≤b)}, A = [δ_kl d_ik − u_ik u_il]_{i,(k≤l)}
-    (``_pair_hessian``: a quarter of the flops of forming the (c·p)² matrix MᵀM). A loss without
-    factors: H_W applied to the unit vectors.
+    d = u = softmax) the blocks k ≤ l only: for c ≥ 6 and p ≤ 64 from the distinct entries,
+    block (k, l) entry (a, b) with a ≤ b being R[(a, b), (k, l)] of R = Q Aᵀ,
+    Q = [ẑ_ia ẑ_ib]_{(a≤b), i}, A = [δ_kl d_ik − u_ik u_il]_{(k≤l), i} (``_pair_hessian``: a
+    quarter of the flops of MᵀM, M = [Ẑ∘u_1, …, Ẑ∘u_c]), otherwise one product
+    Ẑᵀ diag(δ_kl d_k − u_k∘u_l) Ẑ per block (``_blockwise_hessian``). A loss without factors:
+    H_W applied to the unit vectors.
     """
     n, p = Zh.shape
     c = S.shape[1]
@@ -114,13 +117,34 @@ def dense_hessian(
             H[k * p : (k + 1) * p, k * p : (k + 1) * p] = (Zh * D[:, k : k + 1]).T @ Zh
         H = reducer.mean(H, inplace=True)
         H = 0.5 * (H + H.T)
-    else:
+    elif c >= _PAIR_MIN_C and p <= _PAIR_MAX_P:
         H = _pair_hessian(factors[0], factors[1], Zh, reducer)
+    else:
+        H = _blockwise_hessian(factors[0], factors[1], Zh, reducer)
     H.diagonal().add_(alpha_w)
     return H
 
 
-@functools.lru_cache(maxsize=8)
+def _blockwise_hessian(D: Tensor, U: Tensor, Zh: Tensor, reducer: SampleReducer) -> Tensor:
+    """Σ_i (diag d_i − u_i u_iᵀ) ⊗ ẑ_i ẑ_iᵀ / n as the dense (c·p)² matrix, one block per k ≤ l:
+    H_kl = H_lkᵀ = Ẑᵀ diag(δ_kl d_k − u_k ∘ u_l) Ẑ / n (the mean by the reducer), symmetrised."""
+    p = Zh.shape[1]
+    c = D.shape[1]
+    H = torch.empty(c * p, c * p, dtype=Zh.dtype, device=Zh.device)
+    for k in range(c):
+        for m in range(k, c):
+            w = -U[:, k] * U[:, m]
+            if m == k:
+                w += D[:, k]
+            B = (Zh * w[:, None]).T @ Zh
+            H[k * p : (k + 1) * p, m * p : (m + 1) * p] = B
+            if m != k:
+                H[m * p : (m + 1) * p, k * p : (k + 1) * p] = B.T
+    H = reducer.mean(H, inplace=True)
+    return 0.5 * (H + H.T)
+
+
+@functools.lru_cache(maxsize=4)
 def _pair_index(c: int, p: int, device: torch.device) -> Tensor:
     """The (c·p)² gather index of H_W from R ∈ R^{p(p+1)/2 × c(c+1)/2}: entry (k·p + a, l·p + b)
     ↦ flat position of R[(min(a, b), max(a, b)), (min(k, l), max(k, l))], pairs numbered in
