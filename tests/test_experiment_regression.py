@@ -17,8 +17,9 @@ AVX2 machine). The largest relative deviation of the records, by method:
   run and final metrics ≤ 2.1e-7 (the extrapolation variant); on the ellipse ≤ 4e-9 over the
   first 10 records, then up to 6.5e-3 (the objective near zero), final accuracy ≤ 1.3e-4;
 * truncated GN: ≤ 1e-12 over the first 2 records on CDR (8.7e-9 with 20 CG products, 3.2e-8 on
-  the ellipse), then up to 1e-1 within a few iterations (H_GN on CDR has a condition number near 3.6e13: one CG solve
-  amplifies 1e-13 to 1e-4), final metrics up to 12 % apart, final work units up to 2.3 %;
+  the ellipse), then up to 1e-1 within a few iterations (H_GN on CDR has a condition number
+  near 3.6e13: one CG solve amplifies 1e-13 to 1e-4), final metrics up to 12 % apart, final
+  work units up to 2.3 %;
 * L-BFGS-VarPro: ≤ 7e-12 over the first 5 records, then up to 1e-1, record counts differ.
 
 The tests hold each run to that envelope: every prefix of records (1, 2, 3, 5, 10, all) whose

@@ -25,9 +25,9 @@ class InnerSolution:
 
     W: Tensor
     hess_inv: Callable[[Tensor], Tensor]
-    factor: Callable[[], Tensor] | None = None
     iterations: int = 0
     grad_norm: float = 0.0
     converged: bool = True
     seconds: float = 0.0
     message: str = ""
+    factor: Callable[[], Tensor] | None = None
