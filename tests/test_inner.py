@@ -258,12 +258,12 @@ def test_dense_hessian_equals_matrix_free(name: str, c: int) -> None:
 
 
 def test_dense_hessian_chunked_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gnvpro.inner.newton as newton_mod
+    import gnvpro.inner.hessian as hessian_mod
 
     loss, Zh, C = _problem("cross_entropy", n=23, m=2, c=6, seed=9)
     S = torch.randn(23, 6, dtype=DT)
     H_full = dense_hessian(loss, S, C, Zh, 0.1, _r(Zh))
-    monkeypatch.setattr(newton_mod, "_PAIR_CHUNK_ELEMS", 12)  # 2 rows of Q (6 pairs) per chunk
+    monkeypatch.setattr(hessian_mod, "_PAIR_CHUNK_ELEMS", 12)  # 2 rows of Q (6 pairs) per chunk
     H_chunked = dense_hessian(loss, S, C, Zh, 0.1, _r(Zh))
     torch.testing.assert_close(H_chunked, H_full, rtol=1e-13, atol=1e-14)
 
@@ -413,7 +413,7 @@ def test_hessian_operator_taylor_and_adjoint(name: str) -> None:
     W = torch.randn(C.shape[1], Zh.shape[1], generator=gen, dtype=DT)
     V, U = (torch.randn(W.shape, generator=gen, dtype=DT) for _ in range(2))
     S = Zh @ W.T
-    apply = newton_mod._hessian_operator(loss, S, C, Zh, alpha, _r(Zh))
+    apply = newton_mod.hessian_operator(loss, S, C, Zh, alpha, _r(Zh))
     torch.testing.assert_close(apply(V), hessian_apply(loss, S, C, Zh, V, alpha, _r(Zh)),
                                rtol=1e-14, atol=1e-15)
     assert apply(V.reshape(-1)).shape == (V.numel(),)
