@@ -1,4 +1,4 @@
-"""The ellipse toy of the paper (experiments.md section 1) trained by GNvpro.
+"""The ellipse toy of the paper (docs/experiments.md section 1) trained by GNvpro.
 
 Points inside the ellipse x = (r cos φ, 0.4 r sin φ), r ~ U[0, 1] (label 1) against the ring
 r ~ U[1, 2] (label 0); 7000 of each, 5000 train / 1000 validation / 8000 test. Network: 2→4→4→2

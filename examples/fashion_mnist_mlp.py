@@ -6,7 +6,7 @@ method runs on the 52,320 feature weights θ. The network itself runs in float32
 
 Data: image_split("fashion-mnist", subset=N) (Debian package dataset-fashion-mnist), per-image
 standardised and flattened; N training images, proportionally fewer validation and test images
-(at least 1000 each). Stops after --max-work work units (method.md section 4).
+(at least 1000 each). Stops after --max-work work units (docs/method.md section 4).
 
     python examples/fashion_mnist_mlp.py --subset 10000 --max-work 1000 --seed 0
 """

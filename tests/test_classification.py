@@ -1,11 +1,11 @@
 """Classification half of GNvpro: cross-entropy and logistic losses, exact inner Newton solve.
 
-Float64, tiny models (mlp(3, [5, 4], c), 40 samples). Checks of method.md §7: Taylor tests of
+Float64, tiny models (mlp(3, [5, 4], c), 40 samples). Checks of docs/method.md §7: Taylor tests of
 Φ_red and of the reduced predictions S(θ) = Ẑ(θ) W*(θ)ᵀ, adjoint tests of J_S and J_W, the
 envelope gradient against autograd through an implicit-function W*(θ), J_W against finite
 differences, H_GN against a dense J_Sᵀ H_S J_S + α_W J_Wᵀ J_W + α_θ I built with torch.func,
 the Kaufman variant; then GNvpro through the public API (records, non-convergence reporting,
-clear errors) and the ellipse toy of experiments.md §1.
+clear errors) and the ellipse toy of docs/experiments.md §1.
 """
 
 from __future__ import annotations
@@ -349,9 +349,9 @@ def test_clear_error_nonfinite_features(row):
 
 # ------------------------------------------------------------------------------ ellipse toy
 def test_ellipse_reaches_99_percent():
-    """experiments.md §1 through the API, as examples/ellipse.py (seed 0): 5000 training points,
-    2→4→4→2 tanh features + affine 1×3 head, logistic loss, α_θ = 1e-6, α_W = 1e-8, Krylov 10 /
-    1e-3, 50 outer iterations. True accuracy = mean(pred == label)."""
+    """docs/experiments.md §1 through the API, as examples/ellipse.py (seed 0): 5000 training
+    points, 2→4→4→2 tanh features + affine 1×3 head, logistic loss, α_θ = 1e-6, α_W = 1e-8,
+    Krylov 10 / 1e-3, 50 outer iterations. True accuracy = mean(pred == label)."""
     seed = 0
     data = ellipse_data(seed=seed)
     assert data.sizes() == (5000, 1000, 8000)

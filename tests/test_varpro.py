@@ -1,4 +1,4 @@
-"""Derivatives of the least-squares reduced objective (float64, tiny model, method.md §7)."""
+"""Derivatives of the least-squares reduced objective (float64, tiny model, docs/method.md §7)."""
 
 import pytest
 import torch

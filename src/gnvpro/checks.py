@@ -1,4 +1,4 @@
-"""Derivative checks (method.md §7), public so users can check their own models.
+"""Derivative checks (docs/method.md §7), public so users can check their own models.
 
 taylor_test:  E0(h) = |f(x + h v) − f(x)| = O(h),  E1(h) = |f(x + h v) − f(x) − h J v| = O(h²);
               returns the observed orders log2(E1(h)/E1(h/2)).

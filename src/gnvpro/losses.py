@@ -2,11 +2,11 @@
 samples).
 
 A loss returns SUMS over the rows it sees and never divides by n: the objective's average
-(1/n) Σ_i ℓ_i over the n samples (method.md, section 1) is taken by gnvpro.reduce.SampleReducer,
-the one place that knows n (and, later, the other processes' rows). Each loss provides its value,
-the per-row gradient G = ∂L/∂S (row i: ∂ℓ_i/∂s_i) and the per-row Hessian action H_S[U]
-(row i: H_i u_i), everything in closed form so that the variable-projection machinery never
-differentiates through the loss with autograd:
+(1/n) Σ_i ℓ_i over the n samples (docs/method.md, section 1) is taken by
+gnvpro.reduce.SampleReducer, the one place that knows n (and, later, the other processes'
+rows). Each loss provides its value, the per-row gradient G = ∂L/∂S (row i: ∂ℓ_i/∂s_i) and
+the per-row Hessian action H_S[U] (row i: H_i u_i), everything in closed form so that the
+variable-projection machinery never differentiates through the loss with autograd:
 
 - least squares:  L = ½ ‖S − C‖_F²,                       G = S − C,  H_S[U] = U
 - cross-entropy:  L = Σ_i [−c_iᵀ s_i + logsumexp(s_i)],     G = P − C,

@@ -1,4 +1,5 @@
-"""Trust-region Gauss-Newton, one outer iteration at a time (reference: trnewton, method.md §3).
+"""Trust-region Gauss-Newton, one outer iteration at a time (reference: trnewton,
+docs/method.md §3).
 
 Each iteration builds a Krylov basis V of the Gauss-Newton operator H for the right-hand side −g
 (Lanczos with full reorthogonalisation, ≤ max_krylov vectors, relative tolerance krylov_rtol),
@@ -13,7 +14,7 @@ subproblem="tn" (truncated Gauss-Newton with a line search instead of a trust re
     θ ← θ + α d, α by a strong Wolfe line search (c1 = 1e-4, c2 = 0.9) starting at α = 1.
 Each line-search value costs 1 work unit and each gradient there 1, as in L-BFGS-VarPro.
 
-Work units (method.md §4): initial objective + gradient 2, each H v 2, each trial value 1, the
+Work units (docs/method.md §4): initial objective + gradient 2, each H v 2, each trial value 1, the
 gradient at an accepted point 1 (its forward pass is the trial's; the reference re-evaluates the
 objective and gradient there, 2). The inner solve is not counted in work units; its seconds are
 recorded separately.

@@ -16,7 +16,7 @@ mean of the loss and of each product summed over rows (XᵀẐ, J_Zᵀ E), scale
 
 For least squares H_GN = J_rᵀJ_r of the stacked residual
 r = [vec(S − C)/√n; √α_θ Bθ; √α_W vec(W*)] (the reference's GN matrix). "kaufman" drops dW.
-The W-side algebra runs in float64 whatever the network dtype. Reference: method.md section 2.
+The W-side algebra runs in float64 whatever the network dtype. Reference: docs/method.md section 2.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Experiment configurations (experiments.md sections 1-3), loaded from TOML.
+"""Experiment configurations (docs/experiments.md sections 1-3), loaded from TOML.
 
 A config file (``experiments/configs/NAME.toml``, or any path) has the top-level keys
 

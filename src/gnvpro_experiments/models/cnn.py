@@ -1,4 +1,4 @@
-"""The paper's CIFAR-10 convolutional feature extractor (method.md section 6).
+"""The paper's CIFAR-10 convolutional feature extractor (docs/method.md section 6).
 
     z = GAP(ReLU(conv5×5_{32→64}(AvgPool2×2(ReLU(conv5×5_{C→32}(x))))))  ∈ R^64
 

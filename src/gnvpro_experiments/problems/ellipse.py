@@ -1,4 +1,4 @@
-"""The ellipse toy problem (experiments.md section 1): binary classification in 2-D.
+"""The ellipse toy problem (docs/experiments.md section 1): binary classification in 2-D.
 
 :class:`Ellipse` is the experiment's problem (``problem = "ellipse"``); its report figure is
 ``decision_boundary.png``.

@@ -1,4 +1,4 @@
-"""Image classification data: CIFAR-10 and Fashion-MNIST (experiments.md section 5).
+"""Image classification data: CIFAR-10 and Fashion-MNIST (docs/experiments.md section 5).
 
 Loaders return NumPy arrays: images uint8 (n, H, W) or (n, H, W, C) (channels last), labels
 int64 (n,). :func:`image_split` turns them into a standardised :class:`Split`.

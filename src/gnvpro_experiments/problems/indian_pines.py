@@ -1,4 +1,4 @@
-"""Indian Pines hyperspectral segmentation (experiments.md section 4).
+"""Indian Pines hyperspectral segmentation (docs/experiments.md section 4).
 
 The data are the 200-band "corrected" AVIRIS scene (145 x 145 pixels, 16 classes, 10249 labelled
 pixels) stored in ``indian_pines.npz`` (see shared/data/README.md).
@@ -121,7 +121,7 @@ def indian_pines_split(
     test_fraction: float = 0.2,
     dtype: torch.dtype = torch.float64,
 ) -> Split:
-    """Class-balanced Indian Pines split (experiments.md section 4).
+    """Class-balanced Indian Pines split (docs/experiments.md section 4).
 
     For each class with ``count`` labelled pixels, ``nb = min(count - holdout, n_max)`` pixels
     are drawn at random (seeded); ``round(test_fraction * nb)`` of them (halves rounded up) go to

@@ -251,8 +251,8 @@ def dcr_split(
 
     The samples are already i.i.d. draws, so the split is by position: the first n_train rows
     train, the next n_val validate, the next n_test (default: the rest) test. With
-    center_targets the targets are centred by the training mean (experiments.md section 3). With
-    normalize_inputs the parameters are mapped affinely from the prior box to [-1, 1]^3:
+    center_targets the targets are centred by the training mean (docs/experiments.md section 3).
+    With normalize_inputs the parameters are mapped affinely from the prior box to [-1, 1]^3:
     x = 2 (y - low) / (high - low) - 1. Tensors are float64 unless ``dtype`` says otherwise.
 
     meta (JSON-able) holds name, n, seed, hash, normalize_inputs, center_targets, param_names,
