@@ -44,7 +44,7 @@ from .linalg.cg import pcg
 from .linalg.lbfgs import curvature_pair, newest, two_loop
 from .linalg.line_search import strong_wolfe
 from .trust_region import RadiusRule, StepOutcome
-from .validate import validate_config
+from .validate import choices, in_range, validate_config
 
 
 class Problem(Protocol):
@@ -75,15 +75,16 @@ class SolverConfig:
     """Settings of the outer solver (defaults: the paper's trust region, as the reference's
     surrogate runs); the method configs that run it extend this one."""
 
-    max_krylov: int = 20
-    krylov_rtol: float = 1e-2
-    subproblem: str = "lanczos"
+    max_krylov: int = field(default=20, metadata=in_range(low=1))
+    krylov_rtol: float = field(default=1e-2, metadata=in_range(low=0.0, high=1.0,
+                                                               high_inclusive=False))
+    subproblem: str = field(default="lanczos", metadata=choices(*SUBPROBLEMS))
     radius_rule: RadiusRule = field(default_factory=RadiusRule)
-    grad_rtol: float = 1e-10
-    grad_atol: float = 0.0
-    min_radius: float = 1e-14
+    grad_rtol: float = field(default=1e-10, metadata=in_range(low=0.0))
+    grad_atol: float = field(default=0.0, metadata=in_range(low=0.0))
+    min_radius: float = field(default=1e-14, metadata=in_range(low=0.0))
     tn_memory: int = 10
-    max_line_search: int = 25
+    max_line_search: int = field(default=25, metadata=in_range(low=1))
     extrapolate: bool = False  # trust region: after a very successful step also try 2s (+1 WU)
 
     def __post_init__(self) -> None:

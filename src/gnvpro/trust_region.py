@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+
+from .validate import in_range
+
+_UNIT = in_range(low=0.0, high=1.0, high_inclusive=False)  # η ∈ [0, 1)
 
 
 class StepOutcome(str, Enum):
@@ -25,12 +29,14 @@ class StepOutcome(str, Enum):
 
 @dataclass(frozen=True)
 class RadiusRule:
-    eta_reject: float = 1e-4
-    eta_shrink: float = 0.1
-    eta_expand: float = 0.75
-    shrink: float = 0.5
-    expand: float = 1.5
-    max_radius_per_grad: float = 1e4
+    eta_reject: float = field(default=1e-4, metadata=_UNIT)
+    eta_shrink: float = field(default=0.1, metadata=_UNIT)
+    eta_expand: float = field(default=0.75, metadata=_UNIT)
+    shrink: float = field(default=0.5, metadata=in_range(low=0.0, low_inclusive=False, high=1.0,
+                                                          high_inclusive=False))
+    expand: float = field(default=1.5, metadata=in_range(low=1.0))
+    max_radius_per_grad: float = field(default=1e4, metadata=in_range(low=0.0,
+                                                                      low_inclusive=False))
 
     def update(
         self, rho: float, radius: float, step_norm: float, on_boundary: bool, grad_norm: float

@@ -25,7 +25,9 @@ __all__ = [
     "check_model",
     "check_real",
     "config_from_dict",
+    "choices",
     "describe",
+    "in_range",
     "validate_config",
 ]
 
@@ -86,33 +88,42 @@ def check_real(
 
 
 # ---------------------------------------------------------------------------- configurations
-# ranges of known numeric fields; other int fields must be >= 0, other float fields not NaN and
-# >= 0 (a field's own default is always accepted, so settings added later never break it)
+def in_range(**rule: Any) -> dict[str, Any]:
+    """Field metadata declaring a numeric field's range, the keywords of :func:`check_real`:
+    ``field(default=20, metadata=in_range(low=1))``."""
+    return {"range": dict(rule)}
+
+
+def choices(*values: str) -> dict[str, Any]:
+    """Field metadata declaring a string field's allowed values."""
+    return {"choices": tuple(values)}
+
+
+def _metadata(cls: type, name: str) -> Mapping[str, Any]:
+    """The metadata of field ``name`` of dataclass ``cls``, inherited from the nearest base that
+    declares some (a subclass that only changes the default keeps the base's range)."""
+    for k in getattr(cls, "__mro__", ()):
+        f = getattr(k, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata:
+            return f.metadata
+    return {}
+
+
+# ranges and choices of fields whose dataclasses declare none in their field metadata (the
+# method configs in gnvpro.methods); other int fields must be >= 0, other float fields not NaN
+# and >= 0 (a field's own default is always accepted, so settings added later never break it)
 _RULES: dict[str, dict[str, Any]] = {
-    "max_krylov": {"low": 1},
     "max_line_search": {"low": 1},
     "threads": {"low": 1},
     "inner_max_iter": {"low": 1},
-    "krylov_rtol": {"low": 0.0, "high": 1.0, "high_inclusive": False},
     "grad_rtol": {"low": 0.0},
     "grad_atol": {"low": 0.0},
     "inner_rtol": {"low": 0.0},
     "inner_atol": {"low": 0.0},
-    "min_radius": {"low": 0.0},
-    "eta_reject": {"low": 0.0, "high": 1.0, "high_inclusive": False},
-    "eta_shrink": {"low": 0.0, "high": 1.0, "high_inclusive": False},
-    "eta_expand": {"low": 0.0, "high": 1.0, "high_inclusive": False},
-    "shrink": {"low": 0.0, "low_inclusive": False, "high": 1.0, "high_inclusive": False},
-    "expand": {"low": 1.0},
-    "max_radius_per_grad": {"low": 0.0, "low_inclusive": False},
 }
 
 
 def _choices(field: str) -> tuple[str, ...] | None:
-    if field == "subproblem":
-        from .solver import SUBPROBLEMS
-
-        return SUBPROBLEMS
     if field == "jacobian":
         return ("full", "kaufman")
     if field == "jvp_mode":
@@ -130,8 +141,11 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def _check_field(name: str, key: str, v: Any, tp: Any, default: Any) -> Any:
-    """The checked (possibly normalised, e.g. numpy int -> int) value of one dataclass field."""
+def _check_field(name: str, key: str, v: Any, tp: Any, default: Any,
+                 meta: Mapping[str, Any] | None = None) -> Any:
+    """The checked (possibly normalised, e.g. numpy int -> int) value of one dataclass field;
+    ``meta``: its metadata (:func:`in_range`, :func:`choices`), else the table above."""
+    meta = meta or {}
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if v is None and type(None) in args:
@@ -150,7 +164,7 @@ def _check_field(name: str, key: str, v: Any, tp: Any, default: Any) -> Any:
             raise TypeError(f"{name} must be True or False, got {describe(v)}")
         return v
     if tp is int or tp is float:
-        rule = _RULES.get(key)
+        rule = meta.get("range", _RULES.get(key))
         if rule is None:
             rule = {"low": 0} if tp is int else {"low": 0.0, "finite": False}
         if default is not dataclasses.MISSING and type(v) is type(default) and v == default:
@@ -159,9 +173,9 @@ def _check_field(name: str, key: str, v: Any, tp: Any, default: Any) -> Any:
     if tp is str:
         if not isinstance(v, str):
             raise TypeError(f"{name} must be a string, got {describe(v)}")
-        choices = _choices(key)
-        if choices is not None and v not in choices:
-            raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
+        allowed = meta.get("choices", _choices(key))
+        if allowed is not None and v not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {v!r}")
         return v
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(v, Mapping):
@@ -184,7 +198,8 @@ def validate_config(cfg: Any, name: str | None = None) -> None:
         return
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        new = _check_field(f"{prefix}.{f.name}", f.name, v, hints.get(f.name), _default(f))
+        new = _check_field(f"{prefix}.{f.name}", f.name, v, hints.get(f.name), _default(f),
+                           _metadata(cls, f.name))
         if new is not v:
             object.__setattr__(cfg, f.name, new)
     if {"eta_reject", "eta_shrink", "eta_expand"} <= {f.name for f in dataclasses.fields(cfg)}:
