@@ -18,7 +18,7 @@ for patch in tests/data/faults/*.patch; do
   log="$tmp/pytest.log"
   (cd "$tmp" && OMP_NUM_THREADS=1 PYTHONPATH="$tmp/src" "$OLDPWD/$PY" -m pytest -q \
       -p no:cacheprovider $TESTS "$@") > "$log" 2>&1
-  failed=$(grep -E '^FAILED' "$log" | sed 's/ - .*//')
+  failed=$(grep -E '^FAILED' "$log" | cut -c1-230)
   echo "== $(basename "$patch" .patch): $(tail -1 "$log")"
   [ -n "$failed" ] && echo "$failed" || { echo "   NOT CAUGHT"; missed=1; }
   rm -rf "$tmp"
