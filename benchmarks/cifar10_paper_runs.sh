@@ -9,7 +9,9 @@
 #        benchmarks/cifar10_paper_runs.sh sgd:0 lbfgs-vpro-stochastic:0 &
 #
 # Environment: OUT (results/cifar10), GNVPRO (.venv/bin/gnvpro), CHECKPOINT_EVERY (240 s).
-# results/cifar10/parts.log gets one line per stretch: start/stop time, run, commit, exit status.
+# SIGINT/SIGTERM to this script stop the current run with a checkpoint (the runner's own signal
+# handling) and end the script. results/cifar10/parts.log gets one line per stretch: start and
+# stop time, run, commit, host, exit status (130/143: stopped by a signal, resumable).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/cifar10}
@@ -17,14 +19,23 @@ GNVPRO=${GNVPRO:-.venv/bin/gnvpro}
 mkdir -p "$OUT/logs"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain -- src 2>/dev/null)" ] || commit="$commit+dirty"
+child=0
+stop() { [ "$child" -ne 0 ] && kill -"$1" "$child" 2>/dev/null; stopped=1; }
+stopped=0
+trap 'stop INT' INT
+trap 'stop TERM' TERM
 for item in "$@"; do
   method=${item%%:*}; seed=${item##*:}
   resume=(); [ -d "$OUT/$method/seed-$seed" ] && resume=(--resume)
   start=$(date -u +%FT%TZ)
   OMP_NUM_THREADS=1 nice -n 19 "$GNVPRO" run cifar10 --methods "$method" --seeds "$seed" \
     --out "$OUT" --threads 1 --checkpoint-every "${CHECKPOINT_EVERY:-240}" --no-progress \
-    "${resume[@]}" >> "$OUT/logs/$method-seed-$seed.log" 2>&1
-  rc=$?
+    "${resume[@]}" >> "$OUT/logs/$method-seed-$seed.log" 2>&1 &
+  child=$!
+  while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+  wait "$child" 2>/dev/null; rc=${rc:-$?}
+  child=0
   echo "$start $(date -u +%FT%TZ) $method seed-$seed commit=$commit host=$(hostname) rc=$rc" \
     >> "$OUT/parts.log"
+  [ "$stopped" -eq 1 ] && exit "$rc"
 done
