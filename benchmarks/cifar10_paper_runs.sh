@@ -22,7 +22,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 child=0
 stop() { [ "$child" -ne 0 ] && kill -"$1" "$child" 2>/dev/null; stopped=1; }
 stopped=0
-trap 'stop INT' INT
+trap 'stop TERM' INT  # a background child ignores SIGINT: forward TERM
 trap 'stop TERM' TERM
 for item in "$@"; do
   method=${item%%:*}; seed=${item##*:}
