@@ -25,6 +25,8 @@ from typing import Any
 from gnvpro.autodiff import JVP_MODES
 from gnvpro.methods import FirstOrder
 
+from .errors import ExperimentError
+from .selection import parse_seeds
 from .train import METHODS, config_keys, make_config
 
 try:  # Python >= 3.11
@@ -78,11 +80,6 @@ _BUDGET_KEYS = ("max_work", "max_iter", "epochs")
 # levels, model (a table of [model] keys), alpha_w, alpha_theta; epochs (stochastic methods:
 # ADAM/SGD max_work = 2 * epochs, the sub-batch methods' epochs)
 _OVERRIDE_KEYS = {"levels", "model", "alpha_w", "alpha_theta", "epochs"}
-MAX_SEEDS = 1000  # one invocation runs at most this many seeds (a typo must not run forever)
-
-
-class ExperimentError(ValueError):
-    """A user-facing configuration or input error (the CLI prints it and exits with code 2)."""
 
 
 def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -471,7 +468,5 @@ def config_from_dict(raw: Mapping[str, Any], src: str = "<dict>") -> ExperimentC
                                                             positive=True, integer=True)))
     if raw.get("max_seconds") is not None:
         cfg = cfg.with_max_seconds(_num(src, "max_seconds", raw["max_seconds"], positive=True))
-    from .selection import parse_seeds  # (selection imports this module)
-
     parse_seeds(default_seeds, cfg)
     return cfg

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from .config import KNOWN_METHODS, MAX_SEEDS, ExperimentConfig, ExperimentError
+from typing import TYPE_CHECKING
 
-__all__ = ["parse_methods", "parse_seeds"]
+from .errors import ExperimentError
+from .train import METHODS as KNOWN_METHODS
+
+if TYPE_CHECKING:
+    from .config import ExperimentConfig
+
+__all__ = ["MAX_SEEDS", "parse_methods", "parse_seeds"]
+
+MAX_SEEDS = 1000  # one invocation runs at most this many seeds (a typo must not run forever)
 
 
 def parse_methods(text: str | None, cfg: ExperimentConfig) -> list[str]:

@@ -86,6 +86,6 @@ class Problem(ABC):
         return [], ""
 
     def _no_reference(self) -> Exception:
-        from ..config import ExperimentError
+        from ..errors import ExperimentError
 
         return ExperimentError(f"problem {self.name!r} has no reference seed 'ref'")

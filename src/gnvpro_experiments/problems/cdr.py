@@ -19,16 +19,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gnvpro_experiments.config import ExperimentConfig, ExperimentError
+from gnvpro_experiments.errors import ExperimentError
 from gnvpro_experiments.models.resnet import AntisymmetricResNet, paper_network
 from gnvpro_experiments.problems.base import Problem, Split
 from gnvpro_experiments.problems.paths import find_shared, optional_file
+
+if TYPE_CHECKING:
+    from gnvpro_experiments.config import ExperimentConfig
 
 __all__ = [
     "CDR",

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..config import ExperimentConfig, ExperimentError
+from ..errors import ExperimentError
 from .base import Problem, Split
 from .paths import optional_file
+
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
 
 ASPECT = 0.4  # the second coordinate is scaled by this: x = (r cos phi, 0.4 r sin phi)
 

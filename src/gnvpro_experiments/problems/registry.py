@@ -6,21 +6,20 @@ A new experiment is
    ``split``; optionally the reference seed and ``figures``), e.g. ``problems/heat.py``;
 2. one TOML file in ``gnvpro_experiments/configs/`` (``problem = "heat"``, its ``[data]``
    keys among the problem's ``data_keys``);
-3. its entry in the tuple at the end of this file (``Heat(),`` and its import), or, outside
-   the package, a :func:`register` call.
+3. its entry in the tuple of ``problems/__init__.py`` (``Heat(),`` and its import), or,
+   outside the package, a :func:`register` call.
+
+This module is a lookup table that imports no problem: the built-in problems register
+themselves in ``problems/__init__.py``, which Python runs before any module of the package (so
+config, data and report, which look problems up here, sit below no problem module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import ExperimentError
+from ..errors import ExperimentError
 from .base import Problem
-from .cdr import CDR
-from .dcr.problem import DCR
-from .ellipse import Ellipse
-from .images import ImageClassification
-from .indian_pines import IndianPines
 
 __all__ = ["PROBLEMS", "Problem", "get_problem", "names", "register"]
 
@@ -62,13 +61,3 @@ def names(where: Callable[[Problem], bool]) -> str:
     got = [n for n, p in PROBLEMS.items() if where(p)]
     return " and ".join(([", ".join(got[:-1])] if got[:-1] else []) + got[-1:])
 
-
-for _problem in (
-    CDR(),
-    DCR(),
-    Ellipse(),
-    IndianPines(),
-    ImageClassification("cifar10"),
-    ImageClassification("fashion-mnist"),
-):
-    register(_problem)

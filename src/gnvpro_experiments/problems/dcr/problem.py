@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...config import ExperimentConfig, ExperimentError
+from ...errors import ExperimentError
 from ..base import Problem, Split
 from ..paths import optional_file
+
+if TYPE_CHECKING:
+    from ...config import ExperimentConfig
 
 
 class DCR(Problem):
