@@ -434,7 +434,8 @@ def _weights(model) -> list[torch.Tensor]:
      r"batches\[1\]: x contains \d+ NaN"),
     (lambda o, x, y: fit(o, [(x, y), (x, y[:, :1])], max_iter=2), ValueError,
      r"batches\[1\]: y"),
-    (lambda o, x, y: fit(o, [(x[:6], y[:6]), (x[6:], y[6:])]), ValueError, r"needs a budget"),
+    (lambda o, x, y: fit(o, [(x, y)], max_iter=2, val_every=0), ValueError,
+     r"val_every must be"),
     (lambda o, x, y: fit(o, [(x, y)], epochs=3), ValueError, r"needs a budget"),
     (lambda o, x, y: fit(o, [(x, y)], n_samples=1, max_iter=2), ValueError,
      r"n_samples \(1\) is smaller than a batch \(12 samples\)"),
@@ -455,7 +456,7 @@ def _weights(model) -> list[torch.Tensor]:
     (lambda o, x, y: KeepBest(o.model, "yes"), TypeError, r"classification=.* True"),
     (lambda o, x, y: KeepBest("model", True), TypeError, r"model=.* nn\.Module"),
 ], ids=["repeat", "generator", "iterator", "too-many", "dtype", "width", "nan", "targets",
-        "batches-no-budget", "epochs-no-budget", "n-samples", "checkpoint-every-nan",
+        "val-every", "epochs-no-budget", "n-samples", "checkpoint-every-nan",
         "fractional-epochs", "callback", "callbacks-not-list", "hook", "start", "method",
         "keepbest-classification", "keepbest-model"])
 def test_fit_checks_everything_before_the_first_step(call, err, pattern):

@@ -1,12 +1,21 @@
 """The one training loop: every method (gnvpro.methods) is driven by ``fit``.
 
-    hist = fit(method, batches, max_work=200, val=(x_val, y_val))
+    hist = fit(method, [(x, y)], max_work=200, val=(x_val, y_val))     # full batch
+    hist = fit(method, loader, epochs=3)        # a DataLoader: one step per batch, 3 passes
 
-``batches`` is a sequence of (x, y): one batch is full-batch training (steps until a budget or
-the method's own termination); several batches are a schedule of ``epochs`` passes in which the
-method takes ``steps_per_batch`` steps on each batch in turn (the paper's stochastic scheme on
-fixed sub-batches, gnvpro.batches.fixed_batches). Work units stay passes over the ``n_samples``
-training samples: the work of a step on a batch of size b is scaled by b / n_samples.
+``batches`` holds (x, y) pairs and has a length: a list or tuple (checked whole before the first
+step and indexed each epoch), or a re-iterable such as a torch DataLoader (iterated afresh each
+epoch, so a shuffling loader gives a new order per epoch; each batch is checked when drawn,
+before the step on it). One-shot iterators and generators are refused. One batch is full-batch
+training (steps until a budget or the method's own termination); several batches are a schedule
+of ``epochs`` passes in which the method takes ``steps_per_batch`` steps (default 1) on each
+batch in turn (the paper's stochastic scheme on fixed sub-batches, gnvpro.batches.fixed_batches,
+with steps_per_batch > 1). A budget or a finite schedule is required.
+
+Work units are the loop's: passes over the ``n_samples`` training samples, the work of a step on
+a batch of size b scaled by b / n_samples (records' work_units, History.work). The loop marks
+its counter on the method, so ``method.work`` equals History.work after fit; the method's own,
+unscaled count (passes over the batch at hand) is ``method.own_work``.
 
 Budgets (of this call): max_iter steps, max_work work units, max_seconds of the method's own
 seconds. A step is not started once the work spent reaches max_work, nor when its known cost
@@ -17,15 +26,17 @@ History.batch_stops), a non-finite objective, the callback, or the end of the sc
 
 Every record is a StepInfo: work_units, seconds and inner_seconds cumulative, loss and data_loss
 of the current iterate, metrics["train"] on the current batch (from the predictions at hand),
-metrics["val"] on ``val``. Metrics, callbacks and checkpoints are not counted in seconds.
+metrics["val"] on ``val`` (records whose iteration is a multiple of ``val_every``; the others
+carry extra["val_skipped"]). Metrics, callbacks and checkpoints are not counted in seconds.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +73,7 @@ class History:
     termination: Termination
     batch_stops: list[dict] = field(default_factory=list)
     position: Position = field(default_factory=Position)
+    work: float = 0.0  # the loop's work counter now (= method.work after fit)
 
     @property
     def final(self) -> StepInfo | None:
@@ -84,6 +96,8 @@ class KeepBest:
 
     def __call__(self, rec: StepInfo) -> None:
         val = rec.metrics.get("val")
+        if val is None and rec.extra.get("val_skipped"):  # fit(val_every=k): not validated
+            return
         if val is None:
             raise ValueError("KeepBest needs validation data: pass val=(x_val, y_val) to fit")
         score = float(val["accuracy"]) if self.classification else -float(val["loss"])
@@ -127,40 +141,94 @@ def _check_method(method: object) -> None:
                         f"{describe(method)} without {', '.join(missing)}")
 
 
-def _check_batches(method: Method, batches: object) -> list[tuple[Tensor, Tensor]]:
-    """The batches as a list of (x, y), each checked for the model (types, shapes, dtype,
-    device, widths, finite values, targets) before anything is trained."""
+def _check_source(batches: object) -> None:
+    """``batches`` is a collection of (x, y) pairs with a length that can be read again."""
     if isinstance(batches, tuple) and len(batches) == 2 and isinstance(batches[0], Tensor):
         raise TypeError("batches must be a sequence of (x, y) pairs: pass [(x, y)] for "
                         "full-batch training")
     if isinstance(batches, Iterator) or not isinstance(batches, Sized) or \
-            not hasattr(batches, "__getitem__") or isinstance(batches, str | bytes | Tensor):
-        raise TypeError(f"batches must be a sequence of (x, y) pairs with a length (a list or "
-                        f"tuple; fit reads it once per epoch), got {describe(batches)}: pass "
-                        "list(...) of a finite iterable")
+            not (hasattr(batches, "__getitem__") or isinstance(batches, Iterable)) or \
+            isinstance(batches, str | bytes | Tensor):
+        raise TypeError(f"batches must be a sequence of (x, y) pairs with a length (a list, a "
+                        f"tuple or a DataLoader; fit reads it afresh each epoch), got "
+                        f"{describe(batches)}: pass list(...) of a finite iterable")
     if len(batches) > MAX_BATCHES:
         raise ValueError(f"batches has {len(batches)} batches, more than {MAX_BATCHES}: use "
                          "larger batches (gnvpro.batches.fixed_batches) or several fit calls")
-    out = list(batches)
-    if not out:
+    if len(batches) == 0:
         raise ValueError("batches is empty: give at least one (x, y) batch")
+
+
+def _check_pair(method: Method, b: object, name: str, where: str, x0: Tensor | None
+                ) -> tuple[Tensor, Tensor]:
+    """One batch (``name``) checked for the model (types, shapes, dtype, device, widths, finite
+    values, targets; samples shaped as x0's); ``where`` prefixes the errors."""
+    if not (isinstance(b, tuple | list) and len(b) == 2):
+        raise TypeError(f"{name} must be a pair (x, y), got {describe(b)}")
+    check_batch(method.split, b[0], b[1], f"{where}x", f"{where}y")
+    if x0 is not None and b[0].shape[1:] != x0.shape[1:]:
+        raise ValueError(f"{where}x has samples of shape {tuple(b[0].shape[1:])} but "
+                         f"batches[0] has {tuple(x0.shape[1:])}: they must match")
+    try:
+        method.loss.prepare_targets(b[1], method.split.n_outputs)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}y: {e}") from None
+    return b[0], b[1]
+
+
+def _check_batches(method: Method, batches: Sequence) -> list[tuple[Tensor, Tensor]]:
+    """A sequence of batches as a list of (x, y), each checked for the model before anything
+    is trained (the same tensors again are checked once)."""
+    out = list(batches)
     seen: set[tuple[int, int]] = set()
     for i, b in enumerate(out):
-        if not (isinstance(b, tuple | list) and len(b) == 2):
-            raise TypeError(f"batches[{i}] must be a pair (x, y), got {describe(b)}")
-        if (id(b[0]), id(b[1])) in seen:  # the same tensors again: checked already
-            continue
-        seen.add((id(b[0]), id(b[1])))
+        if isinstance(b, tuple | list) and len(b) == 2 and (id(b[0]), id(b[1])) in seen:
+            continue  # the same tensors again: checked already
         where = "" if len(out) == 1 else f"batches[{i}]: "
-        check_batch(method.split, b[0], b[1], f"{where}x", f"{where}y")
-        if i and b[0].shape[1:] != out[0][0].shape[1:]:
-            raise ValueError(f"batches[{i}]: x has samples of shape {tuple(b[0].shape[1:])} but "
-                             f"batches[0] has {tuple(out[0][0].shape[1:])}: they must match")
-        try:
-            method.loss.prepare_targets(b[1], method.split.n_outputs)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{where}y: {e}") from None
+        _check_pair(method, b, f"batches[{i}]", where, out[0][0] if i else None)
+        seen.add((id(b[0]), id(b[1])))
     return [tuple(b) for b in out]  # type: ignore[misc]
+
+
+class _Batches:
+    """fit's data: a sequence (checked whole up front, indexed each epoch) or a re-iterable
+    with a length such as a DataLoader (iterated afresh each epoch, each batch checked when
+    drawn, before the step on it)."""
+
+    def __init__(self, method: Method, batches: object) -> None:
+        _check_source(batches)
+        self.method, self.source, self.n = method, batches, len(batches)  # type: ignore[arg-type]
+        self.fixed = (_check_batches(method, batches)  # type: ignore[arg-type]
+                      if hasattr(batches, "__getitem__") else None)
+        self.x0: Tensor | None = None if self.fixed is None else self.fixed[0][0]
+
+    def epoch(self, epoch: int, skip: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """(index, x, y) of one epoch from batch ``skip`` on."""
+        if self.fixed is not None:
+            for b in range(skip, self.n):
+                yield b, *self.fixed[b]
+            return
+        for b, item in enumerate(iter(self.source)):  # type: ignore[call-overload]
+            if b >= skip:
+                name = f"batches[{b}] of epoch {epoch}"
+                x, y = _check_pair(self.method, item, name, f"{name}: ", self.x0)
+                self.x0 = x if self.x0 is None else self.x0
+                yield b, x, y
+
+    def default_n_samples(self, single: bool) -> int:
+        """The training samples: the batches' sizes summed (a sequence), the loader's dataset
+        length (a DataLoader), the batch's size (one batch)."""
+        if self.fixed is not None:
+            return sum(len(x) for x, _ in self.fixed) if not single else len(self.fixed[0][0])
+        assert self.x0 is not None
+        dataset = getattr(self.source, "dataset", None)
+        if single or self.n == 1:
+            return len(self.x0)
+        if not isinstance(dataset, Sized):
+            raise ValueError(f"n_samples is needed for {describe(self.source)}: give the number "
+                             "of training samples (the work of a step on a batch of b samples "
+                             "counts b / n_samples)")
+        return len(dataset)
 
 
 def _check_hooks(callback: object, callbacks: object, checkpoint: object,
@@ -194,7 +262,7 @@ def _check_start(start: object, n_batches: int, epochs: int) -> Position:
 
 def fit(
     method: Method,
-    batches: Sequence[tuple[Tensor, Tensor]],
+    batches: Sequence[tuple[Tensor, Tensor]] | Iterable[tuple[Tensor, Tensor]],
     *,
     n_samples: int | None = None,
     epochs: int = 1,
@@ -203,6 +271,7 @@ def fit(
     max_iter: int | None = None,
     max_seconds: float | None = None,
     val: tuple[Tensor, Tensor] | None = None,
+    val_every: int = 1,
     callback: Callback | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
@@ -213,43 +282,53 @@ def fit(
 ) -> History:
     """Train ``method``'s model on ``batches`` (module docstring); the model holds the result.
 
-    record_start: record 0 describes the starting point (after the first evaluation).
-    checkpoint(history) is called at most every ``checkpoint_every`` wall seconds, after a
-    record, and after the record at which a callback stops the run (the caller saves the
-    model, method.state_dict(), the records and history.position). start: continue a schedule
-    from a checkpoint's position (the method restored by load_state_dict; the budgets are those
-    left). Everything is checked before the first step: the method, every batch (errors name
-    batches[i]), the budgets (one is needed unless steps_per_batch bounds the schedule), the
-    callbacks and the checkpoint hook."""
+    batches: a list / tuple of (x, y), or a re-iterable with a length (a DataLoader), read
+    afresh each epoch. n_samples: the training samples for work units (default: the batches'
+    sizes summed; a DataLoader's dataset length). steps_per_batch: steps on each batch (default
+    1 with several batches; one batch: until a budget). val_every: validate the records whose
+    iteration is a multiple of it (default 1: every record). record_start: record 0 describes
+    the starting point (after the first evaluation). checkpoint(history) is called at most
+    every ``checkpoint_every`` wall seconds, after a record, and after the record at which a
+    callback stops the run (the caller saves the model, method.state_dict(), the records and
+    history.position). start: continue a schedule from a checkpoint's position (the method
+    restored by load_state_dict; the budgets are those left). Everything is checked before the
+    first step: the method, every batch of a sequence (errors name batches[i]; a loader's batches
+    when drawn, batches[i] of epoch e), the budgets (one is needed unless the schedule is
+    finite), the callbacks and the checkpoint hook. Returns the History (records, termination,
+    History.work the loop's work counter, equal to method.work afterwards)."""
     _check_method(method)
-    batches = _check_batches(method, batches)
+    data = _Batches(method, batches)
     epochs = check_real("epochs", epochs, integer=True, low=1)
-    single = len(batches) == 1 and epochs == 1
+    single = data.n == 1 and epochs == 1
     if steps_per_batch is not None:
         steps_per_batch = check_real("steps_per_batch", steps_per_batch, integer=True, low=1)
+    elif data.n > 1:
+        steps_per_batch = 1
     max_work, max_iter, max_seconds = _check_budget(
         max_work, max_iter, max_seconds, unbounded=steps_per_batch is None)
-    largest = max(len(x) for x, _ in batches)
-    if n_samples is None:
-        n_samples = sum(len(x) for x, _ in batches) if not single else len(batches[0][0])
-    n_samples = check_real("n_samples", n_samples, integer=True, low=1)
-    if n_samples < largest:
-        raise ValueError(f"n_samples ({n_samples}) is smaller than a batch ({largest} samples): "
-                         "give the number of training samples (the work of a step on a batch "
-                         "of b samples counts b / n_samples)")
+    val_every = check_real("val_every", val_every, integer=True, low=1)
     callbacks, checkpoint_every = _check_hooks(callback, callbacks, checkpoint, checkpoint_every)
+    if val is None and any(isinstance(cb, KeepBest) for cb in callbacks):
+        raise ValueError("KeepBest needs validation data: pass val=(x_val, y_val) to fit")
+    start = _check_start(start, data.n, epochs)
+    draws = _draws(data, epochs, start)
+    first = next(draws, None)
+    if first is None:
+        raise ValueError("batches is empty: the loader gave no (x, y) batch")
+    n_samples = _check_n_samples(data, n_samples, single, first[3])
     if val is not None:
-        _check_val(method, batches[0][0], val)
-    start = _check_start(start, len(batches), epochs)
-    x0, y0 = batches[start.batch]
+        _check_val(method, first[3], val)
+    _, _, _, x0, y0 = first
     work = method.work
+    before = _own_work(method)
     method.set_batch(x0, y0)
-    work += (method.work - work) * len(x0) / n_samples
+    work += (_own_work(method) - before) * len(x0) / n_samples
     if start.work:
         work = start.work
+    _mark_work(method, work)
     start_work, start_seconds = work, method.seconds
     records: list[StepInfo] = []
-    hist = History(records, Termination.RUNNING, position=start)
+    hist = History(records, Termination.RUNNING, position=start, work=work)
     last_checkpoint = time.perf_counter()
 
     def record(info: StepInfo, y: Tensor, **extra: object) -> StepInfo:
@@ -258,8 +337,10 @@ def fit(
         info.work_units, info.seconds = work, method.seconds
         info.inner_seconds = method.inner_seconds
         info.metrics["train"] = prediction_metrics(method.loss, it.S, y, it.S.shape[1])
-        if val is not None:
+        if val is not None and info.iteration % val_every == 0:
             info.metrics["val"] = _val_metrics(method, val)
+        elif val is not None:
+            info.extra["val_skipped"] = True
         info.extra.update(extra)
         records.append(info)
         return info
@@ -276,15 +357,18 @@ def fit(
 
     total = max_work if max_work is not None and max_work < math.inf else (
         max_iter if max_iter is not None else (
-            None if steps_per_batch is None else epochs * len(batches) * steps_per_batch))
+            None if steps_per_batch is None else epochs * data.n * steps_per_batch))
     pbar = bar(progress, total, "WU" if total == max_work else "it", leave=False)
     try:
-        for epoch, b, k in _schedule(len(batches), epochs, start):
-            x, y = batches[b]
+        for epoch, b, k, x, y in itertools.chain([first], draws):
+            if len(x) > n_samples:
+                raise ValueError(f"batches[{b}] of epoch {epoch} has {len(x)} samples, more "
+                                 f"than n_samples ({n_samples})")
             if not single:
-                before = method.work
+                before = _own_work(method)
                 method.set_batch(x, y)
-                work += (method.work - before) * len(x) / n_samples
+                work += (_own_work(method) - before) * len(x) / n_samples
+                hist.work = _mark_work(method, work)
             while steps_per_batch is None or k < steps_per_batch:
                 term = _budget(method, steps, work - start_work,
                                method.seconds - start_seconds, max_iter, max_work,
@@ -299,9 +383,10 @@ def fit(
                         hist.batch_stops.append({"epoch": epoch, "batch": b,
                                                  "reason": own.value})
                     break
-                before = method.work
+                before = _own_work(method)
                 info = method.step(x, y)
-                work += (method.work - before) * len(x) / n_samples
+                work += (_own_work(method) - before) * len(x) / n_samples
+                hist.work = _mark_work(method, work)
                 if info is None:  # no step possible here: termination() says why
                     continue
                 k += 1
@@ -335,12 +420,39 @@ def fit(
     return hist
 
 
-def _schedule(n_batches: int, epochs: int, start: Position) -> Iterator[tuple[int, int, int]]:
-    """(epoch, batch, steps already taken on it) from the start position to the end."""
+def _draws(data: _Batches, epochs: int, start: Position
+           ) -> Iterator[tuple[int, int, int, Tensor, Tensor]]:
+    """(epoch, batch, steps already taken on it, x, y) from the start position to the end."""
     for epoch in range(start.epoch, epochs + 1):
-        for b in range(n_batches):
-            if (epoch, b) >= (start.epoch, start.batch):
-                yield epoch, b, start.k if (epoch, b) == (start.epoch, start.batch) else 0
+        skip = start.batch if epoch == start.epoch else 0
+        for b, x, y in data.epoch(epoch, skip):
+            yield epoch, b, start.k if (epoch, b) == (start.epoch, start.batch) else 0, x, y
+
+
+def _check_n_samples(data: _Batches, n_samples: object, single: bool, x0: Tensor) -> int:
+    """n_samples (default: _Batches.default_n_samples), at least the largest known batch."""
+    if n_samples is None:
+        n_samples = data.default_n_samples(single)
+    n_samples = check_real("n_samples", n_samples, integer=True, low=1)
+    largest = max(len(x) for x, _ in data.fixed) if data.fixed is not None else len(x0)
+    if n_samples < largest:
+        raise ValueError(f"n_samples ({n_samples}) is smaller than a batch ({largest} samples): "
+                         "give the number of training samples (the work of a step on a batch "
+                         "of b samples counts b / n_samples)")
+    return n_samples
+
+
+def _own_work(method: Method) -> float:
+    """The method's own work count (ModelMethod.own_work; ``work`` for other methods)."""
+    return method.own_work if hasattr(method, "own_work") else method.work  # type: ignore
+
+
+def _mark_work(method: Method, work: float) -> float:
+    """Tell the method the loop's counter (ModelMethod.mark_work), if it keeps one."""
+    mark = getattr(method, "mark_work", None)
+    if callable(mark):
+        mark(work)
+    return work
 
 
 def _budget(method: Method, steps: int, work: float, seconds: float, max_iter: int | None,

@@ -5,7 +5,7 @@
                               the model holds the result; None when no step could be taken
     method.current()          the iterate: objective value, data loss, predictions S on the batch
     method.termination()      RUNNING, or why the method cannot go on on this batch
-    method.work, .seconds, .inner_seconds   cumulative counters (the method's own counting)
+    method.work, .seconds, .inner_seconds   cumulative counters (work: see ModelMethod.work)
     method.step_work          work of one step when known in advance (first-order: 2), else None
     method.state_dict() / load_state_dict(sd)   optimiser state only (as in torch.optim)
 
@@ -30,7 +30,8 @@ from ..solver import StepInfo, Termination
 from ..validate import check_model, check_real, describe, validate_config
 from ..varpro import InnerOptions
 
-__all__ = ["BatchIdentity", "InnerSettings", "Iterate", "Method", "ModelMethod", "no_closure"]
+__all__ = ["BatchIdentity", "InnerSettings", "Iterate", "Method", "ModelMethod", "no_closure",
+           "same_data"]
 
 
 @dataclass
@@ -70,9 +71,29 @@ def _version(t: object) -> int | None:
         return None
 
 
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: Tensor) -> Tensor:
+    """``t`` viewed as integers of its element size (bitwise comparison: NaN, ±0 exact)."""
+    if t.is_floating_point() and t.element_size() in _BITS:
+        return t.view(_BITS[t.element_size()])
+    return t
+
+
+def same_data(a: Tensor, b: object) -> bool:
+    """Whether ``b`` holds the data of ``a``: a tensor of the same shape, dtype and device
+    whose values are bitwise equal (one comparison pass; a difference usually stops it early).
+    Measured on 10000 × 3072 float32 (CPU, 2 threads): docs/architecture.md."""
+    return (isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
+            and a.device == b.device and torch.equal(_bits(a), _bits(b)))
+
+
 class BatchIdentity:
-    """Whether (x, y) is still the batch a method evaluated: the same tensors, unchanged since (no
-    in-place edit), and the model's weights still the method's (nobody wrote into them)."""
+    """Whether (x, y) is still the batch a method evaluated: the same data (the same tensors,
+    or other tensors holding bitwise the same values: ``x.clone()``, a full-batch DataLoader
+    yielding new tensors each epoch), the remembered tensors unchanged since (no in-place
+    edit), and the model's weights still the method's (nobody wrote into them)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -92,10 +113,12 @@ class BatchIdentity:
         self._batch = None
 
     def same(self, x: Tensor, y: Tensor) -> bool:
+        """The fast path: the remembered tensors themselves; else a bitwise comparison."""
         b = self._batch
-        return (b is not None and b[0] is x and b[1] is y
-                and self._versions == (_version(x), _version(y))
-                and self._params == tuple(_version(p) for p in self.model.parameters()))
+        if (b is None or self._versions != (_version(b[0]), _version(b[1]))
+                or self._params != tuple(_version(p) for p in self.model.parameters())):
+            return False
+        return (b[0] is x and b[1] is y) or (same_data(b[0], x) and same_data(b[1], y))
 
 
 def no_closure(name: str, what: str) -> TypeError:
@@ -129,6 +152,23 @@ class ModelMethod:
 
     config_type: ClassVar[type]
     step_work: float | None = None
+    own_work: float  # the method's own count (subclasses): passes over the batch of each step
+    _work_mark: tuple[float, float] | None = None  # (fit's counter, own_work) at fit's last mark
+
+    @property
+    def work(self) -> float:
+        """Work units spent: the training loop's counter (gnvpro.fit: passes over its n_samples,
+        a step on a batch of b samples counts b / n_samples; the records' work_units), plus
+        what ``step`` outside fit spent since (passes over its batch). Before any fit, and for
+        full-batch training, it is the method's own count, ``own_work``."""
+        if self._work_mark is None:
+            return self.own_work
+        mark, own = self._work_mark
+        return mark + (self.own_work - own)
+
+    def mark_work(self, work: float) -> None:
+        """Called by gnvpro.fit: the work spent so far is ``work`` (fit's counter)."""
+        self._work_mark = (work, self.own_work)
 
     def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
                  alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,

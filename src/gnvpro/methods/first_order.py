@@ -75,7 +75,7 @@ class FirstOrder(ModelMethod):
             self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
                                              nesterov=c.nesterov and c.momentum > 0)
         self.generator = torch.Generator().manual_seed(c.seed)
-        self.work = self.seconds = self.inner_seconds = 0.0
+        self.own_work = self.seconds = self.inner_seconds = 0.0
         self.iteration = 0
         self.reg: Regularizer | None = None
         self._xC: tuple[Tensor, Tensor] | None = None
@@ -95,7 +95,7 @@ class FirstOrder(ModelMethod):
             self.split.set_head_weights(pt.W)
             self.reg = Regularizer(self.alpha_theta, obj.features.layout, self.regularizer)
             self._current = Iterate(pt.value, pt.loss, pt.S)
-            self.work += 2.0
+            self.own_work += 2.0
             self.inner_seconds += pt.inner.seconds
             C = obj.C
         else:  # a new batch: its targets (Φ on it is evaluated when a record asks)
@@ -127,12 +127,12 @@ class FirstOrder(ModelMethod):
             self._objective(self.model(x[idx]), C[idx])[0].backward()
             self.optimizer.step()
         self.seconds += time.perf_counter() - t0
-        self.work += self.step_work
+        self.own_work += self.step_work
         self.iteration += 1
         self._current = None
         self._batch.weights_written()
         return StepInfo(iteration=self.iteration, loss=float("nan"), data_loss=float("nan"),
-                        grad_norm=float("nan"), work_units=self.work, seconds=self.seconds,
+                        grad_norm=float("nan"), work_units=self.own_work, seconds=self.seconds,
                         inner_seconds=self.inner_seconds, extra={"epoch": self.iteration})
 
     @torch.no_grad()
@@ -155,7 +155,7 @@ class FirstOrder(ModelMethod):
         change it), the shuffling generator, the counters and the settings."""
         return {"method": "FirstOrder", "config": self.config.to_dict(),
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "generator": self.generator.get_state(), "work": self.work,
+                "generator": self.generator.get_state(), "work": self.own_work,
                 "seconds": self.seconds, "inner_seconds": self.inner_seconds,
                 "iteration": self.iteration, "started": self.reg is not None}
 
@@ -178,7 +178,8 @@ class FirstOrder(ModelMethod):
         except Exception:
             self.optimizer.load_state_dict(backup)
             raise
-        self.work, self.seconds, self.inner_seconds = counters
+        self.own_work, self.seconds, self.inner_seconds = counters
+        self._work_mark = None
         self.iteration = iteration
         self._batch.forget()
         if sd.get("started"):

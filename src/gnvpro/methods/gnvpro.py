@@ -11,7 +11,7 @@ optimisers share is in methods/varpro_optimizer.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..solver import SolverConfig, SolverState, StepInfo, trust_region_step
 from .base import InnerSettings
@@ -45,9 +45,11 @@ class GNvproConfig(SolverConfig, InnerSettings):
 
 
 class GNvpro(VarProOptimizer):
-    """Gauss-Newton variable projection for a model whose last layer is affine."""
+    """Gauss-Newton variable projection for a model whose last layer is affine. ``carry``
+    (constructor, default ("radius",)): what a new batch inherits (methods/solver_method.py)."""
 
     config_type = GNvproConfig
+    default_carry = ("radius",)  # the paper's stochastic scheme (methods/solver_method.py)
 
     def _objective_options(self) -> dict:
         c = self.config
@@ -57,6 +59,3 @@ class GNvpro(VarProOptimizer):
     def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo]:
         return trust_region_step(self.problem, state, self.config)
 
-    def _carry(self, old: SolverState, fresh: SolverState) -> SolverState:
-        """A new batch: the trust-region radius carries over with the counters."""
-        return replace(super()._carry(old, fresh), radius=old.radius)

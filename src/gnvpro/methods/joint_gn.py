@@ -1,7 +1,8 @@
 """Joint Gauss-Newton ("GN"): the trust-region solver on z = (θ, vec W) without variable
 projection (gnvpro.joint.JointProblem: coupled Gauss-Newton matrix, or the reference's
 block-diagonal one), W starting at W*(θ0) on the first batch; later batches continue from the
-current (θ, W) and carry the radius over. Work units as gnvpro.solver counts them.
+current (θ, W) and carry the radius over (``carry``, methods/solver_method.py). Work units as
+gnvpro.solver counts them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class JointGaussNewton(SolverMethod):
     """Trust-region Gauss-Newton on (θ, W) of a model whose last layer is affine."""
 
     config_type = JointGNConfig
+    default_carry = ("radius",)
 
     def _theta_W(self, pt: JointPoint) -> tuple[Tensor, Tensor]:
         return self.problem.unpack(pt.theta)
@@ -65,8 +67,8 @@ class JointGaussNewton(SolverMethod):
         fresh = initial_state(problem, z)
         fresh = replace(fresh, seconds=fresh.seconds + setup,
                         inner_seconds=fresh.inner_seconds + inner_seconds)
-        if old is not None:  # a new batch: the radius carries over with the counters
-            fresh = replace(self._carry(old, fresh), radius=old.radius)
+        if old is not None:  # a new batch: the counters and self.carry (the radius) carry over
+            fresh = self._carry(old, fresh)
         elif self._resume is not None:  # after load_state_dict: from the model's (θ, W)
             fresh = self._restore(fresh)
         self.problem, self.state = problem, fresh

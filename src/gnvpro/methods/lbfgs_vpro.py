@@ -8,7 +8,8 @@
 The line search is Nocedal & Wright Alg. 3.5 + 3.6 (gnvpro.linalg.line_search). Every inner
 solve W*(θ) is warm-started from the current iterate's W. Work units as gnvpro.solver counts
 them: each line-search value 1, each gradient there 1 (only where Armijo holds). The curvature
-pairs are dropped at a new batch (pairs of another batch's Φ_red are not secant pairs here).
+pairs are dropped at a new batch (pairs of another batch's Φ_red are not secant pairs here;
+``carry=("pairs",)`` keeps them). The same data in new tensors is not a new batch.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class LBFGSVarProConfig(InnerSettings):
 
 class LBFGSVarPro(VarProOptimizer):
     """L-BFGS with a strong Wolfe line search on Φ_red (the model holds θ and W*(θ)); on a new
-    batch the counters carry over, the curvature pairs do not."""
+    batch the counters carry over, the curvature pairs do not (``carry``)."""
 
     config_type = LBFGSVarProConfig
 

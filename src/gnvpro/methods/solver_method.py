@@ -1,24 +1,36 @@
 """Methods whose iterate is a gnvpro.solver SolverState on a Problem (Φ_red(θ) for variable
 projection, Φ(θ, W) for joint Gauss-Newton): counters, the iterate, termination, one step, and
-writing the iterate's (θ, W) back into the model."""
+writing the iterate's (θ, W) back into the model.
+
+A step on other data (a new batch: different values, not merely new tensors, see
+methods.base.BatchIdentity) starts a new problem at the current weights. What carries over to it
+besides the counters is the constructor's ``carry`` (a subset of CARRY): "radius", the trust-
+region radius (GNvpro's and JointGaussNewton's default: the paper's stochastic scheme on fixed
+sub-batches), "pairs", the curvature pairs (L-BFGS memory, the truncated-GN preconditioner;
+dropped by default: secant pairs of another batch's objective).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..linalg import KrylovBasis
+from ..losses import Loss
+from ..regularizer import LinearMap
 from ..solver import SolverState, StepInfo, Termination, check_termination
 from ..threads import auto_threads, intra_op_threads
 from ..validate import check_real, config_from_dict, describe
 from .base import Iterate, ModelMethod
 
-__all__ = ["SolverMethod"]
+__all__ = ["CARRY", "SolverMethod"]
+
+CARRY = ("radius", "pairs")  # what a new batch may inherit (besides the counters)
 
 
 class SolverMethod(ModelMethod):
@@ -28,6 +40,16 @@ class SolverMethod(ModelMethod):
     problem: Any = None
     state: SolverState | None = None
     _resume: dict | None = None  # after load_state_dict, until the next evaluation
+    default_carry: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
+                 alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
+                 config: Any = None, regularizer: LinearMap | None = None,
+                 carry: Iterable[str] | None = None) -> None:
+        """carry: what a new batch inherits besides the counters (module docstring); None:
+        the class's ``default_carry``."""
+        self.carry: frozenset[str] = _check_carry(carry, self.default_carry)
+        super().__init__(model, loss, alpha_w, alpha_theta, head, config, regularizer)
 
     # ------------------------------------------------------------------ hooks
     def set_batch(self, x: Tensor, y: Tensor) -> None:
@@ -41,14 +63,16 @@ class SolverMethod(ModelMethod):
         raise NotImplementedError
 
     def _carry(self, old: SolverState, fresh: SolverState) -> SolverState:
-        """The state on a new batch: the counters carry over (subclasses add what else does)."""
+        """The state on a new batch: the counters carry over, and what ``self.carry`` names."""
+        kept = {k: getattr(old, k) for k in self.carry}
         return replace(fresh, work=old.work + fresh.work, iteration=old.iteration,
                        seconds=old.seconds + fresh.seconds,
-                       inner_seconds=old.inner_seconds + fresh.inner_seconds)
+                       inner_seconds=old.inner_seconds + fresh.inner_seconds, **kept)
 
     # ------------------------------------------------------------------ state
     @property
-    def work(self) -> float:
+    def own_work(self) -> float:
+        """Work units as the solver counts them (passes over the batch each step was on)."""
         return 0.0 if self.state is None else self.state.work
 
     @property
@@ -170,6 +194,7 @@ class SolverMethod(ModelMethod):
         self.alpha_w, self.alpha_theta, self.config = alpha_w, alpha_theta, config
         self.problem, self.state, self._resume = None, None, resume
         self._batch.forget()
+        self._work_mark = None
 
     def _restore(self, fresh: SolverState) -> SolverState:
         """The state of load_state_dict's dict at its re-evaluated point ``fresh``."""
@@ -188,6 +213,20 @@ class SolverMethod(ModelMethod):
         return replace(fresh, radius=r["radius"], work=r["work"], iteration=r["iteration"],
                        pairs=pairs, basis=basis, seconds=r["seconds"] + fresh.seconds,
                        inner_seconds=r["inner_seconds"] + fresh.inner_seconds)
+
+
+def _check_carry(carry: object, default: tuple[str, ...]) -> frozenset[str]:
+    """carry: None (the default) or an iterable of names from CARRY."""
+    if carry is None:
+        return frozenset(default)
+    if isinstance(carry, str) or not isinstance(carry, Iterable):
+        raise TypeError(f"carry must be a collection of names from {CARRY} (e.g. ('radius',) "
+                        f"or ()), got {describe(carry)}")
+    names = list(carry)
+    unknown = [c for c in names if c not in CARRY]
+    if unknown:
+        raise ValueError(f"carry: unknown name(s) {unknown}; choose from {CARRY}")
+    return frozenset(names)
 
 
 def _check_pairs(pairs: object) -> tuple:
