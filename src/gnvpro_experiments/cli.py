@@ -252,9 +252,13 @@ def _resume_command(argv: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gnvpro`` console script; returns the exit code."""
+    from .extra import missing, missing_message
     from .stop import Interrupted, handle_signals
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if absent := missing():
+        print(f"gnvpro: error: {missing_message(absent)}", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     handler = {"demo": _cmd_demo, "run": _cmd_run, "report": _cmd_report, "data": _cmd_data}
     cmd = f"gnvpro {args.command}"

@@ -32,7 +32,10 @@ from .train import METHODS, config_keys, make_config
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10: the same parser, from PyPI
-    import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:  # the extra is missing: cli.main says what to install
+        tomllib = None  # type: ignore[assignment]
 
 __all__ = [
     "KNOWN_METHODS",
