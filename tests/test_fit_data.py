@@ -239,3 +239,28 @@ def test_one_shot_iterators_are_still_refused(tiny_regression):
     with pytest.raises(TypeError, match="with a length"):
         fit(opt, iter(DataLoader(TensorDataset(x, y), batch_size=5)), max_iter=2)
     assert opt.work == 0
+
+
+def test_a_loader_schedule_resumes_from_a_position(tiny_regression):
+    model, x, y = tiny_regression
+    data = Reiterable(fixed_batches(x, y, 3, seed=2))
+    make = METHODS["gnvpro-tr"]
+    full = fit(make(copy.deepcopy(model)), data, epochs=2, steps_per_batch=2, n_samples=len(x))
+    saved = {}
+
+    def keep(hist):
+        if len(hist.records) == 5:  # inside epoch 1, batch 2 (one step taken on it)
+            saved.update(position=copy.deepcopy(hist.position), opt=opt.state_dict(),
+                         model=copy.deepcopy(opt.model.state_dict()))
+
+    opt = make(copy.deepcopy(model))
+    fit(opt, data, epochs=2, steps_per_batch=2, n_samples=len(x), checkpoint=keep,
+        checkpoint_every=0.0)
+    assert saved["position"].batch == 2 and saved["position"].k == 1
+    again = make(copy.deepcopy(model))
+    again.model.load_state_dict(saved["model"])
+    again.load_state_dict(saved["opt"])
+    rest = fit(again, data, epochs=2, steps_per_batch=2, n_samples=len(x),
+               start=saved["position"])
+    assert [(r.loss, r.work_units) for r in rest.records] == [
+        (r.loss, r.work_units) for r in full.records[5:]]
