@@ -8,12 +8,16 @@
 #   e.g. benchmarks/cifar10_paper_runs.sh gnvpro-stochastic:0 gn-stochastic:0 &
 #        benchmarks/cifar10_paper_runs.sh sgd:0 lbfgs-vpro-stochastic:0 &
 #
+# Run at most one Gauss-Newton-type run (gnvpro-, gn-stochastic) at a time on a 24 GB machine.
 # Environment: OUT (results/cifar10), GNVPRO (.venv/bin/gnvpro), CHECKPOINT_EVERY (240 s).
 # SIGINT/SIGTERM to this script stop the current run with a checkpoint (the runner's own signal
 # handling) and end the script. results/cifar10/parts.log gets one line per stretch: start and
 # stop time, run, commit, host, exit status (130/143: stopped by a signal, resumable).
 set -u
 cd "$(dirname "$0")/.."
+# Under memory pressure the kernel is to kill these runs (they resume from their checkpoints),
+# never a test or the user's shell: a paper-budget GN run holds ~12 GB (a 10000-image sub-batch).
+echo 1000 > /proc/self/oom_score_adj 2>/dev/null || true
 OUT=${OUT:-results/cifar10}
 GNVPRO=${GNVPRO:-.venv/bin/gnvpro}
 mkdir -p "$OUT/logs"
