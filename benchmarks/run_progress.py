@@ -62,6 +62,10 @@ def progress(run_dir: Path) -> dict:
             "val": acc.get("val", math.nan), "position": pos}
 
 
+def _num(x: float | None, fmt: str) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dir", type=Path)
@@ -73,9 +77,12 @@ def main() -> None:
     print(head if args.markdown else "")
     for r in rows:
         state = "finished" if r["finished"] else "in progress"
-        print(f"| {r['run']} | {state} | {r['done']:g} / {r['total']:g} {r['unit']} | "
-              f"{r['work_units']} | {r['train']:.4f} | {r['val']:.4f} | {r['seconds']:.0f} | "
-              f"{r['needs_seconds']:.0f} |")
+        if r["work_units"] is None:
+            state = "not started (no record yet)"
+        cells = [f"{r['done']:g} / {r['total']:g} {r['unit']}", _num(r["work_units"], "g"),
+                 _num(r["train"], ".4f"), _num(r["val"], ".4f"), _num(r["seconds"], ".0f"),
+                 _num(r["needs_seconds"], ".0f")]
+        print(f"| {r['run']} | {state} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
