@@ -536,3 +536,17 @@ def test_a_refused_pickle_does_not_advise_unpickling_it(tmp_path):
                                          r"than tensors") as e:
         load_checkpoint(tmp_path / "evil.pt", model, opt)
     assert "weights_only" not in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("n_batches, error, text", [
+    (0, ValueError, ">= 1"), (6, ValueError, "exceeds the 5 samples"),
+    (2.5, TypeError, "integer"), (float("nan"), TypeError, "integer"),
+])
+def test_fixed_batches_refuses_counts_it_would_clamp_or_round(n_batches, error, text):
+    """fixed_batches never clamps n_batches to the sample count or rounds a fraction."""
+    from gnvpro import fixed_batches
+
+    x, y = torch.randn(5, 2), torch.randn(5, 1)
+    with pytest.raises(error, match=text):
+        fixed_batches(x, y, n_batches, 0)
+    assert len(fixed_batches(x, y, 5, 0)) == 5
