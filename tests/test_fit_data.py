@@ -264,3 +264,22 @@ def test_a_loader_schedule_resumes_from_a_position(tiny_regression):
                start=saved["position"])
     assert [(r.loss, r.work_units) for r in rest.records] == [
         (r.loss, r.work_units) for r in full.records[5:]]
+
+
+def test_the_gnvpro_logger_writes_one_info_line_per_record(caplog):
+    """logging: one INFO line per record under the "gnvpro" logger, nothing when disabled."""
+    import logging
+
+    from gnvpro import GNvpro, fit
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(x[:, :1])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(),
+                                torch.nn.Linear(6, 1)).double()
+    with caplog.at_level(logging.INFO, logger="gnvpro"):
+        hist = fit(GNvpro(model), [(x, y)], max_iter=3)
+    lines = [r for r in caplog.records if r.name == "gnvpro"]
+    assert len(lines) == len(hist.records) == 3
+    assert "GNvpro iteration 1: objective" in lines[0].getMessage()

@@ -28,12 +28,14 @@ Every record is a StepInfo: work_units, seconds and inner_seconds cumulative, lo
 of the current iterate, metrics["train"] on the current batch (from the predictions at hand),
 metrics["val"] on ``val`` (records whose iteration is a multiple of ``val_every``; the others
 carry extra["val_skipped"]). Metrics, callbacks and checkpoints are not counted in seconds.
+The logger "gnvpro" writes one INFO line per record when enabled.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
@@ -47,6 +49,8 @@ from .metrics import prediction_metrics
 from .progress import bar
 from .solver import StepInfo, Termination
 from .validate import check_batch, check_real, describe
+
+log = logging.getLogger("gnvpro")  # INFO: one line per record (logging.basicConfig(level=INFO))
 
 __all__ = ["History", "KeepBest", "Position", "fit"]
 
@@ -343,6 +347,10 @@ def fit(
             info.extra["val_skipped"] = True
         info.extra.update(extra)
         records.append(info)
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s iteration %d: objective %.6e, |grad| %.3e, work units %.2f, %s",
+                     type(method).__name__, info.iteration, info.loss, info.grad_norm,
+                     info.work_units, info.outcome)
         return info
 
     steps, term = 0, Termination.RUNNING
