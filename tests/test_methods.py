@@ -301,3 +301,15 @@ def test_lbfgs_line_searches_satisfy_wolfe(runs: dict) -> None:
         assert all(r["wolfe"] for r in recs)
         losses = [r["loss"] for r in recs]
         assert all(b < a for a, b in zip(losses, losses[1:], strict=False))
+
+
+def test_repr_states_the_settings():
+    """repr names the loss, α, the head and the settings that differ from the defaults."""
+    from gnvpro import FirstOrder, FirstOrderConfig, GNvpro, GNvproConfig
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    r = repr(GNvpro(m, loss="logistic", alpha_w=1e-4, config=GNvproConfig.trust_region()))
+    assert r == ("GNvpro(loss='logistic', alpha_w=0.0001, alpha_theta=1e-10, head='2', "
+                 "config=GNvproConfig(max_krylov=20, subproblem='lanczos'))"), r
+    r = repr(FirstOrder(m, config=FirstOrderConfig(optimizer="sgd", lr=0.1)))
+    assert "optimizer='sgd'" in r and "lr=0.1" in r, r

@@ -170,6 +170,20 @@ class ModelMethod:
         """Called by gnvpro.fit: the work spent so far is ``work`` (fit's counter)."""
         self._work_mark = (work, self.own_work)
 
+    def __repr__(self) -> str:
+        """E.g. GNvpro(loss='cross_entropy', alpha_w=0.0001, alpha_theta=1e-10, head='fc',
+        config=GNvproConfig(subproblem='tn', max_krylov=20)): the settings that differ from
+        the config's defaults (subproblem, optimizer always, where there is one)."""
+        default = asdict(self.config_type())
+        shown = {k: v for k, v in asdict(self.config).items()
+                 if k in ("subproblem", "optimizer") or v != default.get(k)}
+        config = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        split = getattr(self, "split", None)
+        head = f", head={split.head_name!r}" if split is not None else ""
+        return (f"{type(self).__name__}(loss={getattr(self.loss, 'name', self.loss)!r}, "
+                f"alpha_w={self.alpha_w!r}, alpha_theta={self.alpha_theta!r}{head}, "
+                f"config={type(self.config).__name__}({config}))")
+
     def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
                  alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
                  config: Any = None, regularizer: LinearMap | None = None) -> None:
