@@ -956,3 +956,12 @@ def test_resume_refuses_a_checkpoint_it_cannot_read(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "checkpoint.pt cannot be resumed" in err
     assert not (out / "summary.json").exists()
+
+
+def test_a_compiled_model_is_refused_with_what_to_pass():
+    """torch.compile's wrapper hides the head: the message says to pass the original module."""
+    from gnvpro import GNvpro
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    with pytest.raises(TypeError, match="_orig_mod"):
+        GNvpro(torch.compile(m))

@@ -105,6 +105,10 @@ def split_model(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's wrapper
+        raise TypeError("model is a torch.compile'd module: pass the original module "
+                        "(model._orig_mod, or the module before torch.compile); GNvpro calls its "
+                        "feature layers itself through torch.func")
     if head is not None and not isinstance(head, str):
         raise TypeError(f"head must be the dotted name of an nn.Linear submodule (a str) or None, "
                         f"got {head!r} ({type(head).__name__})")
