@@ -1,4 +1,4 @@
-"""ADAM and SGD (Nesterov momentum) on (θ, W) jointly, W starting at W*(θ0) (method.md §5).
+"""ADAM and SGD (Nesterov momentum) on (θ, W) jointly, W starting at W*(θ0) (docs/method.md §5).
 
 One step is one epoch over shuffled mini-batches of the current batch, each minimising
 

@@ -1,4 +1,4 @@
-"""GNvpro: Gauss-Newton on the reduced objective Φ_red(θ) = Φ(θ, W*(θ)) (method.md §2-3).
+"""GNvpro: Gauss-Newton on the reduced objective Φ_red(θ) = Φ(θ, W*(θ)) (docs/method.md §2-3).
 
     opt = GNvpro(model, loss="least_squares", alpha_w=1e-10, alpha_theta=1e-10)
     rec = opt.step(x, y)                     # one outer iteration
@@ -25,10 +25,13 @@ class GNvproConfig(SolverConfig, InnerSettings):
     """All settings of GNvpro besides the model, the loss and α: the outer solver's
     (SolverConfig: Krylov products, trust region or line search), the inner solve's, and these.
 
-    The defaults are the fastest variant measured (docs/results.md, "wall time"): truncated
-    Gauss-Newton, ≤ 10 CG products on H_GN d = −∇Φ_red preconditioned by L-BFGS(10) from the
-    accepted steps, strong Wolfe line search. ``GNvproConfig.trust_region()`` gives the paper's
-    (and the reference code's) trust region: Lanczos, ≤ 20 vectors, tolerance 1e-2.
+    The defaults are truncated Gauss-Newton: ≤ 10 CG products on H_GN d = −∇Φ_red
+    preconditioned by L-BFGS(10) from the accepted steps, strong Wolfe line search — the
+    fastest GNvpro variant measured on the paper's problems at equal wall time
+    (docs/results.md, "Wall time"); on small cross-entropy and one-output regressions
+    LBFGSVarPro was measured faster in most cells (benchmarks/peers.py), and the trust
+    region wins on DCR. ``GNvproConfig.trust_region()`` gives the paper's (and the reference
+    code's) trust region: Lanczos, ≤ 20 vectors, tolerance 1e-2.
     """
 
     max_krylov: int = 10  # products per outer iteration (CG for "tn", Lanczos vectors for TR)
@@ -45,8 +48,48 @@ class GNvproConfig(SolverConfig, InnerSettings):
 
 
 class GNvpro(VarProOptimizer):
-    """Gauss-Newton variable projection for a model whose last layer is affine. ``carry``
-    (constructor, default ("radius",)): what a new batch inherits (methods/solver_method.py)."""
+    """Gauss-Newton variable projection for a model whose last layer is affine.
+
+    Minimises Φ(θ, W) = L(Ẑ(θ) Wᵀ, C) + (α_W/2)‖W‖² + (α_θ/2)‖Bθ‖² by eliminating the head:
+    W*(θ) = argmin_W Φ(θ, W) at every θ, and Gauss-Newton steps on Φ_red(θ) = Φ(θ, W*(θ)).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network; its head is the last nn.Linear of an nn.Sequential or ``head``.
+    loss : {"least_squares", "cross_entropy", "logistic"} or gnvpro.losses.Loss
+        L = 1/(2n) Σ‖s_i − c_i‖², mean softmax cross-entropy, or mean binary logistic loss.
+    alpha_w, alpha_theta : float
+        Ridge weights α_W ≥ 0 (> 0 for classification) and α_θ ≥ 0.
+    head : str, optional
+        Dotted name of the head nn.Linear (default: the Sequential's last module).
+    config : GNvproConfig, optional
+        Outer and inner solver settings (default: truncated Gauss-Newton).
+    regularizer : LinearMap, optional
+        B in (α_θ/2)‖Bθ‖² (default: the identity).
+    carry : iterable of {"radius", "pairs"}, optional
+        What a new batch inherits (default ("radius",): the paper's sub-batch scheme).
+
+    Returns
+    -------
+    ``step(x, y)`` returns the iteration's StepInfo (objective, gradient norm, step, work
+    units); ``gnvpro.fit(opt, batches, ...)`` returns a History. The model holds the accepted
+    θ and the solved W*, b after every step.
+
+    Notes
+    -----
+    ∇Φ_red = J_Zᵀ(G W̃) + α_θ BᵀBθ (W* drops out); H_GN = J_Sᵀ H_S J_S + α_W J_Wᵀ J_W + α_θ BᵀB
+    with the full Jacobian J_S dθ = dẐ Wᵀ + Ẑ dWᵀ, dW = −H_W⁻¹ B_Z[dZ] (implicit function
+    theorem; gnvpro.varpro). The inner solve is exact (closed form for least squares, Newton
+    to a relative gradient of 1e-10 otherwise), always in float64.
+
+    References
+    ----------
+    E. Newman, L. Ruthotto, J. Hart, B. van Bloemen Waanders, "Train Like a (Var)Pro: Efficient
+    Training of Neural Networks with Variable Projection", SIAM J. Math. Data Sci. 3 (2021);
+    G. Golub, V. Pereyra, "The differentiation of pseudo-inverses and nonlinear least squares
+    problems whose variables separate", SIAM J. Numer. Anal. 10 (1973). docs/method.md.
+    """
 
     config_type = GNvproConfig
     default_carry = ("radius",)  # the paper's stochastic scheme (methods/solver_method.py)

@@ -1,4 +1,4 @@
-"""L-BFGS-VarPro: L-BFGS on the reduced objective Φ_red(θ) = Φ(θ, W*(θ)) (method.md §5).
+"""L-BFGS-VarPro: L-BFGS on the reduced objective Φ_red(θ) = Φ(θ, W*(θ)) (docs/method.md §5).
 
     d_k = −H_k ∇Φ_red(θ_k)     (two-loop recursion, memory m, H_k⁰ = γ_k I,
                                  γ_k = s_{k−1}ᵀy_{k−1} / y_{k−1}ᵀy_{k−1})
