@@ -18,8 +18,10 @@ the end of every completed iteration (the copying is not counted); the result at
 last iterate completed by b: an iteration that ends after b is undone. Each (method, seed) is run
 once, to the largest budget; the result at a smaller budget b is the last iterate completed by b
 in that run, which is the iterate a separate run with budget b would return (no method sees its
-budget). A run is stopped as soon as a forward pass starts after the largest budget (a forward
-pre-hook); a LAPACK call in progress (scipy's dense SVD/QR) is not interrupted.
+budget). Stopping tests are off (tolerances 0 or 1e-15): every method runs until its budget
+(or until it stops by itself). A run is stopped as soon as a forward pass starts after the
+largest budget (a forward pre-hook); a LAPACK call in progress (scipy's dense SVD/QR) is not
+interrupted.
 
 Methods: gnvpro (GNvpro default: truncated Gauss-Newton), gnvpro-tr
 (GNvproConfig.trust_region()), lbfgs-vpro (LBFGSVarPro), torch-lbfgs (torch.optim.LBFGS,
@@ -302,7 +304,8 @@ def run_gnvpro(cfg_fn: Callable[[], object], cls=gnvpro.GNvpro):
 
 
 def run_torch_lbfgs(model, p: Problem, rec: Recorder, fl: Flat) -> None:
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=1, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=1, line_search_fn="strong_wolfe",
+                            tolerance_grad=0.0, tolerance_change=0.0)
 
     def closure():
         opt.zero_grad()
@@ -369,9 +372,13 @@ def run_scipy(method: str, lsmr: bool = False):
             with torch.no_grad():
                 return r(torch.from_numpy(v)).numpy()
 
+        calls = [0]
+
         def jac(v: np.ndarray, *_):
             flat = torch.from_numpy(v.copy())
-            rec.done(flat)  # jac is evaluated at every accepted iterate
+            if calls[0]:  # jac is evaluated at every accepted iterate (first: at x0)
+                rec.done(flat)
+            calls[0] += 1
             if not lsmr:
                 return _dense_jacobian(model, p, fl, flat)
             m = p.y.numel() + flat.numel()
@@ -383,7 +390,7 @@ def run_scipy(method: str, lsmr: bool = False):
                     np.ascontiguousarray(u).reshape(-1)))[0].detach().numpy())
         kw = {"tr_solver": "lsmr"} if lsmr else {}
         res = least_squares(fun, fl.get(model).numpy(), jac=jac, method=method,
-                            max_nfev=10**9, **kw)
+                            max_nfev=10**9, ftol=1e-15, xtol=1e-15, gtol=1e-15, **kw)
         rec.done(torch.from_numpy(res.x))
     return run
 
@@ -391,7 +398,7 @@ def run_scipy(method: str, lsmr: bool = False):
 def run_torchmin(method: str):
     def run(model, p: Problem, rec: Recorder, fl: Flat) -> None:
         res = torchmin.minimize(lambda f: objective_from(model, fl.unflatten(f), p),
-                                fl.get(model), method=method, max_iter=10**9,
+                                fl.get(model), method=method, max_iter=10**9, tol=1e-15,
                                 callback=lambda f: rec.done(f))
         rec.done(res.x)
     return run
