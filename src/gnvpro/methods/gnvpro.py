@@ -28,10 +28,12 @@ class GNvproConfig(SolverConfig, InnerSettings):
     The defaults are truncated Gauss-Newton: ≤ 10 CG products on H_GN d = −∇Φ_red
     preconditioned by L-BFGS(10) from the accepted steps, strong Wolfe line search — the
     fastest GNvpro variant measured on the paper's problems at equal wall time
-    (docs/results.md, "Wall time"); on small cross-entropy and one-output regressions
-    LBFGSVarPro was measured faster in most cells (benchmarks/peers.py), and the trust
-    region wins on DCR. ``GNvproConfig.trust_region()`` gives the paper's (and the reference
-    code's) trust region: Lanczos, ≤ 20 vectors, tolerance 1e-2.
+    (docs/results.md, "Wall time"), and ahead of every peer optimiser on CDR and small
+    regressions; on small cross-entropy problems Newton-CG and torch.optim.LBFGS were ahead,
+    and LBFGSVarPro had a lower Φ than this default in 13 of 21 cells (docs/results.md,
+    "Against the optimisers users reach for"); the trust region wins on DCR.
+    ``GNvproConfig.trust_region()`` gives the paper's (and the reference code's) trust region:
+    Lanczos, ≤ 20 vectors, tolerance 1e-2.
     """
 
     max_krylov: int = 10  # products per outer iteration (CG for "tn", Lanczos vectors for TR)
