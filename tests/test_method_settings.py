@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import gnvpro
 from gnvpro import LBFGSVarProConfig
 from gnvpro_experiments import cli, load_config
 from gnvpro_experiments.config import ExperimentError, config_from_dict
@@ -75,3 +76,17 @@ def test_configs_of_earlier_versions_still_load():
     old = config_from_dict(doc)
     assert old.method_settings("lbfgs-vpro-stochastic", 1) == load_config(
         "fashion-mnist").method_settings("lbfgs-vpro-stochastic", 1)
+
+
+@pytest.mark.parametrize("make, text", [
+    (lambda: gnvpro.GNvproConfig(threads=0), "threads"),
+    (lambda: gnvpro.LBFGSVarProConfig(max_line_search=0), "max_line_search"),
+    (lambda: gnvpro.GNvproConfig(jacobian="x"), "jacobian"),
+    (lambda: gnvpro.JointGNConfig(jvp_mode="x"), "jvp_mode"),
+    (lambda: gnvpro.FirstOrderConfig(inner_max_iter=0), "inner_max_iter"),
+    (lambda: gnvpro.LBFGSVarProConfig(grad_atol=-1.0), "grad_atol"),
+])
+def test_every_config_field_declares_its_range(make, text):
+    """Ranges and choices live on the config fields (validate.in_range / choices metadata)."""
+    with pytest.raises((ValueError, TypeError), match=text):
+        make()

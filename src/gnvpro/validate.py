@@ -109,28 +109,8 @@ def _metadata(cls: type, name: str) -> Mapping[str, Any]:
     return {}
 
 
-# ranges and choices of fields whose dataclasses declare none in their field metadata (the
-# method configs in gnvpro.methods); other int fields must be >= 0, other float fields not NaN
-# and >= 0 (a field's own default is always accepted, so settings added later never break it)
-_RULES: dict[str, dict[str, Any]] = {
-    "max_line_search": {"low": 1},
-    "threads": {"low": 1},
-    "inner_max_iter": {"low": 1},
-    "grad_rtol": {"low": 0.0},
-    "grad_atol": {"low": 0.0},
-    "inner_rtol": {"low": 0.0},
-    "inner_atol": {"low": 0.0},
-}
-
-
-def _choices(field: str) -> tuple[str, ...] | None:
-    if field == "jacobian":
-        return ("full", "kaufman")
-    if field == "jvp_mode":
-        from . import autodiff
-
-        return tuple(getattr(autodiff, "JVP_MODES", ("jvp", "linearize")))
-    return None
+# a numeric field without declared range: int fields must be >= 0, float fields not NaN and
+# >= 0 (a field's own default is always accepted, so settings added later never break it)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -141,10 +121,10 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def _check_field(name: str, key: str, v: Any, tp: Any, default: Any,
+def _check_field(name: str, v: Any, tp: Any, default: Any,
                  meta: Mapping[str, Any] | None = None) -> Any:
     """The checked (possibly normalised, e.g. numpy int -> int) value of one dataclass field;
-    ``meta``: its metadata (:func:`in_range`, :func:`choices`), else the table above."""
+    ``meta``: its metadata (:func:`in_range`, :func:`choices`)."""
     meta = meta or {}
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -164,7 +144,7 @@ def _check_field(name: str, key: str, v: Any, tp: Any, default: Any,
             raise TypeError(f"{name} must be True or False, got {describe(v)}")
         return v
     if tp is int or tp is float:
-        rule = meta.get("range", _RULES.get(key))
+        rule = meta.get("range")
         if rule is None:
             rule = {"low": 0} if tp is int else {"low": 0.0, "finite": False}
         if default is not dataclasses.MISSING and type(v) is type(default) and v == default:
@@ -173,7 +153,7 @@ def _check_field(name: str, key: str, v: Any, tp: Any, default: Any,
     if tp is str:
         if not isinstance(v, str):
             raise TypeError(f"{name} must be a string, got {describe(v)}")
-        allowed = meta.get("choices", _choices(key))
+        allowed = meta.get("choices")
         if allowed is not None and v not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {v!r}")
         return v
@@ -198,7 +178,7 @@ def validate_config(cfg: Any, name: str | None = None) -> None:
         return
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        new = _check_field(f"{prefix}.{f.name}", f.name, v, hints.get(f.name), _default(f),
+        new = _check_field(f"{prefix}.{f.name}", v, hints.get(f.name), _default(f),
                            _metadata(cls, f.name))
         if new is not v:
             object.__setattr__(cfg, f.name, new)

@@ -36,6 +36,8 @@ from .reduce import SampleReducer, resolve_reducer
 from .regularizer import LinearMap, Regularizer
 from .validate import check_batch
 
+JACOBIANS = ("full", "kaufman")  # the full VarPro Jacobian, or Kaufman's (drops dW*/dθ)
+
 
 @dataclass
 class Point:
@@ -112,7 +114,7 @@ class ReducedObjective:
         jvp_mode: str = "auto",
         reducer: SampleReducer | None = None,
     ) -> None:
-        if jacobian not in ("full", "kaufman"):
+        if jacobian not in JACOBIANS:
             raise ValueError(f"jacobian must be 'full' or 'kaufman', got {jacobian!r}")
         if alpha_w < 0:
             raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -27,7 +27,7 @@ from ..head import HeadSplit, split_model
 from ..losses import Loss, make_loss
 from ..regularizer import LinearMap
 from ..solver import StepInfo, Termination
-from ..validate import check_model, check_real, describe, validate_config
+from ..validate import check_model, check_real, describe, in_range, validate_config
 from ..varpro import InnerOptions
 
 __all__ = ["BatchIdentity", "InnerSettings", "Iterate", "Method", "ModelMethod", "no_closure",
@@ -132,9 +132,9 @@ def no_closure(name: str, what: str) -> TypeError:
 class InnerSettings:
     """The inner solve W*(θ) (Newton-CG for cross-entropy / logistic; least squares is exact)."""
 
-    inner_rtol: float = 1e-10
-    inner_atol: float = 1e-10
-    inner_max_iter: int = 100
+    inner_rtol: float = field(default=1e-10, metadata=in_range(low=0.0))
+    inner_atol: float = field(default=1e-10, metadata=in_range(low=0.0))
+    inner_max_iter: int = field(default=100, metadata=in_range(low=1))
 
     def __post_init__(self) -> None:
         validate_config(self)  # every field, by its type and range (TypeError / ValueError)

@@ -11,9 +11,12 @@ optimisers share is in methods/varpro_optimizer.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..autodiff import JVP_MODES
 from ..solver import SolverConfig, SolverState, StepInfo, trust_region_step
+from ..validate import choices, in_range
+from ..varpro import JACOBIANS
 from .base import InnerSettings
 from .varpro_optimizer import VarProOptimizer
 
@@ -38,10 +41,11 @@ class GNvproConfig(SolverConfig, InnerSettings):
 
     max_krylov: int = 10  # products per outer iteration (CG for "tn", Lanczos vectors for TR)
     subproblem: str = "tn"  # or "lanczos" (the paper's trust region), "steihaug" (solver.py)
-    jacobian: str = "full"  # or "kaufman" (drops dW*/dθ; ablation)
+    jacobian: str = field(default="full", metadata=choices(*JACOBIANS))  # "kaufman": no dW*/dθ
     gn_alpha_w: bool = True  # include α_W J_Wᵀ J_W in H_GN (the least-squares GN matrix)
-    jvp_mode: str = "auto"  # "double-backward", "jvp" or "linearize" (gnvpro.autodiff)
-    threads: int | None = None  # torch intra-op threads in step(); None: gnvpro.threads.auto
+    jvp_mode: str = field(default="auto", metadata=choices(*JVP_MODES))  # gnvpro.autodiff
+    # torch intra-op threads in step(); None: gnvpro.threads.auto
+    threads: int | None = field(default=None, metadata=in_range(low=1))
 
     @classmethod
     def trust_region(cls, **changes: object) -> GNvproConfig:

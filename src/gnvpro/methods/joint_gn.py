@@ -8,14 +8,16 @@ gnvpro.solver counts them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
+from ..autodiff import JVP_MODES
 from ..head import check_head_is_last
 from ..joint import JointPoint, JointProblem
 from ..solver import SolverConfig, SolverState, StepInfo, initial_state, trust_region_step
+from ..validate import choices
 from ..varpro import ReducedObjective, WarmStart
 from .base import InnerSettings
 from .solver_method import SolverMethod
@@ -29,7 +31,7 @@ class JointGNConfig(SolverConfig, InnerSettings):
     the W*(θ0) solve's, and these."""
 
     coupled: bool = True  # False: the reference's block-diagonal Gauss-Newton matrix
-    jvp_mode: str = "auto"
+    jvp_mode: str = field(default="auto", metadata=choices(*JVP_MODES))
 
 
 class JointGaussNewton(SolverMethod):

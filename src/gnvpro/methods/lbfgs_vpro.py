@@ -14,9 +14,10 @@ pairs are dropped at a new batch (pairs of another batch's Φ_red are not secant
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..solver import SolverState, StepInfo, lbfgs_step
+from ..validate import in_range
 from .base import InnerSettings
 from .varpro_optimizer import VarProOptimizer
 
@@ -28,10 +29,11 @@ class LBFGSVarProConfig(InnerSettings):
     """Settings of L-BFGS-VarPro besides the model, the loss and α (and the inner solve's)."""
 
     memory: int = 10  # curvature pairs
-    max_line_search: int = 25  # evaluations per line search
-    grad_rtol: float = 1e-10
-    grad_atol: float = 0.0
-    threads: int | None = None  # torch intra-op threads in step(); None: gnvpro.threads.auto
+    max_line_search: int = field(default=25, metadata=in_range(low=1))  # evaluations per search
+    grad_rtol: float = field(default=1e-10, metadata=in_range(low=0.0))
+    grad_atol: float = field(default=0.0, metadata=in_range(low=0.0))
+    # torch intra-op threads in step(); None: gnvpro.threads.auto
+    threads: int | None = field(default=None, metadata=in_range(low=1))
 
 
 class LBFGSVarPro(VarProOptimizer):
