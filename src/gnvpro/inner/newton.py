@@ -115,7 +115,7 @@ def _chol_apply(L: Tensor, R: Tensor) -> Tensor:
 
 
 def _dense_direction(
-    apply: Callable[[Tensor], Tensor],
+    apply: Callable[[Tensor], Tensor] | None,
     form: Callable[[], Tensor],
     g: Tensor,
     L: Tensor | None,
@@ -130,7 +130,7 @@ def _dense_direction(
     factor is kept (the next iteration forms one); otherwise, or without L, a fresh factor
     L = chol(H_W) at the current W (``form``) gives the exact step d = −(L Lᵀ)⁻¹ g.
     """
-    if L is not None:
+    if L is not None and apply is not None:
         res = pcg(apply, -g, forcing, _REUSE_CG, lambda R: _chol_apply(L, R))
         if res.residual <= forcing and not res.negative_curvature:
             return res.x, L
@@ -272,7 +272,8 @@ def solve_newton(
         # Newton direction
         if dense:
             S_fix = S
-            apply = hessian_operator(loss, S, C, Zh, alpha, reducer)
+            # the matrix-free H_W only where a reused factor preconditions CG on it
+            apply = hessian_operator(loss, S, C, Zh, alpha, reducer) if L is not None else None
 
             def form(S_fix: Tensor = S_fix) -> Tensor:
                 return _dense_factor(loss, S_fix, C, Zh, alpha, reducer)
