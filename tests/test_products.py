@@ -60,7 +60,7 @@ def test_least_squares_gram_path_equals_general_product(narrow, jacobian, gn_alp
         v = _vec(J.pt.theta.numel(), seed)
         dS, dW = J.forward(v)
         R = obj.alpha_w * dW if (gn_alpha_w and jacobian == "full") else None
-        general = J.adjoint(J._hs(dS), R) + obj.reg.gauss_newton(v)
+        general = J.adjoint(J.loss_hessian(dS), R) + obj.reg.gauss_newton(v)
         assert torch.allclose(J.gauss_newton(v), general, rtol=1e-11, atol=1e-14)
 
 

@@ -10,6 +10,7 @@ and of the Gauss-Newton operator. The losses (gnvpro.losses) return such sums ov
 they see; the solvers pass each sum through one ``SampleReducer``:
 
     sum(t)   = Σ_processes t          (the local row sums of all processes; t itself here)
+    all(b)   = ∧_processes b          (a check every process must pass, e.g. finite features)
     mean(t)  = sum(t) / n             (n: the GLOBAL number of samples)
     scale(t) = t / n                  (per-row quantities, no communication: G = (S − C)/n)
 
@@ -53,6 +54,12 @@ class SampleReducer:
 
         May reduce t in place (as all_reduce does): pass a temporary, use the result."""
         return t
+
+    def all(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every process (one process: flag itself). Every local
+        check that changes what the solver does goes through here, so that all processes take
+        the same branch (and their collectives stay in step)."""
+        return bool(flag)
 
     def mean(self, t: Tensor, inplace: bool = False) -> Tensor:
         """sum(t) / n: the average over all n samples of a local sum over rows."""

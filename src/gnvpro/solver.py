@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any, Protocol
 
@@ -92,7 +92,40 @@ class SolverConfig:
 
 
 @dataclass
+class SavedPoint:
+    """A point as a state dict holds it: θ (the solver's float64 variable), W (float64; for
+    the joint problem a view of θ), Φ there and the Cholesky factor of H_W at W (the next
+    inner solve's preconditioner; None without a dense inner solve). It is a valid ``prev``
+    of ``Problem.evaluate``: warm-started from the converged W, the inner solve at θ returns W
+    bit for bit."""
+
+    theta: Tensor
+    W: Tensor
+    value: float
+    factor: Tensor | None = None
+
+    @property
+    def inner(self) -> Any:
+        """What ``evaluate(θ, prev)`` reads of a previous point's inner solve."""
+        f = self.factor
+        return _SavedInner(None if f is None else lambda: f)
+
+
+@dataclass
+class _SavedInner:
+    factor: Any = None
+    converged: bool = True
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
 class SolverState:
+    """The outer solver's state. ``pt`` is the evaluated point at θ (on the current problem;
+    a SavedPoint, or None for a pre-θ checkpoint, until the method re-evaluates it on data);
+    the rest are values. ``to_dict()`` is the whole state as tensors and numbers (the methods'
+    state_dict), ``from_dict`` its inverse (no evaluation)."""
+
     pt: Any
     g: Tensor
     grad_norm0: float
@@ -108,6 +141,35 @@ class SolverState:
     @property
     def grad_norm(self) -> float:
         return float(self.g.norm())
+
+    def to_dict(self) -> dict[str, Any]:
+        """θ, W, value and factor of the point, g, grad_norm0, radius, basis (its fields),
+        pairs ([s, y, ρ] lists), stalled and the counters. Tensors are the state's own (a
+        step replaces them, never changes them in place); the point's lazy H_W factor is formed
+        here if it was not yet (the next step would form it)."""
+        pt = self.pt
+        factor = getattr(getattr(pt, "inner", None), "factor", None)
+        factor = factor() if callable(factor) else factor
+        counters = {k: float(getattr(self, k)) for k in ("work", "seconds", "inner_seconds")}
+        return {
+            "theta": None if pt is None else pt.theta, "W": None if pt is None else pt.W,
+            "value": None if pt is None else float(pt.value), "factor": factor, "g": self.g,
+            "grad_norm0": self.grad_norm0, "radius": self.radius,
+            "basis": None if self.basis is None else {  # its fields (asdict would copy V)
+                f.name: getattr(self.basis, f.name) for f in fields(self.basis)},
+            "pairs": [[s, y, float(r)] for s, y, r in self.pairs], "stalled": self.stalled,
+            "iteration": self.iteration, **counters,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SolverState:
+        """The state of ``to_dict()``'s dict (checked by the caller), its point a SavedPoint."""
+        pt = None if d.get("theta") is None else SavedPoint(d["theta"], d["W"], d["value"],
+                                                            d.get("factor"))
+        basis = None if d.get("basis") is None else KrylovBasis(**d["basis"])
+        return cls(pt, d.get("g"), d.get("grad_norm0", math.nan), d["radius"], basis,
+                   d["work"], d["iteration"], d["inner_seconds"], d["seconds"],
+                   tuple((s, y, float(r)) for s, y, r in d["pairs"]), bool(d.get("stalled")))
 
 
 @dataclass

@@ -21,8 +21,10 @@ The W-side algebra runs in float64 whatever the network dtype. Reference: docs/m
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,21 +39,48 @@ from .regularizer import LinearMap, Regularizer
 from .validate import check_batch
 
 JACOBIANS = ("full", "kaufman")  # the full VarPro Jacobian, or Kaufman's (drops dW*/dθ)
+MEMORY = ("auto", "keep", "recompute")  # what a point keeps (ReducedObjective)
 
 
 @dataclass
 class Point:
-    """Everything known at one θ after the forward pass and the inner solve."""
+    """Everything kept at one θ after the forward passes and the inner solve.
+
+    Ẑ (all chunks stacked, n×p) and W* are always kept. ``SG`` holds S = Ẑ Wᵀ and G = ∂L/∂S
+    (n×c) and ``lins`` each chunk's feature linearisation when the objective keeps them
+    (``memory="keep"``); otherwise both are recomputed chunk by chunk where needed.
+    """
 
     theta: Tensor
     value: float
     loss: float
     Zh: Tensor
     W: Tensor
-    S: Tensor
-    G: Tensor
     inner: InnerSolution
-    vjp_fn: Linearisation | None  # E ↦ J_Zᵀ E and, by .jvp, v ↦ J_Z v at θ
+    SG: tuple[Tensor, Tensor] | None = None
+    lins: list[Linearisation | None] = field(default_factory=list)
+
+    @property
+    def S(self) -> Tensor:
+        """S = Ẑ W*ᵀ (n×c): the kept predictions, or formed now."""
+        return self.SG[0] if self.SG is not None else self.Zh @ self.W.T
+
+    @property
+    def G(self) -> Tensor:
+        """G = ∂L/∂S (n×c, the 1/n included) when kept (``memory="keep"``)."""
+        if self.SG is None:
+            raise AttributeError("G is not kept at this point (memory='recompute'): use "
+                                 "ReducedObjective.chunk_SG")
+        return self.SG[1]
+
+    @property
+    def vjp_fn(self) -> Linearisation | None:
+        """The feature linearisation of a one-chunk objective (None: not built yet)."""
+        return self.lins[0] if len(self.lins) == 1 else None
+
+    @vjp_fn.setter
+    def vjp_fn(self, lin: Linearisation | None) -> None:
+        self.lins = [None] * len(self.lins) if lin is None else [lin]
 
 
 @dataclass
@@ -91,12 +120,44 @@ def batch_targets(split: HeadSplit, loss: Loss, x: Tensor, y: Tensor) -> Tensor:
     return C
 
 
+def chunk_bounds(n: int, chunks: int | Sequence[int]) -> list[int]:
+    """Row offsets 0 = b_0 < b_1 < … < b_K = n of K chunks: ``chunks`` near-equal blocks (an
+    int, as torch.tensor_split) or the given block sizes (each ≥ 1, summing to n)."""
+    if isinstance(chunks, bool):
+        raise TypeError("chunks must be an int or a sequence of block sizes, got a bool")
+    if isinstance(chunks, int):
+        if not 1 <= chunks <= n:
+            raise ValueError(f"chunks must lie in [1, {n}] (the number of samples), got {chunks}")
+        sizes = [len(b) for b in torch.tensor_split(torch.arange(n), chunks)]
+    else:
+        sizes = [int(k) for k in chunks]
+        if not sizes or min(sizes) < 1 or sum(sizes) != n:
+            raise ValueError(f"chunk sizes must be positive and sum to the {n} samples, got "
+                             f"{sizes[:8]}{'…' if len(sizes) > 8 else ''} (sum {sum(sizes)})")
+    return [0, *itertools.accumulate(sizes)]
+
+
 class ReducedObjective:
-    """Φ_red on one batch (x, C) for the model described by `split`.
+    """Φ_red on one batch (x, C) for the model described by `split`, summed chunk by chunk.
 
     ``reducer`` averages every sum over the batch's rows (default SampleReducer(len(x)): the
     mean over this batch); a reducer with the global n makes the batch one part of a larger
     objective (data-parallel processes, accumulated mini-batches). ``n`` is the local row count.
+
+    ``chunks`` (an int: near-equal row blocks; or the block sizes, e.g. a DataLoader's batch
+    sizes, see ``from_batches``) splits every pass over the rows: forward passes, J_Z v, J_Zᵀ E
+    and the n×c terms of the products run one block at a time and their row sums accumulate
+    (ΣΣ_k = Σ). ``memory`` picks what a point keeps:
+
+    - "keep": every chunk's feature linearisation (autograd graph / linearize trace) and
+      S, G (n×c); each Gauss-Newton product reuses them (fastest; memory of the whole batch);
+    - "recompute": only Ẑ (n×p) and W*; each product re-runs the chunk's forward pass (and trace)
+      and forms S_k, G_k per chunk: peak memory follows the chunk size, at the price of about one
+      forward pass per chunk and product (benchmarks/memory.py measures both);
+    - "auto" (default): "keep" for one chunk, "recompute" for several.
+
+    The inner solve works on the stacked Ẑ (n×p) and C: the least-squares normal equations
+    have no n×c temporary; Newton's solve for the classification losses forms n×c arrays.
     """
 
     def __init__(
@@ -113,9 +174,13 @@ class ReducedObjective:
         inner: InnerOptions | None = None,
         jvp_mode: str = "auto",
         reducer: SampleReducer | None = None,
+        chunks: int | Sequence[int] = 1,
+        memory: str = "auto",
     ) -> None:
         if jacobian not in JACOBIANS:
             raise ValueError(f"jacobian must be 'full' or 'kaufman', got {jacobian!r}")
+        if memory not in MEMORY:
+            raise ValueError(f"memory must be one of {MEMORY}, got {memory!r}")
         if alpha_w < 0:
             raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
         if alpha_w == 0 and not loss.is_quadratic:
@@ -124,14 +189,43 @@ class ReducedObjective:
         self.loss = loss
         self.C = batch_targets(split, loss, x, y)
         self.n = x.shape[0]
+        self.bounds = chunk_bounds(self.n, chunks)
+        self.keeps = memory == "keep" or (memory == "auto" and len(self.bounds) == 2)
         self.reducer = resolve_reducer(reducer, self.n)
         self.head = AffineHead.from_split(split)
         self.alpha_w = float(alpha_w)
-        self.features = FeatureMap(split, x, jvp_mode)
+        self.maps = [FeatureMap(split, x[a:b] if len(self.bounds) > 2 else x, jvp_mode)
+                     for a, b in itertools.pairwise(self.bounds)]
+        self.features = self.maps[0]  # θ's layout and dtype are every chunk's
         self.reg = Regularizer(alpha_theta, self.features.layout, B)
         self.kaufman = jacobian == "kaufman"
         self.gn_alpha_w = gn_alpha_w
         self.inner_options = inner or InnerOptions()
+
+    @classmethod
+    def from_batches(cls, split: HeadSplit, loss: Loss, batches: Iterable[tuple[Tensor, Tensor]],
+                     alpha_w: float, alpha_theta: float, **options: Any) -> ReducedObjective:
+        """Φ_red over the union of ``batches`` (e.g. one pass of a DataLoader with a fixed
+        order), one chunk per batch: the rows are concatenated once, the chunks are the
+        batches' sizes."""
+        xs, ys = [], []
+        for x, y in batches:
+            xs.append(x)
+            ys.append(y)
+        if not xs:
+            raise ValueError("batches is empty: the objective needs at least one batch")
+        return cls(split, loss, torch.cat(xs), torch.cat(ys), alpha_w, alpha_theta,
+                   chunks=[len(x) for x in xs], **options)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.maps)
+
+    def rows(self, T: Tensor, k: int) -> Tensor:
+        """The rows of chunk k of a per-sample tensor T (a view)."""
+        if len(self.bounds) == 2:
+            return T
+        return T[self.bounds[k]: self.bounds[k + 1]]
 
     # ------------------------------------------------------------------ value
     def augment(self, Z: Tensor) -> Tensor:
@@ -146,8 +240,25 @@ class ReducedObjective:
         return solve_inner(self.loss, Zh, self.C, self.alpha_w, self.reducer, W0, finite=finite,
                            factor0=factor0, rtol=o.rtol, atol=o.atol, max_iter=o.max_iter)
 
+    def _features(self, theta: Tensor, k: int,
+                  with_vjp: bool) -> tuple[Tensor, Linearisation | None]:
+        """Chunk k's features Z_k(θ) (checked n_k × m) and, with_vjp, its linearisation."""
+        fmap = self.maps[k]
+        if with_vjp:
+            Z, lin = fmap.with_vjp(theta)
+            Z = Z.detach()
+        else:
+            Z, lin = fmap(theta), None
+        rows = self.bounds[k + 1] - self.bounds[k]
+        if Z.ndim != 2 or Z.shape != (rows, self.split.n_features):
+            raise ValueError(
+                f"features have shape {tuple(Z.shape)}, expected ({rows}, "
+                f"{self.split.n_features}) to feed the head"
+            )
+        return Z, lin
+
     def evaluate(self, theta: Tensor, prev: Point | None = None, with_vjp: bool = True) -> Point:
-        """Forward pass, inner solve W*(θ) (warm-started from prev.W, preconditioned by the
+        """Forward passes, inner solve W*(θ) (warm-started from prev.W, preconditioned by the
         Cholesky factor of prev's H_W when prev has a dense inner solution), Φ_red(θ).
 
         A non-finite forward pass gives value = inf (the trust region then rejects the step).
@@ -157,94 +268,182 @@ class ReducedObjective:
         if W0 is not None and tuple(W0.shape) != self.head.w_shape:
             W0 = None
         factor0 = getattr(getattr(prev, "inner", None), "factor", None) if W0 is not None else None
-        if with_vjp:
-            Z, vjp_fn = self.features.with_vjp(theta)
-            Z = Z.detach()
-        else:
-            Z, vjp_fn = self.features(theta), None
-        if Z.ndim != 2 or Z.shape != (self.n, self.split.n_features):
-            raise ValueError(
-                f"features have shape {tuple(Z.shape)}, expected ({self.n}, "
-                f"{self.split.n_features}) to feed the head"
-            )
-        Zh = self.augment(Z)
-        if not torch.isfinite(Zh).all():
+        parts = [self._features(theta, k, with_vjp and self.keeps) for k in range(self.n_chunks)]
+        lins = [lin for _, lin in parts]
+        Zh = (self.augment(parts[0][0]) if len(parts) == 1
+              else torch.cat([self.augment(Z) for Z, _ in parts]))
+        del parts
+        if not self.reducer.all(bool(torch.isfinite(Zh).all())):
             inf = torch.full((), float("inf"))
             empty = InnerSolution(W=torch.empty(0), hess_inv=lambda v: v, converged=False,
                                   message="non-finite features (the step is rejected)")
-            return Point(theta, float("inf"), float("inf"), Zh, inf, inf, inf, empty, None)
+            return Point(theta, float("inf"), float("inf"), Zh, inf, empty, (inf, inf), [])
         sol = self.solve_inner(Zh, W0, finite=True, factor0=factor0)
-        S = Zh @ sol.W.T
-        L, G = self.loss.value_and_grad(S, self.C)
-        L, G = self.reducer.mean(L), self.reducer.scale(G, inplace=True)
+        SG = None
+        if self.keeps:
+            S = Zh @ sol.W.T
+            L, G = self.loss.value_and_grad(S, self.C)
+            SG = (S, self.reducer.scale(G, inplace=True))
+        else:
+            L = _accumulate(self.loss.value(self.rows(Zh, k) @ sol.W.T, self.rows(self.C, k))
+                            for k in range(self.n_chunks))
+        L = self.reducer.mean(L)
         value = L + 0.5 * self.alpha_w * sol.W.square().sum() + self.reg.value(theta)
-        return Point(theta, float(value), float(L), Zh, sol.W, S, G, sol, vjp_fn)
+        return Point(theta, float(value), float(L), Zh, sol.W, sol, SG, lins)
+
+    # ------------------------------------------------------- per-chunk pieces
+    def chunk_SG(self, pt: Point, k: int) -> tuple[Tensor, Tensor]:
+        """(S_k, G_k) of chunk k at pt: views of the kept S, G, or formed now
+        (S_k = Ẑ_k W*ᵀ, G_k = ∂L/∂S_k with the 1/n)."""
+        if pt.SG is not None:
+            return self.rows(pt.SG[0], k), self.rows(pt.SG[1], k)
+        S = self.rows(pt.Zh, k) @ pt.W.T
+        return S, self.reducer.scale(self.loss.grad(S, self.rows(self.C, k)), inplace=True)
+
+    def linearisation(self, pt: Point, k: int) -> Linearisation:
+        """Chunk k's feature linearisation at pt.θ: the kept one, or recorded now (and kept
+        when the objective keeps them)."""
+        if len(pt.lins) != self.n_chunks:
+            pt.lins = [None] * self.n_chunks
+        lin = pt.lins[k]
+        if lin is None:
+            lin = self.maps[k].linearise(pt.theta)
+            if self.keeps:
+                pt.lins[k] = lin
+        return lin
+
+    def chunk_jvp(self, pt: Point, k: int) -> Callable[[Tensor], Tensor]:
+        """v ↦ J_Z v on chunk k (through the kept linearisation, or a fresh one)."""
+        if self.keeps:
+            return self.linearisation(pt, k).jvp
+        return self.maps[k].jvp_fn(pt.theta)
 
     # --------------------------------------------------------------- gradient
     def gradient(self, pt: Point) -> Tensor:
-        """∇Φ_red(θ) = J_Zᵀ(G W̃) + α_θ BᵀBθ (one backward pass)."""
-        if pt.vjp_fn is None:
-            pt.vjp_fn = self.features.with_vjp(pt.theta)[1]
+        """∇Φ_red(θ) = J_Zᵀ(G W̃) + α_θ BᵀBθ (one backward pass per chunk)."""
         m = self.head.m
-        return self.reducer.sum(pt.vjp_fn(pt.G @ pt.W[:, :m])) + self.reg.gradient(pt.theta)
+        g = _accumulate(self.linearisation(pt, k)(self.chunk_SG(pt, k)[1] @ pt.W[:, :m])
+                        for k in range(self.n_chunks))
+        return self.reducer.sum(g) + self.reg.gradient(pt.theta)
 
     def jacobian(self, pt: Point) -> VarProJacobian:
         return VarProJacobian(self, pt)
 
     def gn_operator(self, pt: Point) -> Callable[[Tensor], Tensor]:
-        """v ↦ H_GN(θ) v, with the feature linearisation shared by all products."""
+        """v ↦ H_GN(θ) v, with the feature linearisations shared by all products (kept) or
+        recomputed per product (``memory="recompute"``)."""
         return self.jacobian(pt).gauss_newton
+
+
+def _accumulate(parts: Iterable[Tensor]) -> Tensor:
+    """Σ_k parts_k, left to right (one part: itself, the unchunked value bit for bit)."""
+    total = None
+    for t in parts:
+        total = t if total is None else total + t
+    assert total is not None
+    return total
 
 
 class VarProJacobian:
     """J_S (predictions) and J_W (= dW*/dθ) at one point, their adjoints, and H_GN.
 
-    Every product reuses the point's recorded feature graph (autodiff.Linearisation).
+    Every product runs over the objective's chunks: a first pass forms dẐ_k = [J_Z v]_k and the
+    row sums that dW needs, later passes the per-chunk terms and Σ_k J_Zᵀ E_k.
     """
 
     def __init__(self, obj: ReducedObjective, pt: Point) -> None:
         self.obj, self.pt = obj, pt
-        if pt.vjp_fn is None:
-            pt.vjp_fn = obj.features.with_vjp(pt.theta)[1]
-        self._vjp, self._jvp = pt.vjp_fn, pt.vjp_fn.jvp
+        if obj.keeps:
+            for k in range(obj.n_chunks):
+                obj.linearisation(pt, k)
         self.m = obj.head.m
         self._pad, self._sum = obj.head.pad, obj.reducer.sum
-        h = obj.loss.scalar_hessian()
-        self._h = None if h is None else obj.reducer.scale(h)  # H_S = (h/n)·I
+        self._h_raw = obj.loss.scalar_hessian()
+        self._h = None if self._h_raw is None else obj.reducer.scale(self._h_raw)  # (h/n)·I
         self._hK: Tensor | None = None
 
-    def _hs(self, U: Tensor) -> Tensor:
-        """H_S[U] of the averaged loss: the loss's per-row H_i u_i, divided by n."""
-        return self.obj.reducer.scale(self.obj.loss.hess_apply(self.pt.S, self.obj.C, U))
+    def _hs(self, k: int, U: Tensor) -> Tensor:
+        """H_S[U] on chunk k: the loss's per-row H_i u_i, divided by n."""
+        obj = self.obj
+        if self._h_raw is not None:  # H_i = h·I: no need of S
+            return obj.reducer.scale(U if self._h_raw == 1.0 else self._h_raw * U)
+        S = obj.chunk_SG(self.pt, k)[0]
+        return obj.reducer.scale(obj.loss.hess_apply(S, obj.rows(obj.C, k), U))
+
+    def loss_hessian(self, U: Tensor) -> Tensor:
+        """H_S[U] for U ∈ R^{n×c} (all rows), chunk by chunk."""
+        obj = self.obj
+        parts = [self._hs(k, obj.rows(U, k)) for k in range(obj.n_chunks)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _dZh(self, v: Tensor) -> list[Tensor]:
+        """dẐ_k = [J_Z v, 0] on every chunk."""
+        return [self._pad(self.obj.chunk_jvp(self.pt, k)(v)) for k in range(self.obj.n_chunks)]
+
+    def _pullback(self, E: Callable[[int], Tensor]) -> Tensor:
+        """Σ_k J_Zᵀ E_k (reduced), E_k ∈ R^{n_k×p} given per chunk (only its first m columns)."""
+        obj = self.obj
+        return self._sum(_accumulate(obj.linearisation(self.pt, k)(E(k)[:, : self.m])
+                                     for k in range(obj.n_chunks)))
+
+    def _dW(self, dZh: list[Tensor]) -> Tensor:
+        """dW = −H_W⁻¹ Σ_k (H_S[dẐ_k Wᵀ]ᵀ Ẑ_k + G_kᵀ dẐ_k)."""
+        obj, pt = self.obj, self.pt
+        BZ = _accumulate(self._hs(k, d @ pt.W.T).T @ obj.rows(pt.Zh, k)
+                         + obj.chunk_SG(pt, k)[1].T @ d for k, d in enumerate(dZh))
+        return -pt.inner.hess_inv(self._sum(BZ))
 
     def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        """(J_S v, J_W v) = (dẐ Wᵀ + Ẑ dWᵀ, dW) for a flat direction v."""
+        """(J_S v, J_W v) = (dẐ Wᵀ + Ẑ dWᵀ, dW) for a flat direction v (J_S v: n×c)."""
         pt = self.pt
-        dZh = self._pad(self._jvp(v))
-        dS = dZh @ pt.W.T
+        dZh = self._dZh(v)
+        dS = torch.cat([d @ pt.W.T for d in dZh]) if len(dZh) > 1 else dZh[0] @ pt.W.T
         if self.obj.kaufman:
             return dS, torch.zeros_like(pt.W)
-        BZ = self._sum(self._hs(dS).T @ pt.Zh + pt.G.T @ dZh)
-        dW = -pt.inner.hess_inv(BZ)
+        dW = self._dW(dZh)
         return dS + pt.Zh @ dW.T, dW
+
+    def _adjoint_E(self, k: int, X: Tensor, Y: Tensor | None) -> Tensor:
+        """E_k = X_k W − H_S[Ẑ_k Yᵀ] W − G_k Y (E_k = X_k W for Kaufman's Jacobian)."""
+        obj, pt = self.obj, self.pt
+        E = X @ pt.W
+        if Y is not None:
+            E = E - self._hs(k, obj.rows(pt.Zh, k) @ Y.T) @ pt.W - obj.chunk_SG(pt, k)[1] @ Y
+        return E
+
+    def _adjoint_Y(self, XZ: Tensor, R: Tensor | None) -> Tensor:
+        """Y = H_W⁻¹(Σ_k X_kᵀẐ_k + R)."""
+        XZ = self._sum(XZ)
+        return self.pt.inner.hess_inv(XZ if R is None else XZ + R)
 
     def adjoint(self, X: Tensor, R: Tensor | None = None) -> Tensor:
         """J_Sᵀ X + J_Wᵀ R (flat float64), X ∈ R^{n×c}, R ∈ R^{c×p}."""
-        pt = self.pt
-        E = X @ pt.W
-        if not self.obj.kaufman:
-            XZ = self._sum(X.T @ pt.Zh)
-            Y = pt.inner.hess_inv(XZ if R is None else XZ + R)
-            E = E - self._hs(pt.Zh @ Y.T) @ pt.W - pt.G @ Y
-        return self._sum(self._vjp(E[:, : self.m]))
+        obj, pt = self.obj, self.pt
+        Y = None
+        if not obj.kaufman:
+            Y = self._adjoint_Y(_accumulate(obj.rows(X, k).T @ obj.rows(pt.Zh, k)
+                                            for k in range(obj.n_chunks)), R)
+        return self._pullback(lambda k: self._adjoint_E(k, obj.rows(X, k), Y))
 
     def gauss_newton(self, v: Tensor) -> Tensor:
-        """H_GN v = J_Sᵀ H_S[J_S v] + α_W J_Wᵀ J_W v + α_θ BᵀB v (one JVP + one VJP)."""
+        """H_GN v = J_Sᵀ H_S[J_S v] + α_W J_Wᵀ J_W v + α_θ BᵀB v (one JVP + one VJP per chunk;
+        no n×c array beyond one chunk's)."""
         if gram_path_pays(self._h, self.pt.Zh, self.pt.W):
             return self._gauss_newton_scalar_hessian(v, self._h)
-        dS, dW = self.forward(v)
-        R = self.obj.alpha_w * dW if (self.obj.gn_alpha_w and not self.obj.kaufman) else None
-        return self.adjoint(self._hs(dS), R) + self.obj.reg.gauss_newton(v)
+        obj, pt = self.obj, self.pt
+        dZh = self._dZh(v)
+        dW = None if obj.kaufman else self._dW(dZh)
+
+        def X(k: int) -> Tensor:  # H_S[J_S v] on chunk k
+            dS = dZh[k] @ pt.W.T
+            return self._hs(k, dS if dW is None else dS + obj.rows(pt.Zh, k) @ dW.T)
+
+        Y = None
+        if dW is not None:
+            R = obj.alpha_w * dW if obj.gn_alpha_w else None
+            Y = self._adjoint_Y(_accumulate(X(k).T @ obj.rows(pt.Zh, k)
+                                            for k in range(obj.n_chunks)), R)
+        return self._pullback(lambda k: self._adjoint_E(k, X(k), Y)) + obj.reg.gauss_newton(v)
 
     def _gauss_newton_scalar_hessian(self, v: Tensor, h: float) -> Tensor:
         """H_GN v when H_S = h·I (least squares), without any n×c temporary.
@@ -255,20 +454,31 @@ class VarProJacobian:
             Y = H_W⁻¹(h (W Pᵀ + dW ẐᵀẐ) + α_W dW) = dW + Q = −M   (α_W J_Wᵀ J_W included),
             E = h dẐ K + h Ẑ (dW − Y)ᵀ W − G Y = h dẐ K − h Ẑ Qᵀ W + G M,
             H_GN v = J_Zᵀ E[:, :m] + α_θ BᵀB v:
-        forward/adjoint's product without n×c arrays (chosen by `gram_path_pays`). Without
-        α_W J_Wᵀ J_W (gn_alpha_w=False) Y gains −α_W H_W⁻¹ dW = α_W H_W⁻¹(Q + M).
+        forward/adjoint's product without n×c arrays (chosen by `gram_path_pays`); the sums over
+        rows accumulate chunk by chunk. Without α_W J_Wᵀ J_W (gn_alpha_w=False) Y gains
+        −α_W H_W⁻¹ dW = α_W H_W⁻¹(Q + M).
         """
         pt, obj = self.pt, self.obj
         if self._hK is None:
             self._hK = h * (pt.W.T @ pt.W)
-        dZh = self._pad(self._jvp(v))
-        E = dZh @ self._hK
+        dZh = self._dZh(v)
+        G = [obj.chunk_SG(pt, k)[1] for k in range(obj.n_chunks)] if obj.keeps else None
+        D = Y = None
         if not obj.kaufman:
-            Q = pt.inner.hess_inv(pt.W @ (h * self._sum(dZh.T @ pt.Zh)))
-            M = pt.inner.hess_inv(self._sum(pt.G.T @ dZh))
+            P = _accumulate(d.T @ obj.rows(pt.Zh, k) for k, d in enumerate(dZh))
+            Q = pt.inner.hess_inv(pt.W @ (h * self._sum(P)))
+            M = pt.inner.hess_inv(self._sum(_accumulate(
+                (G[k] if G else obj.chunk_SG(pt, k)[1]).T @ d for k, d in enumerate(dZh))))
             D, Y = -Q, -M  # dW − Y and Y
             if not obj.gn_alpha_w and obj.alpha_w > 0:
                 extra = obj.alpha_w * pt.inner.hess_inv(Q + M)
                 D, Y = D - extra, Y + extra
-            E = E + pt.Zh @ (h * (D.T @ pt.W)) - pt.G @ Y
-        return self._sum(self._vjp(E[:, : self.m])) + obj.reg.gauss_newton(v)
+
+        def E(k: int) -> Tensor:
+            Ek = dZh[k] @ self._hK
+            if D is None:
+                return Ek
+            Gk = G[k] if G else obj.chunk_SG(pt, k)[1]
+            return Ek + obj.rows(pt.Zh, k) @ (h * (D.T @ pt.W)) - Gk @ Y
+
+        return self._pullback(E) + obj.reg.gauss_newton(v)

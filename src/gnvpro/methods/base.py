@@ -27,8 +27,16 @@ from ..head import HeadSplit, split_model
 from ..losses import Loss, make_loss
 from ..regularizer import LinearMap
 from ..solver import StepInfo, Termination
-from ..validate import check_model, check_real, describe, in_range, validate_config
-from ..varpro import InnerOptions
+from ..validate import (
+    check_model,
+    check_real,
+    choices,
+    config_from_dict,
+    describe,
+    in_range,
+    validate_config,
+)
+from ..varpro import MEMORY, InnerOptions
 
 __all__ = ["BatchIdentity", "InnerSettings", "Iterate", "Method", "ModelMethod", "no_closure",
            "same_data"]
@@ -135,6 +143,10 @@ class InnerSettings:
     inner_rtol: float = field(default=1e-10, metadata=in_range(low=0.0))
     inner_atol: float = field(default=1e-10, metadata=in_range(low=0.0))
     inner_max_iter: int = field(default=100, metadata=in_range(low=1))
+    # the objective's passes over the rows (gnvpro.varpro.ReducedObjective): row blocks, and
+    # whether a point keeps each block's linearisation ("keep") or recomputes it per product
+    chunks: int = field(default=1, metadata=in_range(low=1))
+    chunk_memory: str = field(default="auto", metadata=choices(*MEMORY))
 
     def __post_init__(self) -> None:
         validate_config(self)  # every field, by its type and range (TypeError / ValueError)
@@ -210,6 +222,44 @@ class ModelMethod:
         self.config = config or self.config_type()
         self.regularizer = regularizer
         self._batch = BatchIdentity(model)
+
+    # ---------------------------------------------------------- checkpoints
+    def _settings(self) -> dict:
+        """The settings part of every method's state_dict."""
+        return {"method": type(self).__name__, "config": self.config.to_dict(),
+                "loss": self.loss.name, "alpha_w": self.alpha_w, "alpha_theta": self.alpha_theta}
+
+    def _check_settings(self, sd: object, required: set[str]) -> tuple[Any, float, float]:
+        """What every method's load_state_dict checks first: a dict of this method's
+        state_dict() (the keys ``required``) and of the same loss. Returns its config, α_W and
+        α_θ, which the method adopts (as torch.optim adopts a saved param_group's settings);
+        a dict without them keeps the optimiser's."""
+        name = type(self).__name__
+        if not isinstance(sd, dict):
+            raise TypeError(f"load_state_dict expects the dict of {name}.state_dict(), got "
+                            f"{describe(sd)}")
+        if "model" in sd:
+            raise ValueError(f"this looks like a model+optimiser checkpoint: load it with "
+                             f"gnvpro.load_checkpoint(path, model, opt), or pass sd['optimizer']"
+                             f" to {name}.load_state_dict")
+        missing = required - set(sd)
+        if missing:
+            raise ValueError(f"not a {name} state dict: missing {sorted(missing)}")
+        if sd.get("method", name) != name:
+            raise ValueError(f"the state dict is of {sd['method']}, not {name}")
+        if "loss" in sd and sd["loss"] != self.loss.name:
+            raise ValueError(f"the state dict was saved with loss {sd['loss']!r} but this "
+                             f"optimiser uses {self.loss.name!r}: create {name}(model, "
+                             f"loss={sd['loss']!r}) to load it")
+        alpha_w = check_real("state_dict['alpha_w']", sd.get("alpha_w", self.alpha_w), low=0.0)
+        alpha_theta = check_real("state_dict['alpha_theta']",
+                                 sd.get("alpha_theta", self.alpha_theta), low=0.0)
+        if alpha_w == 0 and not self.loss.is_quadratic:
+            raise ValueError(f"state_dict['alpha_w'] must be > 0 for the {self.loss.name} loss")
+        config = self.config
+        if "config" in sd:
+            config = config_from_dict(self.config_type, sd["config"], "state_dict['config']")
+        return config, alpha_w, alpha_theta
 
     def theta(self) -> Tensor:
         """θ as a flat float64 vector (the model's current feature weights)."""

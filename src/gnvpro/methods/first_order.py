@@ -68,18 +68,21 @@ class FirstOrder(ModelMethod):
         self.feature_params = self.split.feature_params()
         self.head_params = [self.split.head.weight] + (
             [self.split.head.bias] if self.split.has_bias else [])
-        params = [*self.feature_params.values(), *self.head_params]
-        if c.optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=c.lr)
-        else:
-            self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
-                                             nesterov=c.nesterov and c.momentum > 0)
+        self.optimizer = self._torch_optimizer(c)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.own_work = self.seconds = self.inner_seconds = 0.0
         self.iteration = 0
         self.reg: Regularizer | None = None
         self._xC: tuple[Tensor, Tensor] | None = None
         self._current: Iterate | None = None
+
+    def _torch_optimizer(self, c: FirstOrderConfig) -> torch.optim.Optimizer:
+        """torch.optim.Adam or SGD (Nesterov momentum) over θ and the head, as ``c`` says."""
+        params = [*self.feature_params.values(), *self.head_params]
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.lr)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                               nesterov=c.nesterov and c.momentum > 0)
 
     # ------------------------------------------------------------------ protocol
     def set_batch(self, x: Tensor, y: Tensor) -> None:
@@ -151,37 +154,42 @@ class FirstOrder(ModelMethod):
 
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """Optimiser state only: a copy of the torch optimiser's state (later steps do not
-        change it), the shuffling generator, the counters and the settings."""
-        return {"method": "FirstOrder", "config": self.config.to_dict(),
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        """Optimiser state only (as torch.optim): the settings (method, config, loss, α_W,
+        α_θ), a copy of the torch optimiser's state (later steps do not change it), the
+        shuffling generator's state, the counters and whether W*(θ0) was solved ("started")."""
+        return {**self._settings(), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "generator": self.generator.get_state(), "work": self.own_work,
                 "seconds": self.seconds, "inner_seconds": self.inner_seconds,
                 "iteration": self.iteration, "started": self.reg is not None}
 
     def load_state_dict(self, sd: dict) -> None:
-        """Restore a state_dict() (checked first: a refused dict changes nothing); the model
-        keeps its weights (no new W*(θ0))."""
-        if not isinstance(sd, dict) or sd.get("method") != "FirstOrder":
-            raise ValueError("not a FirstOrder state dict")
-        if sd.get("config") != self.config.to_dict():
-            raise ValueError("the state dict was saved with other settings: create "
-                             "FirstOrder(..., config=FirstOrderConfig(**sd['config']))")
+        """Make a state_dict() this optimiser's state (an assignment: settings, α and config
+        adopted, as torch.optim adopts a saved param_group's; the loss must be the same).
+        Everything is checked first; a refused dict changes nothing. The model keeps its
+        weights (no new W*(θ0) once started): the next epoch is the uninterrupted run's."""
+        config, alpha_w, alpha_theta = self._check_settings(
+            sd, {"optimizer", "generator", "work", "iteration"})
         counters = [check_real(f"state_dict[{k!r}]", sd.get(k, 0.0), low=0.0)
                     for k in ("work", "seconds", "inner_seconds")]
         iteration = check_real("state_dict['iteration']", sd.get("iteration"), integer=True,
                                low=0)
-        backup = self.optimizer.state_dict()
+        optimizer = self.optimizer if config == self.config else self._torch_optimizer(config)
+        generator = torch.Generator()
+        backup = optimizer.state_dict()
         try:
-            self.optimizer.load_state_dict(sd["optimizer"])
-            self.generator.set_state(sd["generator"])
+            optimizer.load_state_dict(sd["optimizer"])
+            generator.set_state(sd["generator"])
         except Exception:
-            self.optimizer.load_state_dict(backup)
+            optimizer.load_state_dict(backup)
             raise
+        self.config, self.alpha_w, self.alpha_theta = config, alpha_w, alpha_theta
+        self.optimizer, self.generator = optimizer, generator
         self.own_work, self.seconds, self.inner_seconds = counters
         self._work_mark = None
         self.iteration = iteration
         self._batch.forget()
+        self._current = None
+        self.reg = None
         if sd.get("started"):
             layout = ParamLayout.of(self.split.feature_params())
             self.reg = Regularizer(self.alpha_theta, layout, self.regularizer)

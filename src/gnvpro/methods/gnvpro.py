@@ -103,7 +103,8 @@ class GNvpro(VarProOptimizer):
     def _objective_options(self) -> dict:
         c = self.config
         return {"jacobian": c.jacobian, "gn_alpha_w": c.gn_alpha_w, "jvp_mode": c.jvp_mode,
-                "inner": c.inner()}
+                "inner": c.inner(),
+                "chunks": c.chunks, "memory": c.chunk_memory}
 
     def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo]:
         return trust_region_step(self.problem, state, self.config)

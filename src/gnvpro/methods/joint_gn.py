@@ -16,7 +16,7 @@ from torch import Tensor
 from ..autodiff import JVP_MODES
 from ..head import check_head_is_last
 from ..joint import JointPoint, JointProblem
-from ..solver import SolverConfig, SolverState, StepInfo, initial_state, trust_region_step
+from ..solver import SavedPoint, SolverConfig, SolverState, StepInfo, trust_region_step
 from ..validate import choices
 from ..varpro import ReducedObjective, WarmStart
 from .base import InnerSettings
@@ -43,6 +43,10 @@ class JointGaussNewton(SolverMethod):
     def _theta_W(self, pt: JointPoint) -> tuple[Tensor, Tensor]:
         return self.problem.unpack(pt.theta)
 
+    def _n_theta(self) -> int:
+        """z = (θ, vec W): the feature weights and the head's."""
+        return super()._n_theta() + self.split.head_weights().numel()
+
     def set_batch(self, x: Tensor, y: Tensor) -> None:
         """Φ(θ, W) and its gradient on (x, y) at the current (θ, W) — on the first batch at
         (θ0, W*(θ0)) (2 work units)."""
@@ -52,27 +56,27 @@ class JointGaussNewton(SolverMethod):
         problem = JointProblem(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
                                B=self.regularizer, coupled=c.coupled, jvp_mode=c.jvp_mode)
         check_head_is_last(self.split, x[: min(len(x), 16)])
-        old = self.state
-        t0, inner_seconds = time.perf_counter(), 0.0
-        if old is not None:
-            z = old.pt.theta
-        elif self._resume is not None:
-            z = problem.pack(self.theta(), self.split.head_weights().to(torch.float64))
-        else:  # θ0 with W*(θ0) on this batch
+        setup = [0.0, 0.0]  # seconds and inner seconds of the W*(θ0) solve
+
+        def start(old: SolverState | None) -> tuple[Tensor, None]:
+            """The last (θ, W); after load_state_dict when the model no longer holds them, the
+            model's; on the first batch (θ0, W*(θ0))."""
+            if old is not None and old.pt is not None and (
+                    not isinstance(old.pt, SavedPoint) or self._model_holds(old.pt)):
+                return old.pt.theta, None
+            if old is not None:
+                return problem.pack(self.theta(), self.split.head_weights()), None
+            t0 = time.perf_counter()
             obj = ReducedObjective(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
                                    B=self.regularizer, inner=c.inner())
             pt = obj.evaluate(self.theta(),
                               WarmStart(self.split.head_weights().to(torch.float64)))
-            inner_seconds = pt.inner.seconds
-            z = problem.pack(pt.theta, pt.W)
-        setup = time.perf_counter() - t0
-        fresh = initial_state(problem, z)
-        fresh = replace(fresh, seconds=fresh.seconds + setup,
-                        inner_seconds=fresh.inner_seconds + inner_seconds)
-        if old is not None:  # a new batch: the counters and self.carry (the radius) carry over
-            fresh = self._carry(old, fresh)
-        elif self._resume is not None:  # after load_state_dict: from the model's (θ, W)
-            fresh = self._restore(fresh)
+            setup[:] = [time.perf_counter() - t0, pt.inner.seconds]
+            return problem.pack(pt.theta, pt.W), None
+
+        fresh = self._new_state(problem, start)
+        fresh = replace(fresh, seconds=fresh.seconds + setup[0],
+                        inner_seconds=fresh.inner_seconds + setup[1])
         self.problem, self.state = problem, fresh
         self._batch.remember(x, y)
         self._write_back()

@@ -13,6 +13,8 @@ dropped by default: secant pairs of another batch's objective).
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -23,9 +25,16 @@ from torch import Tensor, nn
 from ..linalg import KrylovBasis
 from ..losses import Loss
 from ..regularizer import LinearMap
-from ..solver import SolverState, StepInfo, Termination, check_termination
+from ..solver import (
+    SavedPoint,
+    SolverState,
+    StepInfo,
+    Termination,
+    check_termination,
+    initial_state,
+)
 from ..threads import auto_threads, intra_op_threads
-from ..validate import check_real, config_from_dict, describe
+from ..validate import check_real, describe
 from .base import Iterate, ModelMethod
 
 __all__ = ["CARRY", "SolverMethod"]
@@ -34,12 +43,14 @@ CARRY = ("radius", "pairs")  # what a new batch may inherit (besides the counter
 
 
 class SolverMethod(ModelMethod):
-    """Subclasses give set_batch (building ``self.problem`` and ``self.state``),
-    ``_outer_step(state)`` and ``_theta_W(point)``."""
+    """Subclasses give set_batch (building ``self.problem`` and ``self.state``, by
+    ``_new_state``), ``_outer_step(state)`` and ``_theta_W(point)``.
+
+    ``self.state`` is the solver's state (gnvpro.solver.SolverState), ``state_dict()`` is it as
+    a dict and ``load_state_dict`` assigns it (its point re-evaluated on the next batch)."""
 
     problem: Any = None
     state: SolverState | None = None
-    _resume: dict | None = None  # after load_state_dict, until the next evaluation
     default_carry: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
@@ -84,14 +95,14 @@ class SolverMethod(ModelMethod):
         return 0.0 if self.state is None else self.state.inner_seconds
 
     def current(self) -> Iterate:
-        assert self.state is not None, "set_batch(x, y) first"
+        assert self.state is not None and self.problem is not None, "set_batch(x, y) first"
         pt = self.state.pt
         return Iterate(pt.value, pt.loss, pt.S, self.state.grad_norm)
 
     def termination(self) -> Termination:
         """Gradient tolerances, a collapsed trust region, a failed line search (the config's
         grad_rtol, grad_atol, min_radius)."""
-        if self.state is None:
+        if self.state is None or self.problem is None:
             return Termination.RUNNING
         return check_termination(self.state, self.config, None, None)
 
@@ -136,83 +147,114 @@ class SolverMethod(ModelMethod):
 
     # ---------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """Optimiser state only (as torch.optim): settings, α, the trust-region radius and
-        Krylov basis, the curvature pairs and the counters. gnvpro.save_checkpoint saves it
-        with the model."""
-        s = self.state
-        return {
-            "method": type(self).__name__, "config": self.config.to_dict(),
-            "loss": self.loss.name, "alpha_w": self.alpha_w, "alpha_theta": self.alpha_theta,
-            "radius": None if s is None else s.radius,
-            "iteration": 0 if s is None else s.iteration,
-            **{k: 0.0 if s is None else float(getattr(s, k))
-               for k in ("work", "seconds", "inner_seconds")},
-            "pairs": [] if s is None else [[a.clone(), b.clone(), r] for a, b, r in s.pairs],
-            "basis": None if s is None or s.basis is None else dataclasses.asdict(s.basis),
-        }
+        """Optimiser state only (as torch.optim; gnvpro.save_checkpoint saves it with the
+        model): the settings (method, config, loss, α_W, α_θ) and ``SolverState.to_dict()``,
+        the state itself: the point's θ and W (float64), Φ there and its H_W factor, the
+        gradient, the radius, the Krylov basis, the curvature pairs and the counters. Tensors
+        are the state's own (no copies; a step replaces them, never changes them in place)."""
+        state = self.state or SolverState(None, None, math.nan)  # type: ignore[arg-type]
+        return {**self._settings(), **state.to_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
-        """Restore a state_dict(): α, config, radius, basis, pairs and counters (the loss must
-        be the same). The next evaluation, at the model's weights, restores the saved iterate
-        and is not counted in work units (a resumed run counts the work of an uninterrupted
-        one; its seconds include the re-evaluation). Everything is checked first; a refused
-        dict changes nothing."""
-        name = type(self).__name__
-        if not isinstance(sd, dict):
-            raise TypeError(f"load_state_dict expects the dict of {name}.state_dict(), got "
-                            f"{describe(sd)}")
-        if "model" in sd:
-            raise ValueError(f"this looks like a model+optimiser checkpoint: load it with "
-                             f"gnvpro.load_checkpoint(path, model, opt), or pass sd['optimizer']"
-                             f" to {name}.load_state_dict")
-        missing = {"radius", "work", "iteration"} - set(sd)
-        if missing:
-            raise ValueError(f"not a {name} state dict: missing {sorted(missing)}")
-        if sd.get("method", name) != name:
-            raise ValueError(f"the state dict is of {sd['method']}, not {name}")
-        radius = sd["radius"]
-        if radius is not None:
-            radius = check_real("state_dict['radius']", radius, low=0.0, low_inclusive=False)
-        resume = {k: check_real(f"state_dict[{k!r}]", sd.get(k, 0.0), low=0.0)
-                  for k in ("work", "seconds", "inner_seconds")}
-        resume["iteration"] = check_real("state_dict['iteration']", sd["iteration"],
-                                         integer=True, low=0)
-        if "loss" in sd and sd["loss"] != self.loss.name:
-            raise ValueError(f"the state dict was saved with loss {sd['loss']!r} but this "
-                             f"optimiser uses {self.loss.name!r}: create {name}(model, "
-                             f"loss={sd['loss']!r}) to load it")
-        alpha_w = check_real("state_dict['alpha_w']", sd.get("alpha_w", self.alpha_w), low=0.0)
-        alpha_theta = check_real("state_dict['alpha_theta']",
-                                 sd.get("alpha_theta", self.alpha_theta), low=0.0)
-        if alpha_w == 0 and not self.loss.is_quadratic:
-            raise ValueError(f"state_dict['alpha_w'] must be > 0 for the {self.loss.name} loss")
-        resume.update(radius=radius, pairs=_check_pairs(sd.get("pairs", [])),
-                      basis=_check_basis(sd.get("basis")))
-        config = self.config
-        if "config" in sd:
-            config = config_from_dict(self.config_type, sd["config"], "state_dict['config']")
+        """Make a state_dict() this optimiser's state (an assignment: the settings, α and the
+        config are adopted, as torch.optim adopts a saved param_group's; the loss must be the
+        same). Everything is checked first; a refused dict changes nothing.
+
+        The next set_batch/step re-evaluates the saved point on its data (not counted in work
+        units): at the saved float64 θ, when the model still holds θ and W (rounded to its
+        dtype, as save_checkpoint / load_checkpoint leave it) and Φ there is the saved value
+        bit for bit (the same data), the run continues exactly as it would have without the
+        interruption; otherwise the data or the weights are new, and it starts there as on a
+        new batch (the counters and ``carry`` kept). A dict without θ (gnvpro before the state
+        was a value) restores radius, basis, pairs and counters at the model's weights."""
+        config, alpha_w, alpha_theta = self._check_settings(sd, {"radius", "work", "iteration"})
+        state = self._check_state(sd)
         self.alpha_w, self.alpha_theta, self.config = alpha_w, alpha_theta, config
-        self.problem, self.state, self._resume = None, None, resume
+        self.problem, self.state = None, state
         self._batch.forget()
         self._work_mark = None
 
-    def _restore(self, fresh: SolverState) -> SolverState:
-        """The state of load_state_dict's dict at its re-evaluated point ``fresh``."""
-        r, self._resume = self._resume, None
-        assert r is not None
-        n = fresh.pt.theta.numel()
-        vectors = [t for s, y, _ in r["pairs"] for t in (s, y)]
-        if r["basis"] is not None:
-            vectors.append(r["basis"].V[0])
-        if any(t.numel() != n for t in vectors):
-            raise ValueError(f"the state dict's curvature pairs / Krylov basis have another size "
-                             f"than this model's {n} weights: it was saved for another model")
-        dev = fresh.pt.theta
-        pairs = tuple((s.to(dev), y.to(dev), rho) for s, y, rho in r["pairs"])
-        basis = r["basis"] if r["basis"] is None else replace(r["basis"], V=r["basis"].V.to(dev))
-        return replace(fresh, radius=r["radius"], work=r["work"], iteration=r["iteration"],
-                       pairs=pairs, basis=basis, seconds=r["seconds"] + fresh.seconds,
-                       inner_seconds=r["inner_seconds"] + fresh.inner_seconds)
+    def _n_theta(self) -> int:
+        """The length of the solver's variable θ (the feature weights; JointGaussNewton: and W)."""
+        return sum(p.numel() for p in self.split.feature_params().values())
+
+    def _check_state(self, sd: dict) -> SolverState | None:
+        """state_dict()'s state part, checked against this model, on its device."""
+        n, dev = self._n_theta(), self.split.head.weight.device
+        d: dict[str, Any] = {k: check_real(f"state_dict[{k!r}]", sd.get(k, 0.0), low=0.0)
+                             for k in ("work", "seconds", "inner_seconds")}
+        d["iteration"] = check_real("state_dict['iteration']", sd["iteration"], integer=True,
+                                    low=0)
+        radius = sd["radius"]
+        d["radius"] = radius if radius is None else check_real(
+            "state_dict['radius']", radius, low=0.0, low_inclusive=False)
+        d["pairs"] = [[_vector(f"state_dict['pairs'][{i}]", t, n, dev) for t in p[:2]] + [p[2]]
+                      for i, p in enumerate(_check_pairs(sd.get("pairs", [])))]
+        d["basis"] = _check_basis(sd.get("basis"), n, dev)
+        if sd.get("theta") is None:  # never stepped, or a checkpoint from before θ was saved
+            if d["work"] == 0 and d["iteration"] == 0:
+                return None
+            d["theta"] = None
+            return SolverState.from_dict(d)
+        d["theta"] = _vector("state_dict['theta']", sd["theta"], n, dev)
+        d["g"] = _vector("state_dict['g']", sd.get("g"), n, dev)
+        shape = tuple(self.split.head_weights().shape)
+        W = sd.get("W")
+        if not (isinstance(W, Tensor) and tuple(W.shape) == shape
+                and bool(torch.isfinite(W).all())):
+            raise ValueError(f"state_dict['W'] must be a finite {shape} tensor (the head), got "
+                             f"{describe(W)}: it was saved for another model")
+        d["W"] = W.to(device=dev, dtype=torch.float64)
+        d["value"] = check_real("state_dict['value']", sd.get("value"))
+        d["grad_norm0"] = check_real("state_dict['grad_norm0']", sd.get("grad_norm0"), low=0.0)
+        factor = sd.get("factor")
+        if factor is not None and not (isinstance(factor, Tensor) and factor.ndim == 2
+                                       and factor.shape[0] == factor.shape[1] == W.numel()):
+            raise ValueError(f"state_dict['factor'] must be None or a {W.numel()} × "
+                             f"{W.numel()} tensor (the Cholesky factor of H_W)")
+        d["factor"] = factor if factor is None else factor.to(device=dev, dtype=torch.float64)
+        if not isinstance(sd.get("stalled", False), bool):
+            raise TypeError(f"state_dict['stalled'] must be a bool, got "
+                            f"{describe(sd['stalled'])}")
+        d["stalled"] = sd.get("stalled", False)
+        return SolverState.from_dict(d)
+
+    def _new_state(self, problem: Any, start: Callable[[SolverState | None], tuple[Tensor, Any]]
+                   ) -> SolverState:
+        """The state on a new problem (set_batch). After load_state_dict: the saved state with
+        its point re-evaluated, when the model holds it and Φ is the saved value bit for bit.
+        Otherwise initial_state at ``start(old)`` = (θ, prev), with the old state's counters
+        and ``carry`` (a state without θ: its radius, basis and pairs, work not counted)."""
+        old = self.state
+        if old is not None and isinstance(old.pt, SavedPoint) and self._model_holds(old.pt):
+            t0 = time.perf_counter()
+            pt = problem.evaluate(old.pt.theta, old.pt)
+            if pt.value == old.pt.value:  # the saved data: the saved state, bit for bit
+                inner = getattr(pt, "inner", None)
+                return replace(old, pt=pt, seconds=old.seconds + time.perf_counter() - t0,
+                               inner_seconds=old.inner_seconds + getattr(inner, "seconds", 0.0))
+        theta, prev = start(old)
+        fresh = initial_state(problem, theta, prev)
+        if old is None:
+            return fresh
+        if old.pt is None:  # a checkpoint without θ: at the model's weights
+            return replace(fresh, radius=old.radius, basis=old.basis, pairs=old.pairs,
+                           work=old.work, iteration=old.iteration,
+                           seconds=old.seconds + fresh.seconds,
+                           inner_seconds=old.inner_seconds + fresh.inner_seconds)
+        return self._carry(old, fresh)
+
+    @torch.no_grad()
+    def _model_holds(self, pt: SavedPoint) -> bool:
+        """Whether the model's weights are pt's θ and W in its dtype (as _write_back leaves
+        them): nobody has written into the model since the state was saved."""
+        i = 0
+        for p in self.split.feature_params().values():
+            k = p.numel()
+            if not torch.equal(p.detach().reshape(-1), pt.theta[i:i + k].to(p)):
+                return False
+            i += k
+        return torch.equal(self.split.head_weights(), pt.W.to(self.split.head.weight))
 
 
 def _check_carry(carry: object, default: tuple[str, ...]) -> frozenset[str]:
@@ -229,24 +271,31 @@ def _check_carry(carry: object, default: tuple[str, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
-def _check_pairs(pairs: object) -> tuple:
-    """state_dict['pairs']: a list of [s, y, 1/sᵀy] with s, y finite vectors of one size."""
+def _vector(name: str, t: object, n: int, device: torch.device) -> Tensor:
+    """A finite float64 vector of n entries (θ's size) on ``device``."""
+    if not (isinstance(t, Tensor) and t.ndim == 1 and bool(torch.isfinite(t).all())):
+        raise ValueError(f"{name} must be a finite vector, got {describe(t)}")
+    if t.numel() != n:
+        raise ValueError(f"{name} has {t.numel()} entries but this model's θ has {n}: the "
+                         f"state dict was saved for another model")
+    return t.to(device=device, dtype=torch.float64)
+
+
+def _check_pairs(pairs: object) -> list:
+    """state_dict['pairs']: a list of [s, y, 1/sᵀy] (the vectors are checked by _vector)."""
     if not isinstance(pairs, list | tuple):
         raise TypeError(f"state_dict['pairs'] must be a list, got {describe(pairs)}")
-    out = []
     for i, p in enumerate(pairs):
-        ok = (isinstance(p, list | tuple) and len(p) == 3 and all(
-            isinstance(t, Tensor) and t.ndim == 1 and bool(torch.isfinite(t).all())
-            for t in p[:2]) and p[0].shape == p[1].shape)
-        if not ok:
+        if not (isinstance(p, list | tuple) and len(p) == 3 and all(isinstance(t, Tensor)
+                                                                      for t in p[:2])):
             raise ValueError(f"state_dict['pairs'][{i}] must be [s, y, rho] with finite "
                              f"vectors s, y of one size")
-        out.append((p[0].to(torch.float64), p[1].to(torch.float64), float(p[2])))
-    return tuple(out)
+        check_real(f"state_dict['pairs'][{i}][2]", p[2])
+    return list(pairs)
 
 
-def _check_basis(basis: object) -> KrylovBasis | None:
-    """state_dict['basis']: None, or the fields of a KrylovBasis (V: k × N, T: k × k)."""
+def _check_basis(basis: object, n: int, device: torch.device) -> dict | None:
+    """state_dict['basis']: None, or the fields of a KrylovBasis (V: k × n, T: k × k)."""
     if basis is None:
         return None
     try:
@@ -258,4 +307,8 @@ def _check_basis(basis: object) -> KrylovBasis | None:
     if not ok:
         raise ValueError("state_dict['basis'] must be None or a Krylov basis (V: k × N, "
                          "T: k × k, finite)")
-    return b
+    if b.V.shape[1] != n:
+        raise ValueError(f"state_dict['basis'] has vectors of {b.V.shape[1]} entries but this "
+                         f"model's θ has {n}: the state dict was saved for another model")
+    return {f.name: getattr(b, f.name) for f in dataclasses.fields(b)} | {
+        "V": b.V.to(device=device, dtype=torch.float64)}

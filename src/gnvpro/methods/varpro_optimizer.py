@@ -13,13 +13,14 @@ over: step() on a sequence of batches is the paper's stochastic variant.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..head import check_head_is_last
 from ..metrics import prediction_metrics
-from ..solver import StepInfo, initial_state
+from ..solver import SolverState, StepInfo
 from ..validate import check_batch, check_model
 from ..varpro import ReducedObjective, WarmStart
 from .solver_method import SolverMethod
@@ -37,7 +38,8 @@ class VarProOptimizer(SolverMethod):
         return self.problem
 
     def _objective_options(self) -> dict:
-        return {"inner": self.config.inner()}
+        c = self.config
+        return {"inner": c.inner(), "chunks": c.chunks, "memory": c.chunk_memory}
 
     def _theta_W(self, pt) -> tuple[Tensor, Tensor]:
         return pt.theta, pt.W
@@ -48,25 +50,30 @@ class VarProOptimizer(SolverMethod):
         check_model(self.split)  # cheap; the model may have changed since the last call
         if self._batch.same(x, y):
             return
+        options = self._objective_options()
+        if isinstance(options.get("chunks"), int):  # never more blocks than rows
+            rows = x.shape[0] if isinstance(x, Tensor) and x.ndim else 1  # checked below
+            options["chunks"] = min(options["chunks"], max(rows, 1))
         objective = ReducedObjective(  # checks the batch (varpro.batch_targets)
             self.split, self.loss, x, y, self.alpha_w, self.alpha_theta, B=self.regularizer,
-            **self._objective_options(),
+            **options,
         )
         check_head_is_last(self.split, x[: min(len(x), 16)])
-        old = self.state
-        prev = old.pt if old is not None and old.pt.W.shape[0] == self.split.n_outputs else None
-        if prev is None:  # warm-start the first inner solve from the model's head
-            prev = WarmStart(self.split.head_weights().to(torch.float64))
+
+        def start(old: SolverState | None) -> tuple[Tensor, Any]:
+            """The model's θ; the inner solve warm-started from the last point's W (else from
+            the model's head)."""
+            pt = None if old is None else old.pt
+            if pt is not None and pt.W.shape[0] == self.split.n_outputs:
+                return self.theta(), pt
+            return self.theta(), WarmStart(self.split.head_weights().to(torch.float64))
+
         try:
-            fresh = initial_state(objective, self.theta(), prev)
+            fresh = self._new_state(objective, start)
         except (torch.linalg.LinAlgError, ArithmeticError) as e:
             raise ValueError(f"the starting point cannot be evaluated ({type(e).__name__}: {e}):"
                              " the data or the weights are badly scaled; standardise x and y"
                              ) from e
-        if old is not None:
-            fresh = self._carry(old, fresh)
-        elif self._resume is not None:  # after load_state_dict
-            fresh = self._restore(fresh)
         # commit only now: a bad batch raises above and leaves the optimiser as it was
         self.problem, self.state = objective, fresh
         self._batch.remember(x, y)

@@ -1,0 +1,96 @@
+"""Peak memory and time of one outer iteration's work, the objective in one pass against chunks.
+
+On the DCR shape (8000 × 3 inputs, 882 outputs, the level-1 ResNet of width 16 of
+src/gnvpro_experiments/configs/dcr.toml; synthetic data of that shape, float64), each setting in
+a fresh process: build ReducedObjective, reset the peak (``echo 5 > /proc/self/clear_refs``),
+then (after a warm-up and malloc_trim) evaluate Φ_red, ∇Φ_red and ``--products`` Gauss-Newton products (a truncated-GN step's
+work), and report the peak resident memory above the post-construction baseline (VmHWM) and
+the seconds (after one warm-up of the same work). The data and model are the baseline's.
+
+    .venv/bin/python benchmarks/memory.py [--n 8000] [--chunks 8] [--products 10] [--threads 1]
+
+Last line: ``peak ratio chunked/unchunked: X`` (chunks with memory="recompute" over one pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import subprocess
+import sys
+import time
+
+
+def _vm(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status (Linux only)")
+
+
+def child(n: int, chunks: int, memory: str, products: int, threads: int) -> dict:
+    import torch
+
+    from gnvpro import ReducedObjective, make_loss, split_model
+    from gnvpro_experiments.models import paper_network
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 882, generator=g, dtype=torch.float64)
+    model = paper_network(3, 882, width=16, n_nodes=2, n_steps=1, generator=g)
+    obj = ReducedObjective(split_model(model, probe=x), make_loss("least_squares"), x, y,
+                           1e-10, 1e-10, chunks=chunks, memory=memory)
+    theta = obj.features.layout.flatten(obj.split.feature_params(), torch.float64).detach()
+    v = torch.randn(theta.numel(), generator=g, dtype=torch.float64)
+
+    def work() -> None:
+        pt = obj.evaluate(theta)
+        obj.gradient(pt)
+        H = obj.gn_operator(pt)
+        for _ in range(products):
+            H(v)
+
+    work()  # warm-up (torch's lazy initialisation), then its freed memory back to the system
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _vm("VmRSS")
+    t0 = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - t0
+    return {"chunks": chunks, "memory": memory, "peak_bytes": _vm("VmHWM") - base,
+            "seconds": seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8000)
+    ap.add_argument("--chunks", type=int, default=8)
+    ap.add_argument("--products", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--child", nargs=2, metavar=("CHUNKS", "MEMORY"))
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(a.n, int(a.child[0]), a.child[1], a.products, a.threads)))
+        return
+    rows = []
+    for chunks, memory in [(1, "keep"), (a.chunks, "keep"), (a.chunks, "recompute")]:
+        out = subprocess.run([sys.executable, __file__, "--n", str(a.n), "--products",
+                              str(a.products), "--threads", str(a.threads), "--child",
+                              str(chunks), memory], check=True, capture_output=True, text=True)
+        rows.append(json.loads(out.stdout.splitlines()[-1]))
+    print(f"n = {a.n}, 882 outputs, ResNet width 16; evaluate + gradient + {a.products} GN "
+          f"products; {a.threads} thread(s)")
+    print(f"{'chunks':>6} {'memory':>9} {'peak MB':>9} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['chunks']:>6} {r['memory']:>9} {r['peak_bytes'] / 2**20:>9.1f} "
+              f"{r['seconds']:>8.2f}")
+    print(f"seconds ratio chunked/unchunked: {rows[2]['seconds'] / rows[0]['seconds']:.2f}")
+    print(f"peak ratio chunked/unchunked: {rows[2]['peak_bytes'] / rows[0]['peak_bytes']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
