@@ -2,10 +2,11 @@
 
 On the DCR shape (8000 × 3 inputs, 882 outputs, the level-1 ResNet of width 16 of
 src/gnvpro_experiments/configs/dcr.toml; synthetic data of that shape, float64), each setting in
-a fresh process: build ReducedObjective, reset the peak (``echo 5 > /proc/self/clear_refs``),
-then (after a warm-up and malloc_trim) evaluate Φ_red, ∇Φ_red and ``--products`` Gauss-Newton products (a truncated-GN step's
-work), and report the peak resident memory above the post-construction baseline (VmHWM) and
-the seconds (after one warm-up of the same work). The data and model are the baseline's.
+a fresh process: build ReducedObjective, do the work once (torch's lazy initialisation), return
+freed memory (malloc_trim) and reset the peak (``echo 5 > /proc/self/clear_refs``), then do it
+again: evaluate Φ_red, ∇Φ_red and ``--products`` Gauss-Newton products (a truncated-GN step's
+work). Reported: the peak resident memory (VmHWM) above the resident memory before that second
+pass, and its seconds. The data and model are the same in every setting.
 
     .venv/bin/python benchmarks/memory.py [--n 8000] [--chunks 8] [--products 10] [--threads 1]
 

@@ -25,7 +25,7 @@ from .methods import (
     LBFGSVarProConfig,
     Method,
 )
-from .reduce import SampleReducer
+from .reduce import DistributedReducer, SampleReducer
 from .solver import SolverConfig, StepInfo, Termination
 from .trust_region import RadiusRule
 from .varpro import ReducedObjective
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CrossEntropyLoss",
+    "DistributedReducer",
     "FirstOrder",
     "FirstOrderConfig",
     "GNvpro",

@@ -22,11 +22,12 @@ makes every solver average over the union of the processes' rows without further
 from __future__ import annotations
 
 import operator
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 
-__all__ = ["SampleReducer", "resolve_reducer"]
+__all__ = ["DistributedReducer", "SampleReducer", "resolve_reducer"]
 
 T = TypeVar("T", Tensor, float)
 
@@ -74,6 +75,42 @@ class SampleReducer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={self.n})"
+
+
+class DistributedReducer(SampleReducer):
+    """The reducer of one process of a torch.distributed process group holding ``n_local`` rows:
+    n = Σ_ranks n_local (one all_reduce at construction), ``sum`` = all_reduce(SUM) and ``all``
+    = all_reduce(MIN) over ``group`` (gloo on CPU, NCCL on CUDA; the group must be initialised).
+
+    Every rank must make the same calls in the same order (the solvers do: their decisions
+    follow from reduced values). A rank may hold no rows (n_local = 0) as long as n ≥ 1.
+    """
+
+    def __init__(self, n_local: int, group: Any = None, device: torch.device | str = "cpu"
+                 ) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("DistributedReducer needs an initialised process group: call "
+                               "torch.distributed.init_process_group first (torchrun sets it up)")
+        self._dist, self.group, self.device = dist, group, torch.device(device)
+        k = operator.index(n_local)
+        if k < 0:
+            raise ValueError(f"n_local must be >= 0, got {n_local}")
+        t = torch.tensor([k], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, group=group)
+        super().__init__(int(t.item()))
+
+    def sum(self, t: Tensor) -> Tensor:
+        """Σ over the group's ranks of t (all_reduce on a copy: t itself is left alone)."""
+        out = t.detach().clone().contiguous()
+        self._dist.all_reduce(out, group=self.group)
+        return out
+
+    def all(self, flag: bool) -> bool:
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.MIN, group=self.group)
+        return bool(t.item())
 
 
 def resolve_reducer(reducer: SampleReducer | None, rows: int) -> SampleReducer:

@@ -1,0 +1,82 @@
+"""DistributedReducer on real torch.distributed process groups (gloo, spawned processes, a short
+timeout so a hang fails in seconds): a batch sharded over 2 and 3 ranks, uneven shards and a
+rank with one row, gives the one-process W*, Φ_red, ∇Φ_red and Gauss-Newton products (float64),
+bitwise the same on every rank; ``all`` is a collective AND."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from gnvpro import DistributedReducer, ReducedObjective, make_loss, split_model
+from gnvpro.varpro import InnerOptions
+from gnvpro_experiments.models import mlp
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+DT = torch.float64
+N = 30
+TIGHT = InnerOptions(rtol=1e-13, atol=1e-13, max_iter=100)
+
+
+def _problem(loss: str, c: int):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, generator=g, dtype=DT)
+    y = (torch.randn(N, c, generator=g, dtype=DT) if loss == "least_squares"
+         else torch.arange(N) % c if loss == "cross_entropy" else (torch.arange(N) % 2).to(DT))
+    return mlp(3, [5, 5], c, activation="tanh", dtype=DT, generator=g), x, y
+
+
+def _quantities(loss: str, c: int, rows: slice, reducer=None) -> dict:
+    model, x, y = _problem(loss, c)
+    obj = ReducedObjective(split_model(model, probe=x), make_loss(loss), x[rows], y[rows], 1e-3,
+                           1e-4, reducer=reducer, inner=TIGHT)
+    theta = obj.features.layout.flatten(obj.split.feature_params(), DT).detach()
+    pt = obj.evaluate(theta)
+    v = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(1), dtype=DT)
+    return {"value": torch.tensor(pt.value), "W": pt.W, "g": obj.gradient(pt),
+            "Hv": obj.gn_operator(pt)(v)}
+
+
+def _worker(rank: int, world: int, init: str, sizes: list[int], loss: str, c: int,
+            out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        bounds = [0, *itertools.accumulate(sizes)]
+        rows = slice(bounds[rank], bounds[rank + 1])
+        reducer = DistributedReducer(sizes[rank])
+        q = _quantities(loss, c, rows, reducer)
+        q["n"] = torch.tensor(reducer.n)
+        q["all"] = torch.tensor([reducer.all(True), reducer.all(rank != world - 1)])
+        torch.save(q, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("loss", "c", "sizes"), [
+    ("least_squares", 4, [1, 29]), ("least_squares", 4, [10, 13, 7]),
+    ("cross_entropy", 3, [13, 17]), ("logistic", 1, [9, 12, 9])])
+def test_sharded_objective_equals_one_process(tmp_path, loss, c, sizes):
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_worker, args=(len(sizes), init, sizes, loss, c, str(tmp_path)), nprocs=len(sizes),
+             join=True)
+    ref = _quantities(loss, c, slice(0, N))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(sizes))]
+    for q in ranks:
+        assert int(q["n"]) == N
+        assert q["all"].tolist() == [True, False]
+        for key in ("value", "W", "g", "Hv"):
+            assert torch.equal(q[key], ranks[0][key])  # every rank holds the same numbers
+            scale = float(ref[key].abs().max())
+            assert torch.allclose(q[key], ref[key], rtol=1e-10, atol=1e-12 * scale), key
+
+
+def test_distributed_reducer_needs_a_process_group():
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        DistributedReducer(3)
