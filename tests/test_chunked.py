@@ -94,10 +94,10 @@ def _method(kind: str, model, loss: str, chunks: int):
     return GNvpro(model, loss, alpha_w=1e-3, alpha_theta=1e-4, config=config)
 
 
-def _run(kind, loss, c, width, chunks, permute=False):
+def _run(kind, loss, c, width, chunks, permute=None):
     model, x, y = _problem(loss, c, width)
-    if permute:  # the same problem with its rows in another order: the rounding spread
-        p = torch.randperm(N, generator=torch.Generator().manual_seed(5))
+    if permute is not None:  # the same problem with its rows in another order: rounding only
+        p = torch.randperm(N, generator=torch.Generator().manual_seed(permute))
         x, y = x[p], y[p]
     opt = _method(kind, model, loss, chunks)
     return [(opt.step(x, y), opt.current().value, opt.work)[1:] for _ in range(3)]
@@ -110,13 +110,15 @@ def test_three_outer_iterations_agree_with_1_4_and_7_chunks(kind, loss, c, width
     region and L-BFGS-VarPro stay within 1e-9 for three. Truncated GN amplifies rounding (its
     CG and inner solves stop at relative tolerances, inexact steps feed the next): it moves as
     far when the one-pass run gets its rows permuted (2e-7 least squares, 2e-4 logistic after two
-    steps; chunks measured 1–20× that), so there chunks are held to 50× that spread."""
+    steps; chunks measured 1–20× one permutation's), so there chunks are held to 100× the
+    largest spread of three permutations."""
     ref = _run(kind, loss, c, width, 1)
-    spread = [abs(a[0] - b[0]) / abs(b[0]) for a, b in
-              zip(_run(kind, loss, c, width, 1, permute=True), ref, strict=True)]
+    spread = [max(abs(a[0] - b[0]) / abs(b[0]) for a in col) for col, b in zip(
+        zip(*(_run(kind, loss, c, width, 1, permute=s) for s in (5, 6, 7)), strict=True), ref,
+        strict=True)]  # the largest over three row permutations
     for chunks in (4, 7):
         for i, ((v, w), (v1, w1)) in enumerate(zip(_run(kind, loss, c, width, chunks), ref,
                                                    strict=True)):
-            tol = max(1e-8, 50 * spread[i]) if kind == "tn" else (1e-10 if i == 0 else 1e-9)
+            tol = max(1e-8, 100 * spread[i]) if kind == "tn" else (1e-10 if i == 0 else 1e-9)
             assert v == pytest.approx(v1, rel=tol)
             assert w == w1
