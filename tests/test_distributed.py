@@ -1,7 +1,8 @@
 """DistributedReducer on real torch.distributed process groups (gloo, spawned processes, a short
 timeout so a hang fails in seconds): a batch sharded over 2 and 3 ranks, uneven shards and a
 rank with one row, gives the one-process W*, Φ_red, ∇Φ_red and Gauss-Newton products (float64),
-bitwise the same on every rank; ``all`` is a collective AND."""
+bitwise the same on every rank; ``all`` is a collective AND; and GNvpro / L-BFGS-VarPro given
+the reducer follow the one-process trajectory."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gnvpro import DistributedReducer, ReducedObjective, make_loss, split_model
+from gnvpro import (
+    DistributedReducer,
+    GNvpro,
+    GNvproConfig,
+    LBFGSVarPro,
+    ReducedObjective,
+    make_loss,
+    split_model,
+)
 from gnvpro.varpro import InnerOptions
 from gnvpro_experiments.models import mlp
 
@@ -75,6 +84,56 @@ def test_sharded_objective_equals_one_process(tmp_path, loss, c, sizes):
             assert torch.equal(q[key], ranks[0][key])  # every rank holds the same numbers
             scale = float(ref[key].abs().max())
             assert torch.allclose(q[key], ref[key], rtol=1e-10, atol=1e-12 * scale), key
+
+
+def _trajectory(kind: str, rows: slice, reducer=None, steps: int = 20) -> torch.Tensor:
+    """(Φ, work, radius or 0) after each of ``steps`` outer iterations on the rows ``rows``."""
+    model, x, y = _problem("least_squares", 4)
+    if kind == "lbfgs":
+        opt = LBFGSVarPro(model, alpha_w=1e-3, alpha_theta=1e-4, reducer=reducer)
+    else:
+        config = GNvproConfig.trust_region() if kind == "tr" else GNvproConfig()
+        opt = GNvpro(model, alpha_w=1e-3, alpha_theta=1e-4, config=config, reducer=reducer)
+    out = []
+    for _ in range(steps):
+        opt.step(x[rows], y[rows])
+        radius = opt.state.radius
+        out.append([opt.current().value, opt.work, 0.0 if radius is None else radius])
+    return torch.tensor(out, dtype=DT)
+
+
+def _trajectory_worker(rank: int, world: int, init: str, sizes: list[int], kind: str,
+                       out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        bounds = [0, *itertools.accumulate(sizes)]
+        rows = slice(bounds[rank], bounds[rank + 1])
+        torch.save(_trajectory(kind, rows, DistributedReducer(sizes[rank])),
+                   f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("kind", "sizes"), [("tr", [14, 16]), ("tr", [10, 1, 19]),
+                                             ("lbfgs", [14, 16]), ("tn", [10, 1, 19])])
+def test_sharded_methods_follow_the_one_process_trajectory(tmp_path, kind, sizes):
+    """GNvpro (trust region: 20 iterations) and L-BFGS-VarPro with a DistributedReducer: the
+    same Φ, work units and radius as one process at every iteration (1e-8), bitwise the same on
+    every rank. Truncated GN amplifies rounding (CG tolerances; see tests/test_chunked.py): its
+    first iteration is held to 1e-8 with the same work, the rest only to rank agreement (its
+    CG counts differ from one process's after about ten iterations)."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_trajectory_worker, args=(len(sizes), init, sizes, kind, str(tmp_path)),
+             nprocs=len(sizes), join=True)
+    ref = _trajectory(kind, slice(0, N))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(sizes))]
+    for t in ranks:
+        assert torch.equal(t, ranks[0])
+    t = ranks[0]
+    upto = 1 if kind == "tn" else len(ref)
+    assert torch.equal(t[:upto, 1], ref[:upto, 1])  # work units
+    assert torch.allclose(t[:upto], ref[:upto], rtol=1e-8, atol=0.0)
 
 
 def test_distributed_reducer_needs_a_process_group():

@@ -54,7 +54,8 @@ class JointGaussNewton(SolverMethod):
             return
         c = self.config
         problem = JointProblem(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
-                               B=self.regularizer, coupled=c.coupled, jvp_mode=c.jvp_mode)
+                               B=self.regularizer, coupled=c.coupled, jvp_mode=c.jvp_mode,
+                               reducer=self.reducer)
         check_head_is_last(self.split, x[: min(len(x), 16)])
         setup = [0.0, 0.0]  # seconds and inner seconds of the W*(θ0) solve
 
@@ -68,7 +69,7 @@ class JointGaussNewton(SolverMethod):
                 return problem.pack(self.theta(), self.split.head_weights()), None
             t0 = time.perf_counter()
             obj = ReducedObjective(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
-                                   B=self.regularizer, inner=c.inner())
+                                   B=self.regularizer, inner=c.inner(), reducer=self.reducer)
             pt = obj.evaluate(self.theta(),
                               WarmStart(self.split.head_weights().to(torch.float64)))
             setup[:] = [time.perf_counter() - t0, pt.inner.seconds]

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..linalg import KrylovBasis
 from ..losses import Loss
+from ..reduce import SampleReducer
 from ..regularizer import LinearMap
 from ..solver import (
     SavedPoint,
@@ -56,10 +57,16 @@ class SolverMethod(ModelMethod):
     def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
                  alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
                  config: Any = None, regularizer: LinearMap | None = None,
-                 carry: Iterable[str] | None = None) -> None:
+                 carry: Iterable[str] | None = None, reducer: SampleReducer | None = None
+                 ) -> None:
         """carry: what a new batch inherits besides the counters (module docstring); None:
-        the class's ``default_carry``."""
+        the class's ``default_carry``. reducer: how the batch's row sums become averages
+        (gnvpro.reduce; None: the mean over the batch; a DistributedReducer makes each process's
+        batch its shard of one problem)."""
         self.carry: frozenset[str] = _check_carry(carry, self.default_carry)
+        if reducer is not None and not isinstance(reducer, SampleReducer):
+            raise TypeError(f"reducer must be a SampleReducer, got {describe(reducer)}")
+        self.reducer = reducer
         super().__init__(model, loss, alpha_w, alpha_theta, head, config, regularizer)
 
     # ------------------------------------------------------------------ hooks

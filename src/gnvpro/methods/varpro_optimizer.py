@@ -56,7 +56,7 @@ class VarProOptimizer(SolverMethod):
             options["chunks"] = min(options["chunks"], max(rows, 1))
         objective = ReducedObjective(  # checks the batch (varpro.batch_targets)
             self.split, self.loss, x, y, self.alpha_w, self.alpha_theta, B=self.regularizer,
-            **options,
+            reducer=self.reducer, **options,
         )
         check_head_is_last(self.split, x[: min(len(x), 16)])
 
