@@ -136,6 +136,38 @@ def test_sharded_methods_follow_the_one_process_trajectory(tmp_path, kind, sizes
     assert torch.allclose(t[:upto], ref[:upto], rtol=1e-8, atol=0.0)
 
 
+def _refusing_worker(rank: int, world: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        model, x, y = _problem("least_squares", 4)
+        rows = slice(0, 15) if rank == 0 else slice(15, N)
+        xr = x[rows].clone()
+        if rank == 1:
+            xr[0, 0] = float("nan")  # a bad input on one rank only
+        try:
+            ReducedObjective(split_model(model, probe=x), make_loss("least_squares"), xr, y[rows],
+                             1e-3, 1e-4, reducer=DistributedReducer(len(xr)))
+            msg = "accepted"
+        except ValueError as e:
+            msg = str(e)
+        with open(f"{out}/rank{rank}.txt", "w") as f:
+            f.write(msg)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_bad_shard_on_one_rank_raises_on_every_rank(tmp_path):
+    """A local input check that fails on one rank only raises there with its message and on the
+    others with one that points to it: no rank runs on into a collective the others never
+    reach (which would hang until the timeout)."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_refusing_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    assert "another process refused" in (tmp_path / "rank0.txt").read_text()
+    assert "NaN" in (tmp_path / "rank1.txt").read_text() or "finite" in (
+        tmp_path / "rank1.txt").read_text()
+
+
 def test_distributed_reducer_needs_a_process_group():
     with pytest.raises(RuntimeError, match="init_process_group"):
         DistributedReducer(3)

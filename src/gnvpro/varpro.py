@@ -187,7 +187,16 @@ class ReducedObjective:
             raise ValueError("alpha_w must be > 0 for classification losses (W* must be unique)")
         self.split = split
         self.loss = loss
-        self.C = batch_targets(split, loss, x, y)
+        try:
+            self.C = batch_targets(split, loss, x, y)
+            refused = None
+        except (TypeError, ValueError) as e:
+            refused = e
+        if reducer is not None and not reducer.all(refused is None):  # every process learns it
+            raise refused or ValueError("another process refused its part of the batch (its "
+                                        "message says why); this process's part was accepted")
+        if refused is not None:
+            raise refused
         self.n = x.shape[0]
         self.bounds = chunk_bounds(self.n, chunks)
         self.keeps = memory == "keep" or (memory == "auto" and len(self.bounds) == 2)
