@@ -52,20 +52,27 @@ def _quantities(loss: str, c: int, rows: slice, reducer=None) -> dict:
             "Hv": obj.gn_operator(pt)(v)}
 
 
-def _worker(rank: int, world: int, init: str, sizes: list[int], loss: str, c: int,
-            out: str) -> None:
+def _in_group(rank: int, world: int, init: str, work, *args) -> None:
+    """Run work(rank, world, *args) in a gloo process group with a 30 s timeout."""
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=30))
     try:
-        bounds = [0, *itertools.accumulate(sizes)]
-        rows = slice(bounds[rank], bounds[rank + 1])
-        reducer = DistributedReducer(sizes[rank])
-        q = _quantities(loss, c, rows, reducer)
-        q["n"] = torch.tensor(reducer.n)
-        q["all"] = torch.tensor([reducer.all(True), reducer.all(rank != world - 1)])
-        torch.save(q, f"{out}/rank{rank}.pt")
+        work(rank, world, *args)
     finally:
         dist.destroy_process_group()
+
+
+def _rows(rank: int, sizes: list[int]) -> slice:
+    bounds = [0, *itertools.accumulate(sizes)]
+    return slice(bounds[rank], bounds[rank + 1])
+
+
+def _worker(rank: int, world: int, sizes: list[int], loss: str, c: int, out: str) -> None:
+    reducer = DistributedReducer(sizes[rank])
+    q = _quantities(loss, c, _rows(rank, sizes), reducer)
+    q["n"] = torch.tensor(reducer.n)
+    q["all"] = torch.tensor([reducer.all(True), reducer.all(rank != world - 1)])
+    torch.save(q, f"{out}/rank{rank}.pt")
 
 
 @pytest.mark.parametrize(("loss", "c", "sizes"), [
@@ -73,8 +80,8 @@ def _worker(rank: int, world: int, init: str, sizes: list[int], loss: str, c: in
     ("cross_entropy", 3, [13, 17]), ("logistic", 1, [9, 12, 9])])
 def test_sharded_objective_equals_one_process(tmp_path, loss, c, sizes):
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_worker, args=(len(sizes), init, sizes, loss, c, str(tmp_path)), nprocs=len(sizes),
-             join=True)
+    mp.spawn(_in_group, args=(len(sizes), init, _worker, sizes, loss, c, str(tmp_path)),
+             nprocs=len(sizes), join=True)
     ref = _quantities(loss, c, slice(0, N))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(sizes))]
     for q in ranks:
@@ -102,17 +109,9 @@ def _trajectory(kind: str, rows: slice, reducer=None, steps: int = 20) -> torch.
     return torch.tensor(out, dtype=DT)
 
 
-def _trajectory_worker(rank: int, world: int, init: str, sizes: list[int], kind: str,
-                       out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))
-    try:
-        bounds = [0, *itertools.accumulate(sizes)]
-        rows = slice(bounds[rank], bounds[rank + 1])
-        torch.save(_trajectory(kind, rows, DistributedReducer(sizes[rank])),
-                   f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _trajectory_worker(rank: int, world: int, sizes: list[int], kind: str, out: str) -> None:
+    torch.save(_trajectory(kind, _rows(rank, sizes), DistributedReducer(sizes[rank])),
+               f"{out}/rank{rank}.pt")
 
 
 @pytest.mark.parametrize(("kind", "sizes"), [("tr", [14, 16]), ("tr", [10, 1, 19]),
@@ -124,7 +123,7 @@ def test_sharded_methods_follow_the_one_process_trajectory(tmp_path, kind, sizes
     first iteration is held to 1e-8 with the same work, the rest only to rank agreement (its
     CG counts differ from one process's after about ten iterations)."""
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_trajectory_worker, args=(len(sizes), init, sizes, kind, str(tmp_path)),
+    mp.spawn(_in_group, args=(len(sizes), init, _trajectory_worker, sizes, kind, str(tmp_path)),
              nprocs=len(sizes), join=True)
     ref = _trajectory(kind, slice(0, N))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(sizes))]
@@ -136,25 +135,20 @@ def test_sharded_methods_follow_the_one_process_trajectory(tmp_path, kind, sizes
     assert torch.allclose(t[:upto], ref[:upto], rtol=1e-8, atol=0.0)
 
 
-def _refusing_worker(rank: int, world: int, init: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))
+def _refusing_worker(rank: int, world: int, out: str) -> None:
+    model, x, y = _problem("least_squares", 4)
+    rows = _rows(rank, [15, N - 15])
+    xr = x[rows].clone()
+    if rank == 1:
+        xr[0, 0] = float("nan")  # a bad input on one rank only
     try:
-        model, x, y = _problem("least_squares", 4)
-        rows = slice(0, 15) if rank == 0 else slice(15, N)
-        xr = x[rows].clone()
-        if rank == 1:
-            xr[0, 0] = float("nan")  # a bad input on one rank only
-        try:
-            ReducedObjective(split_model(model, probe=x), make_loss("least_squares"), xr, y[rows],
-                             1e-3, 1e-4, reducer=DistributedReducer(len(xr)))
-            msg = "accepted"
-        except ValueError as e:
-            msg = str(e)
-        with open(f"{out}/rank{rank}.txt", "w") as f:
-            f.write(msg)
-    finally:
-        dist.destroy_process_group()
+        ReducedObjective(split_model(model, probe=x), make_loss("least_squares"), xr, y[rows],
+                         1e-3, 1e-4, reducer=DistributedReducer(len(xr)))
+        msg = "accepted"
+    except ValueError as e:
+        msg = str(e)
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(msg)
 
 
 def test_a_bad_shard_on_one_rank_raises_on_every_rank(tmp_path):
@@ -162,7 +156,7 @@ def test_a_bad_shard_on_one_rank_raises_on_every_rank(tmp_path):
     others with one that points to it: no rank runs on into a collective the others never
     reach (which would hang until the timeout)."""
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_refusing_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_in_group, args=(2, init, _refusing_worker, str(tmp_path)), nprocs=2, join=True)
     assert "another process refused" in (tmp_path / "rank0.txt").read_text()
     assert "NaN" in (tmp_path / "rank1.txt").read_text() or "finite" in (
         tmp_path / "rank1.txt").read_text()

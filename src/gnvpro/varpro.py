@@ -443,9 +443,14 @@ class VarProJacobian:
         dZh = self._dZh(v)
         dW = None if obj.kaufman else self._dW(dZh)
 
-        def X(k: int) -> Tensor:  # H_S[J_S v] on chunk k
+        def hs_jv(k: int) -> Tensor:  # H_S[J_S v] on chunk k
             dS = dZh[k] @ pt.W.T
             return self._hs(k, dS if dW is None else dS + obj.rows(pt.Zh, k) @ dW.T)
+
+        kept = [hs_jv(k) for k in range(obj.n_chunks)] if obj.keeps else None
+
+        def X(k: int) -> Tensor:  # formed once when the point keeps n×c arrays, else per pass
+            return kept[k] if kept is not None else hs_jv(k)
 
         Y = None
         if dW is not None:
