@@ -22,22 +22,33 @@ from gnvpro_experiments.report import summary_table
 from gnvpro_experiments.runner import run_experiment
 from gnvpro_experiments.selection import parse_seeds
 
-VARIANTS: dict[str, dict] = {
+
+def _tn(**descent: float) -> dict:
+    """Truncated GN: PreconditionedCG (≤ 10 products, L-BFGS(10), rtol 1e-2 unless changed)."""
+    return {"descent": {"kind": "cg", "max_products": 10, **descent},
+            "search": {"kind": "strong_wolfe"}}
+
+
+VARIANTS: dict[str, dict] = {  # changes to the [methods.gnvpro] table (the paper's trust region)
     "trust region (paper)": {},
-    "trust region + extrapolation (try 2s)": {"extrapolate": True},
-    "trust region, radius ×2 when ρ > 0.5": {"radius_rule": {"eta_expand": 0.5, "expand": 2.0}},
-    "tn, ≤ 10 CG, L-BFGS(10) preconditioner": {"subproblem": "tn", "max_krylov": 10},
-    "tn, ≤ 5 CG": {"subproblem": "tn", "max_krylov": 5},
-    "tn, ≤ 20 CG": {"subproblem": "tn", "max_krylov": 20},
-    "tn, ≤ 10 CG, no preconditioner": {"subproblem": "tn", "max_krylov": 10, "tn_memory": 0},
-    "tn, ≤ 10 CG, tolerance 1e-1": {"subproblem": "tn", "max_krylov": 10,
-                                     "krylov_rtol": 1e-1},
+    "trust region + extrapolation (try 2s)": {"search": {"extrapolate": True}},
+    "trust region, radius ×2 when ρ > 0.5": {"search": {"rule": {"eta_expand": 0.5,
+                                                                  "expand": 2.0}}},
+    "tn, ≤ 10 CG, L-BFGS(10) preconditioner": _tn(),
+    "tn, ≤ 5 CG": _tn(max_products=5),
+    "tn, ≤ 20 CG": _tn(max_products=20),
+    "tn, ≤ 10 CG, no preconditioner": _tn(memory=0),
+    "tn, ≤ 10 CG, tolerance 1e-1": _tn(rtol=1e-1),
 }
 
 
 def variant_config(base: dict, changes: dict):
     raw = {**base, "methods": {**base["methods"]}}
-    raw["methods"] = {"gnvpro": {**raw["methods"]["gnvpro"], **changes}}
+    table = dict(raw["methods"]["gnvpro"])
+    for k, v in changes.items():  # another kind replaces the descent / search, else merges
+        old = table.get(k, {})
+        table[k] = v if v.get("kind", old.get("kind")) != old.get("kind") else {**old, **v}
+    raw["methods"] = {"gnvpro": table}
     raw["default_methods"] = ["gnvpro"]
     return config_from_dict(raw)
 

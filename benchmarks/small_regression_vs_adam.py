@@ -6,15 +6,15 @@ Data (bundled with scikit-learn, no download; inputs and targets standardised):
   dropped from the inputs).
 Model: an in→16→16→1 tanh MLP (gnvpro_experiments.models.mlp), float64, full batch, least squares.
 Each method gets T seconds of wall time from the same initial weights (per seed): GNvpro
-(alpha_w = alpha_theta = 1e-10, GNvproConfig(subproblem=NAME)) steps until T has passed,
+(alpha_w = alpha_theta = 1e-10, the config VARIANTS[NAME]) steps until T has passed,
 torch.optim.Adam(lr=1e-2) likewise. Both are warmed up first on a throw-away copy. The training
 loss 1/(2n)‖model(x) − y‖² of both final models is evaluated by the same function.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/small_regression_vs_adam.py
         [--subproblem lanczos,tn] [--seeds 3] [--times 0.5,1,2]
 
---subproblem takes a comma-separated list of GNvproConfig subproblems (default: the default
-config). Needs scikit-learn (pip install -e .[bench]).
+--subproblem takes a comma-separated list of VARIANTS names: lanczos (the paper's trust region),
+steihaug, tn (truncated GN, the default config). Needs scikit-learn (pip install -e .[bench]).
 """
 
 from __future__ import annotations
@@ -53,9 +53,13 @@ def train_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
         return float(0.5 / len(x) * (model(x) - y).square().sum())
 
 
+VARIANTS = {"lanczos": gnvpro.GNvproConfig.trust_region(),
+            "steihaug": gnvpro.GNvproConfig.trust_region(descent=gnvpro.Steihaug()),
+            "tn": gnvpro.GNvproConfig()}
+
+
 def run_gnvpro(model, x, y, seconds: float, subproblem: str | None) -> int:
-    cfg = gnvpro.GNvproConfig() if subproblem is None else gnvpro.GNvproConfig(
-        subproblem=subproblem)
+    cfg = gnvpro.GNvproConfig() if subproblem is None else VARIANTS[subproblem]
     opt = gnvpro.GNvpro(model, loss="least_squares", alpha_w=1e-10, alpha_theta=1e-10,
                         config=cfg)
     steps, t0 = 0, time.perf_counter()
@@ -79,13 +83,13 @@ def run_adam(model, x, y, seconds: float) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subproblem", default=None,
-                    help="comma-separated GNvproConfig subproblems (default: the default)")
+                    help="comma-separated names of VARIANTS (default: the default config)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--times", default="0.5,1,2", help="comma-separated budgets T in seconds")
     args = ap.parse_args()
     times = [float(t) for t in args.times.split(",")]
     variants = [None] if args.subproblem is None else args.subproblem.split(",")
-    default = gnvpro.GNvproConfig().subproblem
+    default = "tn"
     methods = {f"gnvpro[{v or default + ', default'}]":
                (lambda m, x, y, T, v=v: run_gnvpro(m, x, y, T, v)) for v in variants}
     methods["adam lr=1e-2"] = run_adam

@@ -44,7 +44,8 @@ def train(
     jacobian="kaufman" drops dW*/dθ from the Gauss-Newton operator (ablation)."""
     data = ellipse_data(seed=seed)
     model = mlp(2, hidden, 1, activation="tanh", generator=torch.Generator().manual_seed(seed))
-    config = gnvpro.GNvproConfig.trust_region(max_krylov=10, krylov_rtol=1e-3, jacobian=jacobian)
+    config = gnvpro.GNvproConfig.trust_region(
+        descent=gnvpro.LanczosSubspace(max_products=10, rtol=1e-3), jacobian=jacobian)
     opt = gnvpro.GNvpro(model, loss="logistic", alpha_theta=1e-6, alpha_w=1e-8, config=config)
 
     def report(rec: gnvpro.StepInfo) -> None:

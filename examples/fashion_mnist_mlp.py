@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="data split and weight seed")
     ap.add_argument("--alpha-w", type=float, default=1e-3, help="α_W (head regularisation)")
     ap.add_argument("--alpha-theta", type=float, default=1e-2, help="α_θ (feature weights)")
-    ap.add_argument("--max-krylov", type=int, default=20, help="Krylov vectors per iteration")
+    ap.add_argument("--max-products", type=int, default=20,
+                    help="Lanczos vectors (products with H) per iteration")
     ap.add_argument("--float64", action="store_true", help="run the network in float64")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0: torch's default; 1 is fastest on a busy 2-core box)")
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     model = make_model(args.seed, dtype)
-    config = gnvpro.GNvproConfig.trust_region(max_krylov=args.max_krylov, krylov_rtol=1e-2)
+    config = gnvpro.GNvproConfig.trust_region(
+        descent=gnvpro.LanczosSubspace(max_products=args.max_products, rtol=1e-2))
     opt = gnvpro.GNvpro(model, loss="cross_entropy", alpha_w=args.alpha_w,
                         alpha_theta=args.alpha_theta, config=config)
 

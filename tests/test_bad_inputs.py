@@ -20,7 +20,18 @@ import pytest
 import torch
 from torch import nn
 
-from gnvpro import GNvpro, GNvproConfig, RadiusRule
+from gnvpro import (
+    GNvpro,
+    GNvproConfig,
+    LanczosSubspace,
+    LBFGSTwoLoop,
+    LBFGSVarProConfig,
+    PreconditionedCG,
+    RadiusRule,
+    Steihaug,
+    StrongWolfe,
+    TrustRegion,
+)
 from gnvpro.checkpoint import checkpoint_state, restore
 from gnvpro_experiments import cli
 from gnvpro_experiments.models import mlp
@@ -52,7 +63,8 @@ def _env() -> Env:
     """A tiny model 3 -> 4 -> 2 and an optimiser that has taken one step."""
     x, y = _data()
     model = _model()
-    opt = GNvpro(model, alpha_w=1e-6, alpha_theta=1e-6, config=GNvproConfig(max_krylov=4))
+    opt = GNvpro(model, alpha_w=1e-6, alpha_theta=1e-6,
+                 config=GNvproConfig(descent=PreconditionedCG(max_products=4)))
     opt.step(x, y)
     return Env(model, x, y, opt)
 
@@ -230,7 +242,7 @@ API_CASES: list[tuple] = [
      r"alpha_theta must be a real number, got None"),
     ("alpha_w-zero-classifier", lambda e: GNvpro(_model(), loss="cross_entropy", alpha_w=0),
      ValueError, r"alpha_w must be > 0 for the cross_entropy loss"),
-    ("config-dict", lambda e: GNvpro(_model(), config={"max_krylov": 5}), TypeError,
+    ("config-dict", lambda e: GNvpro(_model(), config={"descent": {"max_products": 5}}), TypeError,
      r"config must be a gnvpro\.GNvproConfig"),
     ("regularizer-not-callable", lambda e: GNvpro(_model(), regularizer=5), TypeError,
      r"regularizer must be a callable"),
@@ -256,28 +268,43 @@ API_CASES: list[tuple] = [
      ValueError, r"also registered as 'alias'"),
     ("mixed-dtypes", lambda e: GNvpro(_mixed_dtypes()), TypeError, r"several dtypes"),
     # ---- GNvproConfig: every field by type and range
-    ("cfg-max_krylov-str", lambda e: GNvproConfig(max_krylov="5"), TypeError,
-     r"GNvproConfig\.max_krylov must be an integer, got '5' \(str\)"),
-    ("cfg-max_krylov-zero", lambda e: GNvproConfig(max_krylov=0), ValueError,
-     r"GNvproConfig\.max_krylov must be >= 1, got 0"),
-    ("cfg-max_krylov-negative", lambda e: GNvproConfig(max_krylov=-3), ValueError,
-     r"max_krylov must be >= 1"),
-    ("cfg-max_krylov-float", lambda e: GNvproConfig(max_krylov=2.5), TypeError,
-     r"max_krylov must be an integer, got 2\.5"),
-    ("cfg-max_krylov-bool", lambda e: GNvproConfig(max_krylov=True), TypeError,
-     r"max_krylov must be an integer, got True \(bool\)"),
-    ("cfg-krylov_rtol-nan", lambda e: GNvproConfig(krylov_rtol=NAN), ValueError,
-     r"krylov_rtol must be a finite number in \[0, 1\)"),
-    ("cfg-krylov_rtol-negative", lambda e: GNvproConfig(krylov_rtol=-0.1), ValueError,
-     r"krylov_rtol must be in \[0, 1\), got -0\.1"),
-    ("cfg-krylov_rtol-one", lambda e: GNvproConfig(krylov_rtol=1.5), ValueError,
-     r"krylov_rtol must be in \[0, 1\)"),
-    ("cfg-krylov_rtol-str", lambda e: GNvproConfig(krylov_rtol="0.1"), TypeError,
-     r"krylov_rtol must be a real number"),
-    ("cfg-subproblem", lambda e: GNvproConfig(subproblem="cg"), ValueError,
-     r"subproblem must be one of 'lanczos', 'steihaug'.* got 'cg'"),
-    ("cfg-subproblem-none", lambda e: GNvproConfig(subproblem=None), TypeError,
-     r"subproblem must be a string, got None"),
+    ("cfg-max_products-str", lambda e: PreconditionedCG(max_products="5"), TypeError,
+     r"PreconditionedCG\.max_products must be an integer, got '5' \(str\)"),
+    ("cfg-max_products-zero", lambda e: PreconditionedCG(max_products=0), ValueError,
+     r"PreconditionedCG\.max_products must be >= 1, got 0"),
+    ("cfg-max_products-negative", lambda e: LanczosSubspace(max_products=-3), ValueError,
+     r"max_products must be >= 1"),
+    ("cfg-max_products-float", lambda e: Steihaug(max_products=2.5), TypeError,
+     r"max_products must be an integer, got 2\.5"),
+    ("cfg-max_products-bool", lambda e: PreconditionedCG(max_products=True), TypeError,
+     r"max_products must be an integer, got True \(bool\)"),
+    ("cfg-rtol-nan", lambda e: PreconditionedCG(rtol=NAN), ValueError,
+     r"rtol must be a finite number in \[0, 1\)"),
+    ("cfg-rtol-negative", lambda e: LanczosSubspace(rtol=-0.1), ValueError,
+     r"rtol must be in \[0, 1\), got -0\.1"),
+    ("cfg-rtol-one", lambda e: Steihaug(rtol=1.5), ValueError, r"rtol must be in \[0, 1\)"),
+    ("cfg-rtol-str", lambda e: PreconditionedCG(rtol="0.1"), TypeError,
+     r"rtol must be a real number"),
+    ("cfg-memory-negative", lambda e: LBFGSTwoLoop(memory=-1), ValueError,
+     r"LBFGSTwoLoop\.memory must be >= 0"),
+    ("cfg-descent-kind", lambda e: GNvproConfig(descent={"kind": "newton"}), ValueError,
+     r"GNvproConfig\.descent\.kind must be one of 'lanczos', 'steihaug', 'cg', 'lbfgs', got "
+     r"'newton'"),
+    ("cfg-descent-none", lambda e: GNvproConfig(descent=None), TypeError,
+     r"GNvproConfig\.descent must be one of LanczosSubspace, Steihaug, PreconditionedCG"),
+    ("cfg-descent-unknown-key", lambda e: GNvproConfig(descent={"max_krylov": 5}), ValueError,
+     r"descent has unknown setting\(s\) max_krylov; known: max_products, memory, rtol"),
+    ("cfg-descent-search-mismatch", lambda e: GNvproConfig(descent=LanczosSubspace()),
+     ValueError, r"the descent LanczosSubspace.* does not fit the search StrongWolfe; use one "
+     r"of PreconditionedCG, LBFGSTwoLoop"),
+    ("cfg-search-descent-mismatch", lambda e: GNvproConfig(search=TrustRegion()), ValueError,
+     r"does not fit the search TrustRegion; use one of LanczosSubspace, Steihaug"),
+    ("cfg-lbfgs-descent", lambda e: LBFGSVarProConfig(descent=PreconditionedCG()), TypeError,
+     r"LBFGSVarProConfig\.descent must be one of LBFGSTwoLoop"),
+    ("cfg-wolfe-c1-c2", lambda e: StrongWolfe(c1=0.95), ValueError, r"need c1 < c2"),
+    ("cfg-wolfe-c2-one", lambda e: StrongWolfe(c2=1.0), ValueError, r"c2 must be in \(0, 1\)"),
+    ("cfg-wolfe-max_evals", lambda e: StrongWolfe(max_evals=0), ValueError,
+     r"StrongWolfe\.max_evals must be >= 1"),
     ("cfg-jacobian", lambda e: GNvproConfig(jacobian="half"), ValueError,
      r"jacobian must be one of 'full', 'kaufman'"),
     ("cfg-jvp_mode", lambda e: GNvproConfig(jvp_mode="fast"), ValueError,
@@ -300,20 +327,22 @@ API_CASES: list[tuple] = [
      r"inner_max_iter must be >= 1"),
     ("cfg-inner_max_iter-float", lambda e: GNvproConfig(inner_max_iter=1.5), TypeError,
      r"inner_max_iter must be an integer"),
-    ("cfg-radius_rule-str", lambda e: GNvproConfig(radius_rule="x"), TypeError,
-     r"radius_rule must be a RadiusRule, got 'x'"),
-    ("cfg-radius-shrink", lambda e: GNvproConfig(radius_rule=RadiusRule(shrink=2.0)), ValueError,
-     r"radius_rule\.shrink must be in \(0, 1\), got 2"),
-    ("cfg-radius-expand", lambda e: GNvproConfig(radius_rule=RadiusRule(expand=0.5)),
-     ValueError, r"radius_rule\.expand must be >= 1"),
-    ("cfg-radius-order", lambda e: GNvproConfig(radius_rule=RadiusRule(eta_reject=0.5)),
+    ("cfg-radius_rule-str", lambda e: TrustRegion(rule="x"), TypeError,
+     r"TrustRegion\.rule must be a RadiusRule, got 'x'"),
+    ("cfg-radius-shrink", lambda e: TrustRegion(rule=RadiusRule(shrink=2.0)), ValueError,
+     r"rule\.shrink must be in \(0, 1\), got 2"),
+    ("cfg-radius-expand", lambda e: TrustRegion(rule=RadiusRule(expand=0.5)),
+     ValueError, r"rule\.expand must be >= 1"),
+    ("cfg-radius-order", lambda e: TrustRegion(rule=RadiusRule(eta_reject=0.5)),
      ValueError, r"eta_reject <= eta_shrink <= eta_expand"),
-    ("cfg-radius-max", lambda e: GNvproConfig(radius_rule=RadiusRule(max_radius_per_grad=0.0)),
+    ("cfg-radius-max", lambda e: TrustRegion(rule=RadiusRule(max_radius_per_grad=0.0)),
      ValueError, r"max_radius_per_grad must be > 0"),
-    ("cfg-radius-nan", lambda e: GNvproConfig(radius_rule=RadiusRule(eta_expand=NAN)),
+    ("cfg-radius-nan", lambda e: TrustRegion(rule=RadiusRule(eta_expand=NAN)),
      ValueError, r"eta_expand must be a finite"),
-    ("cfg-radius-unknown-key", lambda e: GNvproConfig(radius_rule={"grow": 2.0}), ValueError,
-     r"radius_rule has unknown setting\(s\) grow"),
+    ("cfg-radius-unknown-key", lambda e: TrustRegion(rule={"grow": 2.0}), ValueError,
+     r"rule has unknown setting\(s\) grow"),
+    ("cfg-min_radius-negative", lambda e: GNvproConfig.trust_region(
+        search=TrustRegion(min_radius=-1.0)), ValueError, r"min_radius must be >= 0"),
     ("later-field-int-str", lambda e: _LaterConfig(n_workers="4"), TypeError,
      r"_LaterConfig\.n_workers must be an integer, got '4'"),
     ("later-field-int-negative", lambda e: _LaterConfig(n_workers=-2), ValueError,
@@ -465,8 +494,8 @@ API_CASES: list[tuple] = [
     ("load-alpha-nan", lambda e: e.opt.load_state_dict(_sd(e, alpha_w=NAN)), ValueError,
      r"state_dict\['alpha_w'\] must be a finite"),
     ("load-config-invalid", lambda e: e.opt.load_state_dict(
-        _sd(e, config={**e.opt.config.to_dict(), "max_krylov": 0})), ValueError,
-     r"max_krylov must be >= 1"),
+        _sd(e, config={**e.opt.config.to_dict(), "descent": {"max_products": 0}})),
+     ValueError, r"max_products must be >= 1"),
     ("load-config-unknown", lambda e: e.opt.load_state_dict(_sd(e, config={"turbo": True})),
      ValueError, r"state_dict\['config'\] has unknown setting\(s\) turbo"),
     ("load-config-not-dict", lambda e: e.opt.load_state_dict(_sd(e, config=[1])), TypeError,
@@ -560,7 +589,7 @@ def test_state_dict_is_a_copy_and_load_restores_alpha_and_config():
         assert torch.equal(v, saved[k]), "checkpoint_state() must not follow later steps"
     opt2 = GNvpro(_model(seed=1))
     restore(opt2.model, opt2, ck)
-    assert opt2.alpha_w == e.opt.alpha_w == 1e-6 and opt2.config.max_krylov == 4
+    assert opt2.alpha_w == e.opt.alpha_w == 1e-6 and opt2.config.descent.max_products == 4
     assert opt2.config == e.opt.config
     for k, v in opt2.model.state_dict().items():
         assert torch.equal(v, saved[k])
@@ -577,9 +606,9 @@ def test_eval_mode_batch_norm_and_dropout_train():
 
 
 def test_config_numbers_are_normalised_and_defaults_of_later_fields_accepted():
-    cfg = GNvproConfig(max_krylov=np.int64(7), krylov_rtol=np.float32(0.25))
-    assert type(cfg.max_krylov) is int and cfg.max_krylov == 7
-    assert type(cfg.krylov_rtol) is float
+    cfg = PreconditionedCG(max_products=np.int64(7), rtol=np.float32(0.25))
+    assert type(cfg.max_products) is int and cfg.max_products == 7
+    assert type(cfg.rtol) is float
     assert _LaterConfig().n_workers is None
     assert _LaterConfig(n_workers=3, mode="exact").n_workers == 3
 

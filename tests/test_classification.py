@@ -356,7 +356,7 @@ def test_ellipse_reaches_99_percent():
     data = ellipse_data(seed=seed)
     assert data.sizes() == (5000, 1000, 8000)
     model = mlp(2, [4, 4, 2], 1, activation="tanh", generator=torch.Generator().manual_seed(seed))
-    cfg = GNvproConfig(max_krylov=10, krylov_rtol=1e-3)
+    cfg = GNvproConfig(descent=gnvpro.PreconditionedCG(max_products=10, rtol=1e-3))
     opt = gnvpro.GNvpro(model, loss="logistic", alpha_theta=1e-6, alpha_w=1e-8, config=cfg)
     hist = opt.run(data.x_train, data.y_train, max_iter=50)
     assert len(hist.records) == 50

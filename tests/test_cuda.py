@@ -50,7 +50,7 @@ def test_every_method_trains_on_cuda(method):
                  y[80:].cuda(), meta={"n_classes": 2})
     model = mlp(2, [8], 2, activation="tanh", dtype=torch.float64, generator=g).cuda()
     settings = dict(loss="cross_entropy", alpha_w=1e-3, alpha_theta=1e-3, max_work=40,
-                    max_krylov=10, epochs=1, n_batches=2, iters_per_batch=2)
+                    descent={"max_products": 10}, epochs=1, n_batches=2, iters_per_batch=2)
     recs = train(method, model, data, settings)
     assert recs[-1]["loss"] < recs[0]["loss"]
     assert all(p.is_cuda for p in model.parameters())

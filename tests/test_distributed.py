@@ -165,3 +165,44 @@ def test_a_bad_shard_on_one_rank_raises_on_every_rank(tmp_path):
 def test_distributed_reducer_needs_a_process_group():
     with pytest.raises(RuntimeError, match="init_process_group"):
         DistributedReducer(3)
+
+
+def _class_worker(rank: int, world: int, loss: str, labels: list, out: str) -> None:
+    """Each rank holds the rows of one class (labels[rank]); Φ of the sharded objective, or the
+    message it was refused with."""
+    model, x, _ = _problem(loss, 3 if loss == "cross_entropy" else 1)
+    rows = _rows(rank, [N // 2, N - N // 2])
+    y = torch.full((rows.stop - rows.start,), labels[rank],
+                   dtype=torch.int64 if loss == "cross_entropy" else DT)
+    try:
+        obj = ReducedObjective(split_model(model, probe=x), make_loss(loss), x[rows], y, 1e-3,
+                               1e-4, reducer=DistributedReducer(len(y)), inner=TIGHT)
+        theta = obj.features.layout.flatten(obj.split.feature_params(), DT).detach()
+        msg = repr(obj.evaluate(theta).value)
+    except ValueError as e:
+        msg = str(e)
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(msg)
+
+
+@pytest.mark.parametrize(("loss", "labels"), [("cross_entropy", [2, 0]), ("logistic", [1, 0]),
+                                              ("cross_entropy", [1, 1])])
+def test_a_shard_of_one_class_is_checked_over_all_ranks(tmp_path, loss, labels):
+    """The two-class check counts the classes over every rank's rows: shards of one class each
+    form a valid problem (Φ as one process on all rows); one class overall is refused on every
+    rank with the one-process message."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_in_group, args=(2, init, _class_worker, loss, labels, str(tmp_path)), nprocs=2,
+             join=True)
+    got = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert got[0] == got[1]
+    model, x, _ = _problem(loss, 3 if loss == "cross_entropy" else 1)
+    y = torch.tensor([labels[0]] * (N // 2) + [labels[1]] * (N - N // 2),
+                     dtype=torch.int64 if loss == "cross_entropy" else DT)
+    if labels[0] == labels[1]:
+        assert got[0].startswith(f"y: only one class ({labels[0]}) is present"), got[0]
+        return
+    obj = ReducedObjective(split_model(model, probe=x), make_loss(loss), x, y, 1e-3, 1e-4,
+                           inner=TIGHT)
+    theta = obj.features.layout.flatten(obj.split.feature_params(), DT).detach()
+    assert float(got[0]) == pytest.approx(obj.evaluate(theta).value, rel=1e-10)

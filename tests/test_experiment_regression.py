@@ -42,7 +42,8 @@ from pathlib import Path
 
 import pytest
 
-from gnvpro import GNvproConfig
+from gnvpro import GNvproConfig, PreconditionedCG
+from gnvpro.solver import upgrade_settings
 from gnvpro.threads import intra_op_threads
 from gnvpro_experiments import load_config, run_experiment
 from gnvpro_experiments.problems.cdr import default_cdr_path, default_reference_path
@@ -144,10 +145,12 @@ def _check_properties(run_dir: Path) -> None:
         if ls:  # truncated GN and L-BFGS-VarPro: CG products, then φ (and φ' where Armijo holds)
             assert krylov + ls <= dw <= krylov + 2 * ls, (run_dir, r["iteration"], dw, krylov, ls)
     levels = config.get("levels", [])
-    cfg = levels[0] if levels else {}
-    if cfg.get("subproblem") == "tn":
-        cap = cfg.get("max_krylov", GNvproConfig().max_krylov)
-        rtol = cfg.get("krylov_rtol", GNvproConfig().krylov_rtol)
+    # run directories of earlier versions hold flat keys (subproblem, max_krylov, ...)
+    descent = upgrade_settings(levels[0] if levels else {}, GNvproConfig.trust_region()).get(
+        "descent", {})
+    if descent.get("kind") == "cg":
+        cap = descent.get("max_products", PreconditionedCG().max_products)
+        rtol = descent.get("rtol", PreconditionedCG().rtol)
         for r in recs[1:]:
             if r.get("level_start") or not r.get("krylov_iters"):
                 continue

@@ -152,6 +152,8 @@ def test_cli_run_ellipse_and_report(tmp_path):
     assert summary["methods"]["gnvpro"][0]["train"] > 0.5
     assert cli.main(["report", str(out)]) == 0
     assert (out / "decision_boundary.png").stat().st_size > 10_000
+    for png in ("val_accuracy_vs_work.png", "val_accuracy_vs_seconds.png"):
+        assert (out / png).stat().st_size > 10_000
     assert (out / "report.md").read_text().startswith("# ellipse")
 
 

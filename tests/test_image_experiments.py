@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +31,7 @@ def test_configs_paper_settings():
     assert ip.problem == "indian_pines" and ip.metric == "accuracy" and ip.levels == 3
     assert ip.model["width"] == 32 and ip.model["n_nodes"] == 4 and ip.model["T"] == 4.0
     g = ip.method_settings("gnvpro", 1)
-    assert (g["max_krylov"], g["krylov_rtol"], g["max_work"]) == (50, 1e-2, 500)
+    assert (g["descent"]["max_products"], g["descent"]["rtol"], g["max_work"]) == (50, 1e-2, 500)
     assert g["alpha_w"] == g["alpha_theta"] == 1e-3
     assert ip.method_settings("gnvpro", 3)["alpha_theta"] == pytest.approx(2.5e-4)
     a = ip.method_settings("adam", 1)
@@ -42,7 +43,7 @@ def test_configs_paper_settings():
         s = c.method_settings("gnvpro-stochastic", 1)
         assert {k: s[k] for k in ("n_batches", "iters_per_batch", "inner_max_iter", "epochs")
                 } == {"n_batches": 4, "iters_per_batch": 3, "inner_max_iter": 400, "epochs": 2}
-        assert (s["max_krylov"], s["alpha_w"], s["alpha_theta"]) == (30, 5e-3, 1e-4)
+        assert (s["descent"]["max_products"], s["alpha_w"], s["alpha_theta"]) == (30, 5e-3, 1e-4)
         sgd = c.method_settings("sgd", 1)
         assert (sgd["lr"], sgd["batch_size"], sgd["alpha_w"], sgd["max_work"]) == (
             5e-3, 128, 1e-2, 400.0)
@@ -93,24 +94,22 @@ def _blob_split() -> Split:
 
 @pytest.mark.parametrize("method", ["gnvpro-stochastic", "gn-stochastic"])
 def test_trust_region_sub_batches_carry_radius_and_decrease_loss(monkeypatch, method):
-    import gnvpro.methods.gnvpro as gnvpro_mod
-    import gnvpro.methods.joint_gn as joint_mod
+    import gnvpro.methods.solver_method as module
     from gnvpro_experiments.models.mlp import mlp
 
     data = _blob_split()
     model = mlp(2, [6], 3, activation="tanh", generator=torch.Generator().manual_seed(0))
     seen = []  # (radius in, radius out, batch size) of every trust-region step
-    module = gnvpro_mod if method == "gnvpro-stochastic" else joint_mod
-    real = module.trust_region_step
+    real = module.outer_step  # GNvpro's and joint GN's one outer iteration
 
     def spy(problem, state, cfg):
         new, info = real(problem, state, cfg)
         seen.append((state.radius, new.radius, problem.C.shape[0]))
         return new, info
 
-    monkeypatch.setattr(module, "trust_region_step", spy)
-    settings = dict(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2, max_krylov=10,
-                    epochs=2, n_batches=4, iters_per_batch=3)
+    monkeypatch.setattr(module, "outer_step", spy)
+    settings = dict(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
+                    descent={"max_products": 10}, epochs=2, n_batches=4, iters_per_batch=3)
     recs = train(method, model, data, settings)
     assert len(recs) == 1 + 2 * 4 * 3 and len(seen) == 24
     assert {b for _, _, b in seen} == {60}  # every step on a sub-batch of 240 / 4
@@ -178,7 +177,7 @@ def test_sub_batch_settings_in_the_image_configs():
         g = c.method_settings("gn-stochastic", 1)
         assert g["alpha_w"] == 1e-2 and g["iters_per_batch"] == 3
         lbs = c.method_settings("lbfgs-vpro-stochastic", 1)
-        assert lbs["iters_per_batch"] == 30 and lbs["max_line_search"] == 30
+        assert lbs["iters_per_batch"] == 30 and lbs["search"]["max_evals"] == 30
         assert c.with_epochs(1).method_settings("gn-stochastic", 1)["epochs"] == 1
         scaled = c.method_settings("lbfgs-vpro-stochastic", 1, budget_scale=0.1)
         assert scaled["max_iter"] == round(2 * 4 * 30 * 0.1)
@@ -222,6 +221,10 @@ def test_fashion_mnist_cli_and_report(tmp_path):
     assert len(recs) == 2  # record 0 + round(12 * 0.1) = 1 outer iteration
     assert cli.main(["report", str(out)]) == 0
     assert (out / "loss_vs_work.png").is_file()
+    for f in ("confusion.png", "val_accuracy_vs_work.png", "val_accuracy_vs_seconds.png"):
+        assert (out / f).stat().st_size > 10_000
+    md = (out / "report.md").read_text()
+    assert "rows normalised): gnvpro-stochastic seed-0" in md and "T-shirt/top" in md
 
 
 @pytest.mark.skipif(not HAVE_CIFAR, reason="cifar10.npz not found")
@@ -233,6 +236,123 @@ def test_cifar10_cli(tmp_path):
     assert rc == 0
     row = _summary(out)["methods"]["gnvpro-stochastic"][0]
     assert 0.0 <= row["test"] <= 1.0 and row["work_units"] > 0
+
+
+
+# ------------------------------------------------------------------- report: confusion matrix
+def test_confusion_matrix_counts_and_normalised_rows():
+    from gnvpro_experiments.report import confusion_matrix
+
+    y_true = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 1, 0, 1, 1, 0, 2, 2, 1]
+    counts = confusion_matrix(y_true, y_pred, 4, normalise=False)
+    assert counts.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 1, 2, 0], [0, 0, 0, 0]]
+    cm = confusion_matrix(np.array(y_true), torch.tensor(y_pred), 4)
+    assert cm[:3].sum(axis=1) == pytest.approx([1.0, 1.0, 1.0], abs=1e-15)
+    assert cm[3].tolist() == [0.0] * 4  # a class without samples: a zero row, no NaN
+    assert np.diag(cm).tolist() == pytest.approx([2 / 3, 1.0, 0.5, 0.0])  # per-class accuracy
+    assert cm[2].tolist() == pytest.approx([0.25, 0.25, 0.5, 0.0])
+    with pytest.raises(ValueError, match="class indices must lie in 0..2"):
+        confusion_matrix([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match="2 true labels but 1 predictions"):
+        confusion_matrix([0, 1], [0], 3)
+
+
+def test_predict_classes_in_batches_matches_one_pass():
+    from gnvpro_experiments.models.mlp import mlp
+    from gnvpro_experiments.report import predict_classes
+
+    model = mlp(2, [6], 3, activation="tanh", dtype=torch.float32,
+                generator=torch.Generator().manual_seed(0))
+    x, _ = _blobs(23)  # float64 data, float32 model: every batch is cast to the model's dtype
+    with torch.no_grad():
+        whole = model(x.float()).argmax(dim=1).numpy()
+    got = predict_classes(model, x, batch=5)
+    assert got.dtype == np.int64 and got.tolist() == whole.tolist()
+    assert predict_classes(model, x[:0]).shape == (0,)
+
+
+def test_best_run_prefers_the_gnvpro_methods(tmp_path):
+    from gnvpro_experiments.report import best_run
+
+    def row(seed, val):
+        return {"seed": seed, "val": val}
+
+    runs = {"sgd": [row(0, 0.9)], "gnvpro-stochastic": [row(0, 0.6), row(1, float("nan"))],
+            "gnvpro-tn-stochastic": [row(0, 0.7), row(1, 0.65)]}
+    for m, rows in runs.items():
+        for r in rows:
+            (tmp_path / m / f"seed-{r['seed']}").mkdir(parents=True)
+            (tmp_path / m / f"seed-{r['seed']}" / "model.pt").write_bytes(b"")
+    summary = {"metric": "accuracy", "methods": runs}
+    assert best_run(tmp_path, summary) == ("gnvpro-tn-stochastic",
+                                           tmp_path / "gnvpro-tn-stochastic" / "seed-0")
+    (tmp_path / "gnvpro-tn-stochastic" / "seed-0" / "model.pt").unlink()
+    assert best_run(tmp_path, summary)[1] == tmp_path / "gnvpro-tn-stochastic" / "seed-1"
+    low = {"metric": "rel_err", "methods": runs}  # smaller is better; NaN ranks last
+    assert best_run(tmp_path, low)[1] == tmp_path / "gnvpro-stochastic" / "seed-0"
+    for m in ("gnvpro-stochastic", "gnvpro-tn-stochastic"):  # no GNvpro model: any method
+        for f in (tmp_path / m).glob("seed-*/model.pt"):
+            f.unlink()
+    assert best_run(tmp_path, summary) == ("sgd", tmp_path / "sgd" / "seed-0")
+    (tmp_path / "sgd" / "seed-0" / "model.pt").unlink()
+    assert best_run(tmp_path, summary) is None
+
+
+def _tiny_cifar_batches(d, n_batch: int = 40, n_test: int = 30):
+    """A cifar-10-batches-py directory of random images (5 x n_batch training, n_test test)."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    d.mkdir()
+    for name, n in [(f"data_batch_{i}", n_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        labels = rng.integers(0, 10, n)
+        data = rng.integers(0, 256, (n, 3 * 32 * 32)).astype(np.uint8)
+        data[:, : 1024] //= 1 + labels[:, None].astype(np.uint8)  # a class-dependent red level
+        with open(d / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels.tolist()}, f)
+    return d
+
+
+def test_tiny_image_run_report_has_confusion_and_accuracy_figures(tmp_path):
+    """A CIFAR-10-shaped run on 160 random images: its report draws the test confusion matrix
+    of the best-validation GNvpro run and validation accuracy against work units and seconds."""
+    import re
+
+    from gnvpro_experiments.config import CONFIG_DIR
+
+    data = _tiny_cifar_batches(tmp_path / "cifar-10-batches-py")
+    text = (CONFIG_DIR / "cifar10.toml").read_text()
+    for old, new in (("n_train = 40000", "n_train = 160"), ("n_val = 10000", "n_val = 40")):
+        assert old in text
+        text = text.replace(old, new)
+    toml = tmp_path / "cifar10_tiny.toml"
+    toml.write_text(text)
+    out = tmp_path / "c"
+    rc = cli.main(["run", str(toml), "--data", str(data), "--epochs", "1", "--methods",
+                   "sgd,gnvpro-stochastic", "--budget-scale", "0.1", "--seeds", "0,1",
+                   "--out", str(out), "--no-progress"])
+    assert rc == 0
+    s = _summary(out)
+    assert cli.main(["report", str(out)]) == 0
+    for f in ("confusion.png", "val_accuracy_vs_work.png", "val_accuracy_vs_seconds.png"):
+        assert (out / f).stat().st_size > 10_000
+    md = (out / "report.md").read_text()
+    assert "![confusion](confusion.png)" in md and "![val_accuracy_vs_work]" in md
+    rows = s["methods"]["gnvpro-stochastic"]
+    best = max(rows, key=lambda r: r["val"])  # the first seed on ties
+    m = re.search(r"Confusion matrix \(test set, 30 images, rows normalised\): "
+                  r"gnvpro-stochastic seed-(\d) .*test accuracy ([0-9.]+); per class: "
+                  r"airplane ([0-9.]+), automobile .* truck ([0-9.]+)\.", md)
+    assert m is not None, md
+    assert int(m.group(1)) == best["seed"]
+    assert float(m.group(2)) == pytest.approx(best["test"], abs=5e-5)
+    final = json.loads((out / f"gnvpro-stochastic/seed-{best['seed']}/final.json").read_text())
+    if "correct" in final.get("test", {}):  # the diagonal is the per-class test accuracy
+        t = final["test"]
+        for i, g in ((0, 3), (9, 4)):
+            want = t["correct"][i] / t["support"][i] if t["support"][i] else 0.0
+            assert float(m.group(g)) == pytest.approx(want, abs=5e-4)
 
 
 def test_jvp_mode_reaches_the_gauss_newton_methods(tmp_path):
@@ -252,8 +372,9 @@ def test_jvp_mode_reaches_the_gauss_newton_methods(tmp_path):
         for method in ("gnvpro-stochastic", "gn-stochastic"):
             model = mlp(2, [6], 3, activation="tanh", dtype=torch.float64,
                         generator=torch.Generator().manual_seed(0))
-            settings = dict(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2, max_krylov=10,
-                            jvp_mode=mode, epochs=1, n_batches=2, iters_per_batch=2)
+            settings = dict(loss="cross_entropy", alpha_w=1e-2, alpha_theta=1e-2,
+                            descent={"max_products": 10}, jvp_mode=mode, epochs=1,
+                            n_batches=2, iters_per_batch=2)
             recs[mode, method] = [r["loss"] for r in train(method, model, data, settings)]
     for method in ("gnvpro-stochastic", "gn-stochastic"):
         assert recs["linearize", method] == pytest.approx(recs["jvp", method], rel=1e-10)

@@ -64,10 +64,12 @@ def flat_theta(split) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in split.feature_params().values()])
 
 
-def settings_for(task: str, **kw) -> dict:
+def settings_for(task: str, method: str = "", **kw) -> dict:
     loss = "least_squares" if task == "regression" else "cross_entropy"
-    base = dict(loss=loss, alpha_w=1e-4, alpha_theta=1e-6, max_work=MAX_WORK,
-                max_krylov=MAX_KRYLOV, lr=1e-2, batch_size=16)
+    base = dict(loss=loss, alpha_w=1e-4, alpha_theta=1e-6, max_work=MAX_WORK, lr=1e-2,
+                batch_size=16)
+    if method.startswith(("gnvpro", "gn")):  # the Gauss-Newton descents' product cap
+        base["descent"] = {"max_products": MAX_KRYLOV}
     base.update(kw)
     return base
 
@@ -81,7 +83,8 @@ def runs() -> dict:
         model0 = tiny_model()
         for method in ALL:
             model = copy.deepcopy(model0)
-            out[task, method] = (train(method, model, data, settings_for(task)), model, data)
+            out[task, method] = (train(method, model, data, settings_for(task, method)), model,
+                                 data)
     return out
 
 
@@ -310,6 +313,9 @@ def test_repr_states_the_settings():
     m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
     r = repr(GNvpro(m, loss="logistic", alpha_w=1e-4, config=GNvproConfig.trust_region()))
     assert r == ("GNvpro(loss='logistic', alpha_w=0.0001, alpha_theta=1e-10, head='2', "
-                 "config=GNvproConfig(max_krylov=20, subproblem='lanczos'))"), r
+                 "config=GNvproConfig(descent=LanczosSubspace(max_products=20, rtol=0.01), "
+                 "search=TrustRegion(rule=RadiusRule(eta_reject=0.0001, eta_shrink=0.1, "
+                 "eta_expand=0.75, shrink=0.5, expand=1.5, max_radius_per_grad=10000.0), "
+                 "min_radius=1e-14, extrapolate=False)))"), r
     r = repr(FirstOrder(m, config=FirstOrderConfig(optimizer="sgd", lr=0.1)))
     assert "optimizer='sgd'" in r and "lr=0.1" in r, r

@@ -23,7 +23,9 @@ def test_run_writes_back_and_lowers_loss(tiny_regression):
     assert abs(float(0.5 / len(x) * (S - y).square().sum()) - rec.data_loss) < 1e-10
 
 
-@pytest.mark.parametrize("option", [{"subproblem": "steihaug"}, {"jacobian": "kaufman"},
+@pytest.mark.parametrize("option", [{"descent": {"kind": "steihaug"},
+                                     "search": {"kind": "trust_region"}},
+                                    {"jacobian": "kaufman"},
                                     {"jvp_mode": "linearize"}])
 def test_options_train(tiny_regression, option):
     model, x, y = tiny_regression
@@ -34,7 +36,7 @@ def test_options_train(tiny_regression, option):
 
 def test_max_work_budget(tiny_regression):
     model, x, y = tiny_regression
-    opt = GNvpro(model, config=GNvproConfig(max_krylov=5))
+    opt = GNvpro(model, config=GNvproConfig(descent={"max_products": 5}))
     hist = opt.run(x, y, max_work=30)
     assert 30 <= hist.final.work_units <= 30 + 2 * 5 + 2
     assert hist.termination.name == "MAX_WORK"

@@ -411,7 +411,7 @@ def _tiny(n: int = 12):
     x = torch.randn(n, 3, generator=g, dtype=F64)
     y = torch.stack([torch.sin(x[:, 0]), torch.cos(x[:, 2]) * x[:, 0]], 1)
     model = mlp(3, [4], 2, dtype=F64, generator=g)
-    return model, x, y, GNvpro(model, config=GNvproConfig(max_krylov=4))
+    return model, x, y, GNvpro(model, config=GNvproConfig(descent={"max_products": 4}))
 
 
 def _weights(model) -> list[torch.Tensor]:

@@ -18,9 +18,14 @@ from gnvpro import (
     GNvproConfig,
     JointGaussNewton,
     JointGNConfig,
+    LanczosSubspace,
+    LBFGSTwoLoop,
     LBFGSVarPro,
     LBFGSVarProConfig,
+    PreconditionedCG,
     RadiusRule,
+    Steihaug,
+    TrustRegion,
     load_checkpoint,
     save_checkpoint,
 )
@@ -55,13 +60,16 @@ def _model(loss: str, dtype: torch.dtype, seed: int = 1) -> nn.Sequential:
 def _method(kind: str, model: nn.Module, loss: str):
     a = {"alpha_w": 1e-3 if loss == "cross_entropy" else 1e-8, "alpha_theta": 1e-6}
     if kind in ("tn", "lanczos", "steihaug"):
-        config = GNvproConfig(max_krylov=5) if kind == "tn" else GNvproConfig.trust_region(
-            subproblem=kind, max_krylov=5)
+        descent = {"tn": PreconditionedCG, "lanczos": LanczosSubspace, "steihaug": Steihaug}[kind]
+        config = (GNvproConfig if kind == "tn" else GNvproConfig.trust_region)(
+            descent=descent(max_products=5))
         return GNvpro(model, loss, config=config, **a)
     if kind == "lbfgs":
-        return LBFGSVarPro(model, loss, config=LBFGSVarProConfig(memory=4), **a)
+        return LBFGSVarPro(model, loss, config=LBFGSVarProConfig(descent=LBFGSTwoLoop(memory=4)),
+                           **a)
     if kind == "joint":
-        return JointGaussNewton(model, loss, config=JointGNConfig(max_krylov=5), **a)
+        return JointGaussNewton(model, loss,
+                                config=JointGNConfig(descent=LanczosSubspace(max_products=5)), **a)
     return FirstOrder(model, loss, config=FirstOrderConfig(optimizer=kind, lr=1e-2,
                                                            batch_size=10), **a)
 
@@ -115,7 +123,8 @@ def test_a_trust_region_killed_after_a_rejection_resumes_in_its_krylov_basis(tmp
     def tr(model):
         strict = RadiusRule(eta_reject=0.9, eta_shrink=0.95, eta_expand=0.99)  # rejects often
         return GNvpro(model, loss, alpha_w=1e-3,
-                      config=GNvproConfig.trust_region(max_krylov=5, radius_rule=strict))
+                      config=GNvproConfig.trust_region(descent=LanczosSubspace(max_products=5),
+                                                       search=TrustRegion(rule=strict)))
 
     model = _model(loss, dtype)
     opt, ref, kill = tr(model), [], None

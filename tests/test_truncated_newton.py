@@ -1,5 +1,5 @@
-"""Truncated Gauss-Newton (subproblem="tn"): CG, the L-BFGS preconditioner, the line search,
-descent and work accounting (float64, tiny models)."""
+"""Truncated Gauss-Newton (PreconditionedCG + StrongWolfe): CG, the L-BFGS preconditioner, the
+line search, descent and work accounting (float64, tiny models)."""
 
 import math
 from dataclasses import fields, replace
@@ -7,7 +7,17 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
-from gnvpro import GNvpro, GNvproConfig, ReducedObjective, make_loss, split_model
+from gnvpro import (
+    GNvpro,
+    GNvproConfig,
+    LanczosSubspace,
+    PreconditionedCG,
+    ReducedObjective,
+    StrongWolfe,
+    TrustRegion,
+    make_loss,
+    split_model,
+)
 from gnvpro.checks import taylor_test
 from gnvpro.linalg.cg import pcg
 from gnvpro.linalg.lbfgs import curvature_pair, newest, two_loop
@@ -16,7 +26,7 @@ from gnvpro.solver import (
     Termination,
     check_termination,
     initial_state,
-    truncated_newton_step,
+    outer_step,
 )
 
 
@@ -66,11 +76,11 @@ def _objective(model, x, y):
 def test_tn_step_is_a_descent_step_with_exact_work_units(tiny_regression):
     obj = _objective(*tiny_regression)
     th = obj.features.layout.flatten(obj.split.feature_params(), torch.float64).detach()
-    cfg = SolverConfig(subproblem="tn", max_krylov=5, krylov_rtol=1e-3)
+    cfg = SolverConfig(descent=PreconditionedCG(max_products=5, rtol=1e-3), search=StrongWolfe())
     state = initial_state(obj, th)
     for _ in range(6):
         before = state
-        state, info = truncated_newton_step(obj, state, cfg)
+        state, info = outer_step(obj, state, cfg)
         assert info.accepted and state.pt.value < before.pt.value
         products = 2 * info.krylov_iters  # each value 1 WU, each gradient (≥ 1) 1 WU
         low = before.work + products + info.line_search_evals + 1
@@ -95,7 +105,7 @@ def test_tn_line_search_slope_is_the_directional_derivative(tiny_regression):
 def test_tn_through_the_optimiser_trains_and_records(tiny_regression):
     model, x, y = tiny_regression
     opt = GNvpro(model, alpha_w=1e-6, alpha_theta=1e-6,
-                 config=GNvproConfig(subproblem="tn", max_krylov=10))
+                 config=GNvproConfig(descent=PreconditionedCG(max_products=10)))
     hist = opt.run(x, y, max_iter=20)
     losses = [r.loss for r in hist.records]
     assert losses[-1] < 0.2 * losses[0]
@@ -130,12 +140,12 @@ class _Wall:
 def test_tn_stalls_cleanly_when_no_decrease_exists():
     theta0 = torch.ones(3, dtype=torch.float64)
     problem = _Wall(theta0)
-    cfg = SolverConfig(subproblem="tn", max_line_search=5)
+    cfg = SolverConfig(descent=PreconditionedCG(), search=StrongWolfe(max_evals=5))
     state = replace(initial_state(problem, theta0), pairs=((theta0, theta0, 1 / 3.0),))
-    state, info = truncated_newton_step(problem, state, cfg)  # pairs dropped, not stalled yet
+    state, info = outer_step(problem, state, cfg)  # pairs dropped, not stalled yet
     assert not info.accepted and state.pairs == () and not state.stalled
     assert torch.equal(state.pt.theta, theta0) and info.line_search_evals == 5
-    state, info = truncated_newton_step(problem, state, cfg)
+    state, info = outer_step(problem, state, cfg)
     assert state.stalled
     assert check_termination(state, cfg, None, None) is Termination.LINE_SEARCH
 
@@ -144,17 +154,17 @@ def test_tn_stalls_cleanly_when_no_decrease_exists():
 def test_trust_region_extrapolation_ablation(tiny_regression, extrapolate):
     model, x, y = tiny_regression
     opt = GNvpro(model, alpha_w=1e-6, alpha_theta=1e-6,
-                 config=GNvproConfig(extrapolate=extrapolate, max_krylov=5))
+                 config=GNvproConfig(descent=LanczosSubspace(max_products=5),
+                                     search=TrustRegion(extrapolate=extrapolate)))
     hist = opt.run(x, y, max_iter=10)
     losses = [r.loss for r in hist.records]
     assert losses[-1] < 0.5 * losses[0]
     assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:], strict=False))
 
 
-def test_solver_config_shares_every_field():
-    cfg = GNvproConfig(subproblem="tn", tn_memory=3, min_radius=1e-9, extrapolate=True)
+def test_method_configs_are_solver_configs():
+    cfg = GNvproConfig(descent=PreconditionedCG(memory=3))
     assert isinstance(cfg, SolverConfig)  # the solver reads GNvpro's config itself
     assert {f.name for f in fields(SolverConfig)} <= {f.name for f in fields(GNvproConfig)}
-    assert (cfg.subproblem, cfg.tn_memory, cfg.min_radius, cfg.extrapolate) == ("tn", 3, 1e-9,
-                                                                                True)
-    assert replace(cfg, tn_memory=4).tn_memory == 4
+    assert (cfg.descent.memory, cfg.search) == (3, StrongWolfe())
+    assert replace(cfg, descent=replace(cfg.descent, memory=4)).descent.memory == 4

@@ -11,6 +11,7 @@ at every θ and a Gauss-Newton method runs on the remaining weights θ
 from . import checks
 from .batches import fixed_batches
 from .checkpoint import load_checkpoint, save_checkpoint
+from .descent import LanczosSubspace, LBFGSTwoLoop, PreconditionedCG, Steihaug
 from .head import HeadSplit, split_model
 from .loop import History, KeepBest, fit
 from .losses import CrossEntropyLoss, LeastSquaresLoss, LogisticLoss, Loss, make_loss
@@ -26,6 +27,7 @@ from .methods import (
     Method,
 )
 from .reduce import DistributedReducer, SampleReducer
+from .search import StrongWolfe, TrustRegion
 from .solver import SolverConfig, StepInfo, Termination
 from .trust_region import RadiusRule
 from .varpro import ReducedObjective
@@ -44,18 +46,24 @@ __all__ = [
     "JointGNConfig",
     "JointGaussNewton",
     "KeepBest",
+    "LBFGSTwoLoop",
     "LBFGSVarPro",
     "LBFGSVarProConfig",
+    "LanczosSubspace",
     "LeastSquaresLoss",
     "LogisticLoss",
     "Loss",
     "Method",
+    "PreconditionedCG",
     "RadiusRule",
     "ReducedObjective",
     "SampleReducer",
     "SolverConfig",
+    "Steihaug",
     "StepInfo",
+    "StrongWolfe",
     "Termination",
+    "TrustRegion",
     "checks",
     "fit",
     "fixed_batches",

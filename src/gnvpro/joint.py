@@ -13,7 +13,7 @@ L = (1/n) Σ_i ℓ_i is the average loss, G and H_S its derivatives: the losses 
 per-row terms, the problem's SampleReducer (gnvpro.reduce) takes every average over samples, as
 in gnvpro.varpro. Ẑ and dẐ come from the shared gnvpro.affine.AffineHead.
 
-The same gnvpro.solver (trust_region_step, Lanczos or Steihaug) runs it, so
+The same gnvpro.solver (any descent × search: the paper's trust region by default) runs it, so
 work units are counted exactly as for GNvpro: objective + gradient 2, each H_GN v 2 (also for the
 block-diagonal operator, whose W block is cheap), each trial value 1, the gradient at an accepted
 point 1. There is no inner solve (points carry inner=None).
@@ -33,7 +33,7 @@ from .head import HeadSplit
 from .losses import Loss
 from .reduce import SampleReducer, resolve_reducer
 from .regularizer import LinearMap, Regularizer
-from .varpro import batch_targets
+from .targets import batch_targets, check_target_classes
 
 __all__ = ["JointPoint", "JointProblem"]
 
@@ -76,8 +76,9 @@ class JointProblem:
             raise ValueError(f"alpha_w must be >= 0, got {alpha_w}")
         self.split = split
         self.loss = loss
-        self.C = batch_targets(split, loss, x, y)
+        self.C = batch_targets(split, loss, x, y, check_classes=False)
         self.reducer = resolve_reducer(reducer, x.shape[0])
+        check_target_classes(loss, self.C, self.reducer)
         self.head = AffineHead.from_split(split)
         self.features = FeatureMap(split, x, jvp_mode)
         self.reg = Regularizer(alpha_theta, self.features.layout, B)

@@ -38,12 +38,13 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from .batches import Batches
 from .methods.base import Method
 from .metrics import prediction_metrics
 from .progress import bar
@@ -130,7 +131,6 @@ def _check_budget(max_work: float | None, max_iter: int | None, max_seconds: flo
     return max_work, max_iter, max_seconds
 
 
-MAX_BATCHES = 10**6
 _METHOD_API = ("set_batch", "step", "current", "termination", "state_dict", "load_state_dict")
 
 
@@ -143,96 +143,6 @@ def _check_method(method: object) -> None:
         raise TypeError(f"method must be a gnvpro method (GNvpro, LBFGSVarPro, "
                         f"JointGaussNewton, FirstOrder or one with their protocol), got "
                         f"{describe(method)} without {', '.join(missing)}")
-
-
-def _check_source(batches: object) -> None:
-    """``batches`` is a collection of (x, y) pairs with a length that can be read again."""
-    if isinstance(batches, tuple) and len(batches) == 2 and isinstance(batches[0], Tensor):
-        raise TypeError("batches must be a sequence of (x, y) pairs: pass [(x, y)] for "
-                        "full-batch training")
-    if isinstance(batches, Iterator) or not isinstance(batches, Sized) or \
-            not (hasattr(batches, "__getitem__") or isinstance(batches, Iterable)) or \
-            isinstance(batches, str | bytes | Tensor):
-        raise TypeError(f"batches must be a sequence of (x, y) pairs with a length (a list, a "
-                        f"tuple or a DataLoader; fit reads it afresh each epoch), got "
-                        f"{describe(batches)}: pass list(...) of a finite iterable")
-    if len(batches) > MAX_BATCHES:
-        raise ValueError(f"batches has {len(batches)} batches, more than {MAX_BATCHES}: use "
-                         "larger batches (gnvpro.batches.fixed_batches) or several fit calls")
-    if len(batches) == 0:
-        raise ValueError("batches is empty: give at least one (x, y) batch")
-
-
-def _check_pair(method: Method, b: object, name: str, where: str, x0: Tensor | None
-                ) -> tuple[Tensor, Tensor]:
-    """One batch (``name``) checked for the model (types, shapes, dtype, device, widths, finite
-    values, targets; samples shaped as x0's); ``where`` prefixes the errors."""
-    if not (isinstance(b, tuple | list) and len(b) == 2):
-        raise TypeError(f"{name} must be a pair (x, y), got {describe(b)}")
-    check_batch(method.split, b[0], b[1], f"{where}x", f"{where}y")
-    if x0 is not None and b[0].shape[1:] != x0.shape[1:]:
-        raise ValueError(f"{where}x has samples of shape {tuple(b[0].shape[1:])} but "
-                         f"batches[0] has {tuple(x0.shape[1:])}: they must match")
-    try:
-        method.loss.prepare_targets(b[1], method.split.n_outputs)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{where}y: {e}") from None
-    return b[0], b[1]
-
-
-def _check_batches(method: Method, batches: Sequence) -> list[tuple[Tensor, Tensor]]:
-    """A sequence of batches as a list of (x, y), each checked for the model before anything
-    is trained (the same tensors again are checked once)."""
-    out = list(batches)
-    seen: set[tuple[int, int]] = set()
-    for i, b in enumerate(out):
-        if isinstance(b, tuple | list) and len(b) == 2 and (id(b[0]), id(b[1])) in seen:
-            continue  # the same tensors again: checked already
-        where = "" if len(out) == 1 else f"batches[{i}]: "
-        _check_pair(method, b, f"batches[{i}]", where, out[0][0] if i else None)
-        seen.add((id(b[0]), id(b[1])))
-    return [tuple(b) for b in out]  # type: ignore[misc]
-
-
-class _Batches:
-    """fit's data: a sequence (checked whole up front, indexed each epoch) or a re-iterable
-    with a length such as a DataLoader (iterated afresh each epoch, each batch checked when
-    drawn, before the step on it)."""
-
-    def __init__(self, method: Method, batches: object) -> None:
-        _check_source(batches)
-        self.method, self.source, self.n = method, batches, len(batches)  # type: ignore[arg-type]
-        self.fixed = (_check_batches(method, batches)  # type: ignore[arg-type]
-                      if hasattr(batches, "__getitem__") else None)
-        self.x0: Tensor | None = None if self.fixed is None else self.fixed[0][0]
-
-    def epoch(self, epoch: int, skip: int) -> Iterator[tuple[int, Tensor, Tensor]]:
-        """(index, x, y) of one epoch from batch ``skip`` on."""
-        if self.fixed is not None:
-            for b in range(skip, self.n):
-                yield b, *self.fixed[b]
-            return
-        for b, item in enumerate(iter(self.source)):  # type: ignore[call-overload]
-            if b >= skip:
-                name = f"batches[{b}] of epoch {epoch}"
-                x, y = _check_pair(self.method, item, name, f"{name}: ", self.x0)
-                self.x0 = x if self.x0 is None else self.x0
-                yield b, x, y
-
-    def default_n_samples(self, single: bool) -> int:
-        """The training samples: the batches' sizes summed (a sequence), the loader's dataset
-        length (a DataLoader), the batch's size (one batch)."""
-        if self.fixed is not None:
-            return sum(len(x) for x, _ in self.fixed) if not single else len(self.fixed[0][0])
-        assert self.x0 is not None
-        dataset = getattr(self.source, "dataset", None)
-        if single or self.n == 1:
-            return len(self.x0)
-        if not isinstance(dataset, Sized):
-            raise ValueError(f"n_samples is needed for {describe(self.source)}: give the number "
-                             "of training samples (the work of a step on a batch of b samples "
-                             "counts b / n_samples)")
-        return len(dataset)
 
 
 def _check_hooks(callback: object, callbacks: object, checkpoint: object,
@@ -284,24 +194,57 @@ def fit(
     checkpoint_every: float = 300.0,
     start: Position | None = None,
 ) -> History:
-    """Train ``method``'s model on ``batches`` (module docstring); the model holds the result.
+    """Train ``method``'s model on ``batches``; the model holds the result (module docstring).
 
-    batches: a list / tuple of (x, y), or a re-iterable with a length (a DataLoader), read
-    afresh each epoch. n_samples: the training samples for work units (default: the batches'
-    sizes summed; a DataLoader's dataset length). steps_per_batch: steps on each batch (default
-    1 with several batches; one batch: until a budget). val_every: validate the records whose
-    iteration is a multiple of it (default 1: every record). record_start: record 0 describes
-    the starting point (after the first evaluation). checkpoint(history) is called at most
-    every ``checkpoint_every`` wall seconds, after a record, and after the record at which a
-    callback stops the run (the caller saves the model, method.state_dict(), the records and
-    history.position). start: continue a schedule from a checkpoint's position (the method
-    restored by load_state_dict; the budgets are those left). Everything is checked before the
-    first step: the method, every batch of a sequence (errors name batches[i]; a loader's batches
-    when drawn, batches[i] of epoch e), the budgets (one is needed unless the schedule is
-    finite), the callbacks and the checkpoint hook. Returns the History (records, termination,
-    History.work the loop's work counter, equal to method.work afterwards)."""
+    Parameters
+    ----------
+    method : Method
+        A gnvpro method (GNvpro, LBFGSVarPro, JointGaussNewton, FirstOrder).
+    batches : sequence or re-iterable of (x, y)
+        A list / tuple of (x, y), or a re-iterable with a length (a DataLoader), read afresh
+        each epoch. Every batch of a sequence is checked before the first step (errors name
+        batches[i]); a loader's batches when drawn (batches[i] of epoch e).
+    n_samples : int, optional
+        The training samples work units count passes over (default: the batches' sizes
+        summed; a DataLoader's dataset length).
+    epochs, steps_per_batch : int
+        The schedule: ``epochs`` passes over the batches, ``steps_per_batch`` steps on each
+        (default 1 with several batches; one batch: until a budget).
+    max_work, max_iter, max_seconds : float, int, float, optional
+        Budgets (work units of this call, outer iterations, the method's seconds); one is
+        needed unless the schedule is finite.
+    val : (x, y), optional
+        Validation data, metrics in ``record.metrics["val"]`` of the records whose iteration
+        is a multiple of ``val_every`` (default 1: every record).
+    callback, callbacks : callable(record) -> bool or None
+        Called after each record; True stops the run.
+    progress : bool
+        A progress bar (tqdm.auto: terminals and notebooks).
+    record_start : bool
+        Record 0 describes the starting point (after the first evaluation).
+    checkpoint : callable(history), optional
+        Called at most every ``checkpoint_every`` wall seconds, after a record, and after the
+        record at which a callback stops the run (the caller saves the model,
+        method.state_dict(), the records and history.position).
+    start : Position, optional
+        Continue a schedule from a checkpoint's position (the method restored by
+        load_state_dict; the budgets are those left).
+
+    Returns
+    -------
+    History
+        The records (one StepInfo per outer iteration: Φ, data loss, ‖∇Φ‖, step, work units,
+        seconds, metrics), the Termination (a code with a message), ``History.work`` the loop's
+        work counter (equal to method.work afterwards) and the schedule position.
+
+    Notes
+    -----
+    Work units are passes over the n_samples training samples: a step on a batch of b samples
+    that costs w passes over that batch counts w·b/n_samples (the paper's convention:
+    objective and gradient 2, each Gauss-Newton product 2, each trial value 1).
+    """
     _check_method(method)
-    data = _Batches(method, batches)
+    data = Batches(method, batches)
     epochs = check_real("epochs", epochs, integer=True, low=1)
     single = data.n == 1 and epochs == 1
     if steps_per_batch is not None:
@@ -428,7 +371,7 @@ def fit(
     return hist
 
 
-def _draws(data: _Batches, epochs: int, start: Position
+def _draws(data: Batches, epochs: int, start: Position
            ) -> Iterator[tuple[int, int, int, Tensor, Tensor]]:
     """(epoch, batch, steps already taken on it, x, y) from the start position to the end."""
     for epoch in range(start.epoch, epochs + 1):
@@ -437,8 +380,8 @@ def _draws(data: _Batches, epochs: int, start: Position
             yield epoch, b, start.k if (epoch, b) == (start.epoch, start.batch) else 0, x, y
 
 
-def _check_n_samples(data: _Batches, n_samples: object, single: bool, x0: Tensor) -> int:
-    """n_samples (default: _Batches.default_n_samples), at least the largest known batch."""
+def _check_n_samples(data: Batches, n_samples: object, single: bool, x0: Tensor) -> int:
+    """n_samples (default: Batches.default_n_samples), at least the largest known batch."""
     if n_samples is None:
         n_samples = data.default_n_samples(single)
     n_samples = check_real("n_samples", n_samples, integer=True, low=1)

@@ -21,6 +21,7 @@ single column (logistic). ``Loss.prepare_targets`` converts and validates user t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -95,8 +96,30 @@ class Loss(ABC):
     classification: bool = False
 
     @abstractmethod
-    def prepare_targets(self, y: Tensor, n_outputs: int | None = None) -> Tensor:
-        """Validate user targets y and return float targets C of shape (n, c) on y's device."""
+    def prepare_targets(self, y: Tensor, n_outputs: int | None = None,
+                        check_classes: bool = True) -> Tensor:
+        """Validate user targets y and return float targets C of shape (n, c) on y's device
+        (check_classes=False: a classifier's targets may hold one class, checked later over
+        every process's rows by :meth:`check_classes`)."""
+
+    def class_counts(self, C: Tensor) -> Tensor | None:
+        """Rows per class of targets C (None: not a classifier)."""
+        return None
+
+    def check_classes(self, C: Tensor, total: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Refuse a classifier's targets in which fewer than two classes occur, counted after
+        ``total`` (a SampleReducer's sum: over every process's rows; None: these rows)."""
+        counts = self.class_counts(C)
+        if counts is None:
+            return
+        counts = total(counts) if total is not None else counts
+        present = torch.nonzero(counts > 0).reshape(-1)
+        if present.numel() < 2:
+            which = f" ({int(present[0])})" if present.numel() else ""
+            raise ValueError(
+                f"only one class{which} is present in the training labels; variable projection "
+                f"of a classifier needs at least two classes in the training set"
+            )
 
     @abstractmethod
     def value(self, S: Tensor, C: Tensor) -> Tensor:
@@ -142,7 +165,8 @@ class LeastSquaresLoss(Loss):
     is_quadratic = True
     classification = False
 
-    def prepare_targets(self, y: Tensor, n_outputs: int | None = None) -> Tensor:
+    def prepare_targets(self, y: Tensor, n_outputs: int | None = None,
+                        check_classes: bool = True) -> Tensor:
         """Float targets (n, c), or (n,) -> (n, 1). Integer/bool inputs are cast to float."""
         if not isinstance(y, Tensor):
             raise ValueError(f"targets must be a torch.Tensor, got {type(y).__name__}")
@@ -202,9 +226,19 @@ class CrossEntropyLoss(Loss):
     is_quadratic = False
     classification = True
 
-    def prepare_targets(self, y: Tensor, n_outputs: int | None = None) -> Tensor:
+    def prepare_targets(self, y: Tensor, n_outputs: int | None = None,
+                        check_classes: bool = True) -> Tensor:
         """Class indices (n,) in [0, c) (n_outputs = c required) or one-hot rows (n, c) -> one-hot
-        float (n, c). At least two classes must occur."""
+        float (n, c). At least two classes must occur (check_classes)."""
+        C = self._one_hot(y, n_outputs)
+        if check_classes:
+            self.check_classes(C)
+        return C
+
+    def class_counts(self, C: Tensor) -> Tensor:
+        return C.sum(dim=0)
+
+    def _one_hot(self, y: Tensor, n_outputs: int | None) -> Tensor:
         if not isinstance(y, Tensor):
             raise ValueError(f"targets must be a torch.Tensor, got {type(y).__name__}")
         if y.is_complex():
@@ -246,12 +280,6 @@ class CrossEntropyLoss(Loss):
                 f"0, ..., c-1 or increase n_outputs"
             )
         idx = y.to(torch.int64)
-        present = torch.unique(idx).numel()
-        if present < 2:
-            raise ValueError(
-                f"only one class ({lo}) is present in the training labels; variable projection "
-                f"of a classifier needs at least two classes in the training set"
-            )
         dtype = _float_dtype(y)
         C = torch.zeros(idx.shape[0], n_outputs, dtype=dtype, device=y.device)
         C.scatter_(1, idx.reshape(-1, 1), 1.0)
@@ -278,12 +306,6 @@ class CrossEntropyLoss(Loss):
             raise ValueError(
                 f"one-hot cross-entropy target rows must sum to 1 (exactly one class per sample), "
                 f"but {int(bad.sum())} row(s) do not (first: row {i} sums to {float(sums[i]):g})"
-            )
-        present = int((C.sum(dim=0) > 0).sum())
-        if present < 2:
-            raise ValueError(
-                "only one class is present in the training labels; variable projection of a "
-                "classifier needs at least two classes in the training set"
             )
         return C
 
@@ -322,8 +344,20 @@ class LogisticLoss(Loss):
     is_quadratic = False
     classification = True
 
-    def prepare_targets(self, y: Tensor, n_outputs: int | None = None) -> Tensor:
-        """0/1 labels (n,) or (n, 1) (float, int or bool) -> float (n, 1). Both must occur."""
+    def prepare_targets(self, y: Tensor, n_outputs: int | None = None,
+                        check_classes: bool = True) -> Tensor:
+        """0/1 labels (n,) or (n, 1) (float, int or bool) -> float (n, 1). Both must occur
+        (check_classes)."""
+        C = self._labels(y, n_outputs)
+        if check_classes:
+            self.check_classes(C)
+        return C
+
+    def class_counts(self, C: Tensor) -> Tensor:
+        ones = C.sum()
+        return torch.stack([C.shape[0] - ones, ones])
+
+    def _labels(self, y: Tensor, n_outputs: int | None) -> Tensor:
         if not isinstance(y, Tensor):
             raise ValueError(f"targets must be a torch.Tensor, got {type(y).__name__}")
         if y.is_complex():
@@ -351,11 +385,6 @@ class LogisticLoss(Loss):
             raise ValueError(
                 f"logistic labels must be 0 or 1 (expected range [0, 1]), but the labels found "
                 f"range over [{lo:g}, {hi:g}]{hint}"
-            )
-        if lo == hi:
-            raise ValueError(
-                f"only one class ({lo:g}) is present in the training labels; variable projection "
-                f"of a classifier needs at least two classes in the training set"
             )
         return y.to(_float_dtype(y)).reshape(-1, 1)
 

@@ -28,6 +28,7 @@ __all__ = [
     "choices",
     "describe",
     "in_range",
+    "settings_dict",
     "validate_config",
 ]
 
@@ -131,6 +132,9 @@ def _check_field(name: str, v: Any, tp: Any, default: Any,
         if v is None and type(None) in args:
             return v
         rest = [a for a in args if a is not type(None)]
+        if len(rest) > 1 and all(hasattr(a, "kind") and dataclasses.is_dataclass(a)
+                                 for a in rest):
+            return _check_kind(name, v, rest, default)
         if len(rest) != 1:  # a union we cannot check generically
             return v
         tp, origin, args = rest[0], typing.get_origin(rest[0]), typing.get_args(rest[0])
@@ -158,6 +162,8 @@ def _check_field(name: str, v: Any, tp: Any, default: Any,
             raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {v!r}")
         return v
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if hasattr(tp, "kind"):  # one kind of descent or search: as a union of one
+            return _check_kind(name, v, [tp], default)
         if isinstance(v, Mapping):
             v = _dataclass_from_dict(tp, v, name)
         if not isinstance(v, tp):
@@ -165,6 +171,36 @@ def _check_field(name: str, v: Any, tp: Any, default: Any,
         validate_config(v, name)
         return v
     return v
+
+
+def _check_kind(name: str, v: Any, classes: list[type], default: Any) -> Any:
+    """A field that is one of several settings dataclasses told apart by their ``kind`` (a
+    descent, a search): an instance, or a dict with ``kind`` (without it: the kind of the
+    field's default) and that class's fields."""
+    kinds = {c.kind: c for c in classes}
+    if isinstance(v, Mapping):
+        d = dict(v)
+        kind = d.pop("kind", getattr(default, "kind", None))
+        if kind not in kinds:
+            raise ValueError(f"{name}.kind must be one of {', '.join(map(repr, kinds))}, got "
+                             f"{describe(kind)}")
+        v = _dataclass_from_dict(kinds[kind], d, name)
+    if not isinstance(v, tuple(classes)):
+        raise TypeError(f"{name} must be one of {', '.join(c.__name__ for c in classes)} (or a "
+                        f"dict with 'kind' one of {', '.join(map(repr, kinds))}), got "
+                        f"{describe(v)}")
+    validate_config(v, name)
+    return v
+
+
+def settings_dict(cfg: Any) -> dict[str, Any]:
+    """A settings dataclass as plain values, nested ones as dicts; a dataclass with a ``kind``
+    (a descent, a search) names it, so ``config_from_dict`` rebuilds the same object."""
+    out: dict[str, Any] = {"kind": cfg.kind} if hasattr(cfg, "kind") else {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = settings_dict(v) if dataclasses.is_dataclass(v) else v
+    return out
 
 
 def validate_config(cfg: Any, name: str | None = None) -> None:
@@ -201,7 +237,10 @@ def _dataclass_from_dict(cls: type, d: Any, name: str) -> Any:
 
 
 def config_from_dict(cls: type, d: Any, name: str = "config") -> Any:
-    """``cls(**d)`` for a settings dataclass, nested dataclasses from dicts, all validated."""
+    """``cls(**d)`` for a settings dataclass, nested dataclasses from dicts, all validated; a
+    dict of an earlier version is read through ``cls.upgrade`` where the class has one."""
+    if isinstance(d, Mapping) and hasattr(cls, "upgrade"):
+        d = cls.upgrade(d)
     return _dataclass_from_dict(cls, d, name)
 
 

@@ -36,7 +36,7 @@ from .inner import InnerSolution, solve_inner
 from .losses import Loss
 from .reduce import SampleReducer, resolve_reducer
 from .regularizer import LinearMap, Regularizer
-from .validate import check_batch
+from .targets import batch_targets, check_target_classes
 
 JACOBIANS = ("full", "kaufman")  # the full VarPro Jacobian, or Kaufman's (drops dW*/dθ)
 MEMORY = ("auto", "keep", "recompute")  # what a point keeps (ReducedObjective)
@@ -102,22 +102,6 @@ def gram_path_pays(h: float | None, Zh: Tensor, W: Tensor) -> bool:
     O(n p² + n c p) flops against 9 n c p, so when the features are not much wider than the
     outputs (p ≤ 2c)."""
     return h is not None and Zh.shape[1] <= 2 * W.shape[0]
-
-
-def batch_targets(split: HeadSplit, loss: Loss, x: Tensor, y: Tensor) -> Tensor:
-    """Check a batch (x, y) against the model (validate.check_batch) and the loss; return the
-    float64 targets C."""
-    check_batch(split, x, y)
-    try:
-        C = loss.prepare_targets(y, split.n_outputs).to(torch.float64)
-    except ValueError as e:
-        raise ValueError(f"y: {e}") from None
-    if C.shape[1] != split.n_outputs:
-        raise ValueError(
-            f"targets have {C.shape[1]} columns but the head has {split.n_outputs} "
-            "outputs: make nn.Linear's out_features match the targets"
-        )
-    return C
 
 
 def chunk_bounds(n: int, chunks: int | Sequence[int]) -> list[int]:
@@ -188,7 +172,7 @@ class ReducedObjective:
         self.split = split
         self.loss = loss
         try:
-            self.C = batch_targets(split, loss, x, y)
+            self.C = batch_targets(split, loss, x, y, check_classes=False)
             refused = None
         except (TypeError, ValueError) as e:
             refused = e
@@ -198,9 +182,10 @@ class ReducedObjective:
         if refused is not None:
             raise refused
         self.n = x.shape[0]
+        self.reducer = resolve_reducer(reducer, self.n)
+        check_target_classes(loss, self.C, self.reducer)
         self.bounds = chunk_bounds(self.n, chunks)
         self.keeps = memory == "keep" or (memory == "auto" and len(self.bounds) == 2)
-        self.reducer = resolve_reducer(reducer, self.n)
         self.head = AffineHead.from_split(split)
         self.alpha_w = float(alpha_w)
         self.maps = [FeatureMap(split, x[a:b] if len(self.bounds) > 2 else x, jvp_mode)

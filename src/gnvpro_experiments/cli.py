@@ -4,7 +4,8 @@
     gnvpro run EXPERIMENT [--methods gnvpro,gn,lbfgs-vpro,adam] [--seeds 0-5 | 0,2,4 | ref]
                [--out DIR] [--data PATH] [--device cpu|cuda] [--budget-scale F] [--levels N]
                [--subset N] [--epochs E] [--max-seconds S] [--threads N] [--jvp-mode MODE]
-               [--no-progress] [--resume]
+               [--no-progress] [--resume] [--dist-timeout SECONDS]
+    torchrun --standalone --nproc_per_node=N --no-python gnvpro run EXPERIMENT ...
     gnvpro report DIR
     gnvpro data dcr --n N --seed S --out PATH
 
@@ -12,6 +13,10 @@ User errors (a missing data file, an unknown experiment or method, a setting out
 full disk, a corrupt checkpoint, ...) print one line to stderr and exit with code 2; an internal
 error (a bug) prints its traceback and a line that says so, exit code 1. SIGINT and SIGTERM stop
 ``gnvpro run`` after the current step with a checkpoint and a line that says how to resume.
+
+Under torchrun ``gnvpro run`` is data-parallel (gnvpro_experiments.launch): every process trains
+on its shard of the training rows, rank 0 alone writes and prints, and a process's error line
+names its rank.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import errno
 import linecache
 import os
+import re
 import shlex
 import signal
 import sys
@@ -84,14 +90,20 @@ def _parser() -> argparse.ArgumentParser:
                    "and oversubscribe a shared machine; 2 for DCR's 882-output head)")
     r.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="set any setting of a method's [methods.METHOD] table, e.g. "
-                   "gnvpro.max_krylov=30, gnvpro.jacobian=kaufman, "
-                   "gnvpro.radius_rule.eta_expand=0.8, adam.lr=1e-2 (a TOML value; repeatable)")
+                   "gnvpro.descent.max_products=30, gnvpro.jacobian=kaufman, "
+                   "gnvpro.search.rule.eta_expand=0.8, adam.lr=1e-2 (a TOML value; repeatable; "
+                   "a new kind of descent or search: gnvpro.descent.kind=cg "
+                   "gnvpro.search.kind=strong_wolfe)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--resume", action="store_true", help="continue killed runs in --out from "
                    "their last checkpoint (finished runs are always kept)")
     r.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
                    help="inside a level, checkpoint a run at most this often (default 300; "
                    "level ends are always checkpointed)")
+    r.add_argument("--dist-timeout", type=_timeout, default=600.0, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others in a "
+                   "collective before it fails (default 600); a process that fails or stops "
+                   "makes the others fail within this time")
 
     rep = sub.add_parser("report", help="tables and figures of a run directory")
     rep.add_argument("dir", help="the --out directory of `gnvpro run`")
@@ -105,6 +117,17 @@ def _parser() -> argparse.ArgumentParser:
     dc.add_argument("--out", required=True, help="output .npz path")
     dc.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     return p
+
+
+def _timeout(text: str) -> float:
+    """--dist-timeout: a number of seconds (argparse names the option when it is refused)."""
+    from .launch import check_timeout
+
+    try:
+        return check_timeout(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 (at most a week), "
+                                         f"got {text!r}") from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -139,14 +162,23 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .launch import process_group
+
+    _check_numbers(args)
+    with process_group(args.device, args.dist_timeout):  # torchrun: join its process group
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """gnvpro run, in one process or on every rank under torchrun (rank 0 prints)."""
     from .config import load_config
+    from .launch import current
     from .report import summary_table
     from .runner import run_experiment
     from .selection import parse_methods, parse_seeds
     from .store import resumable
 
-    _check_numbers(args)
-
+    ranks = current()
     cfg = load_config(args.experiment).with_levels(args.levels).with_epochs(args.epochs)
     cfg = cfg.with_data(subset=args.subset).with_jvp_mode(args.jvp_mode)
     cfg = cfg.with_max_seconds(args.max_seconds).with_settings(args.set)
@@ -154,12 +186,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods, cfg)
     seeds = parse_seeds(args.seeds, cfg)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    if args.resume and not resumable(out.expanduser()):
+    if args.resume and not ranks.decide(lambda: resumable(out.expanduser())):
         raise _Usage(f"--resume: {out} holds no runs to resume; run without --resume to start "
                      "them")
     summary = run_experiment(cfg, out, methods, seeds, data_path=args.data, device=args.device,
                              budget_scale=args.budget_scale, progress=not args.no_progress,
                              resume=args.resume, checkpoint_every=args.checkpoint_every)
+    if not ranks.writer:
+        return 0
     print(summary_table(summary))
     print(f"\nresults in {out}  (tables and figures: gnvpro report {out})")
     return 0
@@ -237,6 +271,10 @@ def user_error(e: BaseException) -> str | None:
         return _one_line(e)
     if isinstance(e, ValueError | TypeError | IndexError | KeyError) and _raised_on_purpose(e):
         return _one_line(e)
+    if _collective_failed(e):
+        text = re.sub(r"^\[[^\]]*\]\s*", "", _one_line(e))  # gloo's [file:line] prefix
+        return (f"a collective with the other processes failed ({text[:160]}): another process "
+                "failed or stopped (see its message), or none answered within --dist-timeout")
     text = str(e).lower()
     if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and (
             "out of memory" in text or "can't allocate memory" in text)):
@@ -245,9 +283,30 @@ def user_error(e: BaseException) -> str | None:
     return None
 
 
+def _collective_failed(e: BaseException) -> bool:
+    """Whether ``e`` is torch.distributed's: a collective of a data-parallel run that failed
+    (a peer process ended, or the timeout passed)."""
+    tb = e.__traceback__
+    if not isinstance(e, RuntimeError) or tb is None:
+        return False
+    where = os.path.abspath(traceback.extract_tb(tb)[-1].filename)
+    return f"{os.sep}torch{os.sep}distributed{os.sep}" in where
+
+
 def _resume_command(argv: Sequence[str]) -> str:
     args = list(argv)
-    return shlex.join(["gnvpro", *args, *([] if "--resume" in args else ["--resume"])])
+    cmd = shlex.join(["gnvpro", *args, *([] if "--resume" in args else ["--resume"])])
+    return f"torchrun <the same options> --no-python {cmd}" if _world() > 1 else cmd
+
+
+def _world() -> int:
+    """The processes torchrun started (1 without torchrun)."""
+    from .launch import world_size
+
+    try:
+        return world_size()
+    except ValueError:
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,14 +321,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"demo": _cmd_demo, "run": _cmd_run, "report": _cmd_report, "data": _cmd_data}
     cmd = f"gnvpro {args.command}"
+    quiet = False  # under torchrun rank 0 alone says how to resume; every rank names its errors
+    if args.command == "run" and _world() > 1:
+        from .launch import rank_tag
+
+        cmd, quiet = cmd + rank_tag(), os.environ.get("RANK", "0") != "0"
     try:
         with handle_signals() if args.command == "run" else contextlib.nullcontext():
             return handler[args.command](args)
     except Interrupted as e:
+        if quiet:
+            return 128 + e.signum
         print(f"{cmd}: stopped by {signal.Signals(e.signum).name}; unfinished runs are "
               f"checkpointed: continue them with `{_resume_command(argv)}`", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
+        if quiet:
+            return 130
         again = (f": continue from the last checkpoint with `{_resume_command(argv)}`"
                  if args.command == "run" else "")
         print(f"{cmd}: interrupted{again}", file=sys.stderr)

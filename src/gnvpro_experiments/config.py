@@ -27,7 +27,7 @@ from gnvpro.methods import FirstOrder
 
 from .errors import ExperimentError
 from .selection import parse_seeds
-from .train import METHODS, config_keys, make_config
+from .train import METHODS, config_keys, make_config, solver_settings
 
 try:  # Python >= 3.11
     import tomllib
@@ -241,7 +241,7 @@ class ExperimentConfig:
 
     def with_settings(self, assignments: list[str] | None) -> ExperimentConfig:
         """Apply ``METHOD.KEY=VALUE`` assignments (VALUE a TOML value, else a string; KEY may
-        be nested: ``gnvpro.radius_rule.eta_expand=0.8``) to the [methods] tables; the result
+        be nested: ``gnvpro.search.rule.eta_expand=0.8``) to the [methods] tables; the result
         is validated like a loaded file (unknown keys and wrong types named)."""
         if not assignments:
             return self
@@ -251,7 +251,7 @@ class ExperimentConfig:
             path = [k.strip() for k in key.split(".")]
             if not sep or len(path) < 2 or not all(path):
                 raise ExperimentError(f"--set {a!r}: expected METHOD.KEY=VALUE, e.g. "
-                                      "gnvpro.max_krylov=30")
+                                      "gnvpro.descent.max_products=30")
             if path[0] not in doc["methods"]:
                 raise ExperimentError(f"--set {a!r}: method {path[0]!r} is not configured for "
                                       f"experiment {self.name!r}; configured: "
@@ -265,6 +265,8 @@ class ExperimentConfig:
                 table = table.setdefault(k, {})
                 if not isinstance(table, dict):
                     raise ExperimentError(f"--set {a!r}: {k} is not a table")
+            if path[-1] == "kind" and table.get("kind", value) != value:
+                table.clear()  # another descent or search: its own defaults
             table[path[-1]] = value
         cfg = config_from_dict(doc, "--set")
         return dataclasses.replace(cfg, source=self.source)
@@ -314,9 +316,10 @@ def _num(src: str, key: str, v: Any, *, positive: bool = False, integer: bool = 
 def _check_method_settings(src: str, method: str, settings: Mapping[str, Any]) -> None:
     """Refuse, at load time and naming the key, a setting the method's config refuses (each
     key alone, then all together; keys that are not config fields are checked elsewhere)."""
+    solver = {k: v for k, v in settings.items() if k in ("descent", "search")}
     for k, v in settings.items():
-        try:
-            make_config(method, {k: v})
+        try:  # a descent is checked with its search (a pair must fit)
+            make_config(method, solver if k in solver else {k: v})
         except (TypeError, ValueError) as e:
             raise ExperimentError(f"{src}: methods.{method}.{k}: {e}") from None
     try:
@@ -347,7 +350,9 @@ def load_config(name_or_path: str | Path) -> ExperimentConfig:
 
 def _upgrade(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     """Read method tables of earlier versions (run directories keep their config.json):
-    ``lbfgs_memory`` is now ``memory``, and the keys of an ``extra`` table are plain keys."""
+    ``lbfgs_memory`` is now ``memory``, the keys of an ``extra`` table are plain keys, and the
+    flat solver keys (max_krylov, subproblem, ...) are ``descent`` and ``search`` tables
+    (gnvpro_experiments.train.solver_settings, which writes both out in full)."""
     methods = raw.get("methods")
     if not isinstance(methods, Mapping):
         return raw
@@ -358,6 +363,8 @@ def _upgrade(raw: Mapping[str, Any]) -> Mapping[str, Any]:
                   **({"memory": st["lbfgs_memory"]} if "lbfgs_memory" in st else {}),
                   **dict(st.get("extra") or {})}
             st.pop("head", None)
+        if isinstance(st, Mapping) and m in METHODS:
+            st = solver_settings(m, st)
         new[m] = st
     return {**raw, "methods": new}
 

@@ -62,7 +62,7 @@ def run_demo(out: Path | str = "out/demo", progress: bool = True, max_work: floa
     data = demo_problem(seed)
     start = paper_network(4, N_OBS, width=8, generator=torch.Generator().manual_seed(seed))
     runs = {}
-    methods = (("gnvpro-tn", {"subproblem": "tn", "max_krylov": 10}), ("gnvpro", {}),
+    methods = (("gnvpro-tn", {}), ("gnvpro", {}),
                ("adam", {"lr": 1e-3, "batch_size": 10}))
     for warm_up in (True, False):  # a short throw-away run first: no method pays first calls
         for method, extra in methods:

@@ -5,12 +5,15 @@
 Figures (PNG, matplotlib Agg) in DIR: ``loss_vs_work.png`` and ``loss_vs_seconds.png`` (training
 and validation loss, log y, each seed faint and the median bold, level starts dotted, the
 reference GNvpro trajectory dashed where ``reference_history.json`` exists),
-``val_METRIC_vs_seconds.png``, and the figures of the experiment's problem
-(``Problem.figures``): for the classification toy ``decision_boundary.png``; for Indian Pines
-``segmentation.png`` (ground truth, predicted and error maps over all labelled pixels) and
-``confusion.png`` (class-normalised confusion matrix) of the best-validation gnvpro run; for DCR
-``dcr_patterns.png`` (true vs predicted 21 x 42 measurement patterns of 3 test samples, gnvpro,
-first seed).  Problems draw them with :func:`pyplot`, :func:`best_run` and :func:`load_run`.
+``val_METRIC_vs_work.png`` and ``val_METRIC_vs_seconds.png`` (the validation metric, e.g.
+accuracy, of every method), and the figures of the experiment's problem (``Problem.figures``):
+for the classification toy ``decision_boundary.png``; for Indian Pines ``segmentation.png``
+(ground truth, predicted and error maps over all labelled pixels) and ``confusion.png``; for
+CIFAR-10 and Fashion-MNIST ``confusion.png`` (class-normalised test-set confusion matrix of the
+best-validation GNvpro run); for DCR ``dcr_patterns.png`` (true vs predicted 21 x 42
+measurement patterns of 3 test samples, gnvpro, first seed).  Problems draw them with
+:func:`pyplot`, :func:`best_run`, :func:`load_run`, :func:`predict_classes`,
+:func:`confusion_matrix` and :func:`confusion_figure`.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ import numpy as np
 from .config import ExperimentError
 
 if TYPE_CHECKING:
-    from torch import nn
+    from torch import Tensor, nn
 
     from .config import ExperimentConfig
     from .problems.base import Problem, Split
 
-__all__ = ["best_run", "load_histories", "load_run", "pyplot", "report", "summary_table"]
+__all__ = [
+    "best_run", "confusion_figure", "confusion_matrix", "load_histories", "load_run",
+    "predict_classes", "pyplot", "report", "summary_table",
+]
 
 _COLUMNS = ("train", "val", "test", "work_units", "seconds", "inner_seconds")
 
@@ -163,12 +169,13 @@ def _median_curve(curves: list[tuple[np.ndarray, np.ndarray]]):
 
 
 def _plot_seeds(ax, curves: list[tuple[np.ndarray, np.ndarray]], col: str, method: str) -> None:
-    """Every seed's curve thin, their median bold (a single seed: bold, labelled)."""
+    """Every seed's curve thin, their median bold (a single seed: bold, labelled); a curve of
+    one point is drawn as a dot."""
     med = _median_curve(curves)
     for j, (x, y) in enumerate(curves):
         single = med is None and j == 0
         ax.plot(x, y, color=col, lw=2 if single else 0.8, alpha=1 if single else 0.3,
-                label=method if single else None)
+                label=method if single else None, marker="o" if len(x) == 1 else None)
     if med is not None:
         ax.plot(*med, color=col, lw=2.2, label=f"{method} (median of {len(curves)})")
 
@@ -209,26 +216,30 @@ def _convergence_figure(root: Path, methods: list[str], xkey: str, ref: dict | N
     return path
 
 
-def _metric_vs_seconds_figure(root: Path, methods: list[str], metric: str) -> Path:
-    """The validation metric of every method against wall-clock seconds, on one axis (each
-    seed thin, the median over seeds bold)."""
+def _metric_figure(root: Path, methods: list[str], metric: str, xkey: str) -> Path:
+    """``val_METRIC_vs_work.png`` (``xkey`` "work_units", linear x) or
+    ``val_METRIC_vs_seconds.png`` (``xkey`` "seconds", log x): the validation metric of every
+    method on one axis, each seed thin, the median over seeds bold."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, method in enumerate(methods):
         col = colors[i % len(colors)]
-        _plot_seeds(ax, [_series(recs, "seconds", "val", metric)
+        _plot_seeds(ax, [_series(recs, xkey, "val", metric)
                          for recs in load_histories(root, method).values()], col, method)
     if metric == "rel_err":
         ax.set_yscale("log")
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds (wall clock, training only)")
+    work = xkey == "work_units"
+    if not work:
+        ax.set_xscale("log")
+    ax.set_xlabel("work units (cumulative)" if work else "seconds (wall clock, training only)")
     ax.set_ylabel(f"validation {metric}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
-    ax.set_title(f"{root.parent.name}/{root.name}: validation {metric} vs seconds")
+    what = "work units" if work else "seconds"
+    ax.set_title(f"{root.parent.name}/{root.name}: validation {metric} vs {what}")
     fig.tight_layout()
-    path = root / f"val_{metric}_vs_seconds.png"
+    path = root / f"val_{metric}_vs_{'work' if work else 'seconds'}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -271,18 +282,92 @@ def load_run(d: Path, method: str) -> tuple[ExperimentConfig, dict, Split, nn.Se
     return cfg, info, data, model
 
 
+def _is_gnvpro(method: str) -> bool:
+    """Whether ``method`` is one of the GNvpro methods (gnvpro, gnvpro-stochastic, ...)."""
+    return method == "gnvpro" or method.startswith("gnvpro-")
+
+
 def best_run(root: Path, summary: dict) -> tuple[str, Path] | None:
-    """The gnvpro run (else the first method's) of the seed with the best validation metric."""
-    methods = list(summary.get("methods", {}))
-    order = (["gnvpro"] if "gnvpro" in methods else []) + [m for m in methods if m != "gnvpro"]
+    """(method, run directory) of the run with the best final validation metric among the runs
+    of the GNvpro methods (``gnvpro``, ``gnvpro-*``) that saved a model; if none did, among
+    all methods' runs.  Ties go to the method listed first, then to the first seed.  None if
+    no run has a model."""
     higher = summary.get("metric") == "accuracy"
-    for m in order:
-        rows = [r for r in summary["methods"][m]
-                if (root / m / f"seed-{r['seed']}" / "model.pt").is_file()]
-        if rows:
-            best = (max if higher else min)(rows, key=lambda r: r["val"])
-            return m, root / m / f"seed-{best['seed']}"
-    return None
+    runs = [(m, r) for m, rows in summary.get("methods", {}).items() for r in rows
+            if (root / m / f"seed-{r['seed']}" / "model.pt").is_file()]
+    pool = [x for x in runs if _is_gnvpro(x[0])] or runs
+    if not pool:
+        return None
+
+    def score(run: tuple[str, dict]) -> float:  # a NaN / missing metric ranks last
+        v = run[1].get("val")
+        ok = isinstance(v, int | float) and math.isfinite(v)
+        return (float(v) if higher else -float(v)) if ok else -math.inf
+
+    m, r = max(pool, key=score)
+    return m, root / m / f"seed-{r['seed']}"
+
+
+def predict_classes(model: nn.Module, x: Tensor, batch: int = 500) -> np.ndarray:
+    """The predicted class (argmax of the outputs) of every row of ``x``, as an int64 NumPy
+    array; ``model`` runs without gradients on ``batch`` rows at a time, each cast to the
+    model's dtype, so memory stays bounded whatever ``len(x)``."""
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out.append(model(x[i : i + batch].to(dtype)).argmax(dim=1).cpu())
+    if not out:
+        return np.zeros(0, dtype=np.int64)
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int,
+                     normalise: bool = True) -> np.ndarray:
+    """The (n_classes, n_classes) confusion matrix: entry (i, j) counts the samples of true
+    class i predicted as class j.  ``normalise``: each row divided by its count (the fraction
+    of class i predicted as j; the diagonal is the per-class accuracy, a row sums to 1), rows of
+    classes without samples left 0."""
+    t = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    if t.shape != p.shape:
+        raise ValueError(f"{t.size} true labels but {p.size} predictions")
+    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= n_classes):
+        raise ValueError(f"class indices must lie in 0..{n_classes - 1}")
+    cm = np.zeros((n_classes, n_classes))
+    np.add.at(cm, (t, p), 1.0)
+    if normalise:
+        cm /= np.maximum(cm.sum(axis=1, keepdims=True), 1.0)
+    return cm
+
+
+def confusion_figure(path: Path, cm: np.ndarray, names: list[str], title: str) -> Path:
+    """Draw the row-normalised confusion matrix ``cm`` (:func:`confusion_matrix`) with the
+    class ``names`` on both axes (true class down, predicted across) and every entry of at
+    least 0.005 written in its cell; save it to ``path`` and return ``path``."""
+    plt = pyplot()
+    k = len(names)
+    many = k > 12
+    fig, ax = plt.subplots(figsize=(9, 8) if many else (8, 7))
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j] >= 0.005:
+                ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center",
+                        fontsize=6 if many else 9, color="white" if cm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), names, rotation=90 if many else 45, fontsize=7 if many else 9,
+                  ha="center" if many else "right")
+    ax.set_yticks(range(k), names, fontsize=7 if many else 9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _history_state(f: Path) -> str | None:
@@ -350,7 +435,8 @@ def report(dir: str | Path) -> str:
                                   "val_loss): rerun with --seeds ref or move it away")
     figs = [_convergence_figure(root, methods, "work_units", ref),
             _convergence_figure(root, methods, "seconds", None),
-            _metric_vs_seconds_figure(root, methods, str(summary.get("metric", "rel_err")))]
+            *(_metric_figure(root, methods, str(summary.get("metric", "rel_err")), xkey)
+              for xkey in ("work_units", "seconds"))]
     notes: list[str] = []
     problem = _registered(_problem_of(root, methods))
     if problem is not None:

@@ -5,7 +5,8 @@ Layout of the output directory::
     DIR/summary.json                      final metrics per method and seed (schema below)
     DIR/reference_history.json            CDR with seed "ref": the reference GNvpro history
     DIR/METHOD/seed-S/config.json         the resolved settings of the run (with data_path,
-                                          n_levels and the split's meta: sizes, indices, seed)
+                                          n_levels, the split's meta: sizes, indices, seed,
+                                          and the processes it ran on: launch.py)
     DIR/METHOD/seed-S/history.jsonl       one training record per line (level, cumulative WU/s)
     DIR/METHOD/seed-S/final.json          train/val/test metrics of the final model
     DIR/METHOD/seed-S/model.pt            the final state_dict
@@ -28,7 +29,9 @@ each config.json; a later invocation on other data is refused.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -41,12 +44,13 @@ import torch
 from torch import nn
 
 from gnvpro.losses import make_loss
+from gnvpro.methods import FirstOrder
 from gnvpro.metrics import prediction_metrics
 from gnvpro.progress import bar as progress_bar
 from gnvpro.progress import on_terminal
 from gnvpro.solver import Termination
 
-from . import stop
+from . import launch
 from .config import ExperimentConfig, ExperimentError
 from .data import (
     _check_split_finite,
@@ -124,16 +128,20 @@ def run_one(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Split, 
     (model, history, counters, RNG state, and inside a level the optimiser state and the
     schedule position) is written atomically; with ``resume`` a killed run continues from it.
     """
-    done = finished_row(run_dir, seed, cfg.metric)
+    ranks = launch.current()  # under torchrun rank 0 reads and writes the files for all
+    done = ranks.decide(lambda: finished_row(run_dir, seed, cfg.metric))
     if done is not None:
         return done
-    with run_lock(run_dir) as holder:
+    with contextlib.ExitStack() as held:
+        holder = ranks.decide(lambda: held.enter_context(run_lock(run_dir)))
         if holder is not None:
-            print(f"gnvpro run: {method} {seed_label(seed)} is being run by process {holder} "
-                  f"({run_dir}); skipped: that process adds it to summary.json",
-                  file=sys.stderr, flush=True)
+            if ranks.writer:
+                print(f"gnvpro run: {method} {seed_label(seed)} is being run by process "
+                      f"{holder} ({run_dir}); skipped: that process adds it to summary.json",
+                      file=sys.stderr, flush=True)
             return None
-        done = finished_row(run_dir, seed, cfg.metric)  # finished while we waited for the lock
+        # finished while we waited for the lock?
+        done = ranks.decide(lambda: finished_row(run_dir, seed, cfg.metric))
         if done is not None:
             return done
         return _run_locked(cfg, method, model0, data, seed, run_dir, budget_scale, device,
@@ -144,8 +152,10 @@ def _run_locked(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Spl
                 seed: int | str, run_dir: Path, budget_scale: float, device: str,
                 progress: bool, data_path: str | None, resume: bool,
                 checkpoint_every: float, fingerprint: dict | None) -> dict:
-    """run_one's work, with the run's lock held."""
-    stop.check()
+    """run_one's work, with the run's lock held (under torchrun: by rank 0, which alone writes
+    the files; every rank trains)."""
+    ranks = launch.current()
+    ranks.check_stop()
     n_levels = cfg.method_levels(method)
     follow = bool(cfg.method_model(method).get("steps_follow_grid", False))
     model = copy.deepcopy(model0).to(device)
@@ -154,8 +164,9 @@ def _run_locked(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Spl
     level_cfgs: list[dict] = []
     first, wall0, mid = 1, 0.0, None
     ckpt = run_dir / CHECKPOINT
-    if resume and ckpt.is_file():
-        model, state, mid = _load_checkpoint(ckpt, model, follow, device)
+    saved = ranks.decide(lambda: ckpt.read_bytes() if resume and ckpt.is_file() else None)
+    if saved is not None:
+        model, state, mid = _load_checkpoint(ckpt, model, follow, device, saved)
         try:
             history, level_cfgs, offset = state["history"], state["level_cfgs"], state["offset"]
             first, wall0 = int(state["level"]) + 1, float(state["wall"])
@@ -168,14 +179,15 @@ def _run_locked(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Spl
         if resume and progress:
             print(f"gnvpro run: {method} {seed_label(seed)} has no checkpoint in {run_dir}: "
                   "starting it from the beginning", file=sys.stderr, flush=True)
-        if ckpt.exists():
+        if ranks.writer and ckpt.exists():
             print(f"gnvpro run: {method} {seed_label(seed)}: starting afresh without --resume; "
                   f"the checkpoint of the killed run in {run_dir} is discarded", file=sys.stderr,
                   flush=True)
             ckpt.unlink()  # no --resume: start afresh
-    _write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    if ranks.writer:
+        _write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     t_start = time.perf_counter()
-    with (run_dir / "history.jsonl").open("a") as fh:
+    with (run_dir / "history.jsonl").open("a") if ranks.writer else open(os.devnull, "w") as fh:
         for level in range(first, n_levels + 1):
             kw = cfg.method_settings(method, level, budget_scale)
             kw.update(seed=int(seed) if isinstance(seed, int) else 0, progress=progress,
@@ -188,13 +200,15 @@ def _run_locked(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Spl
                     "offset": offset, "wall": wall0 + time.perf_counter() - t_start}, inside)
 
             try:
-                records = train(method, model, data, kw, checkpoint=save_mid,
+                records = train(method, model, data, kw,
+                                checkpoint=save_mid if ranks.writer else None,
                                 checkpoint_every=checkpoint_every,
                                 resume=mid if level == first else None)
             except ResumeError as e:
                 raise ExperimentError(f"{ckpt} cannot be resumed ({e}); delete it to rerun "
                                       "that run from the start") from None
-            _say_termination(method, seed, level, records)
+            if ranks.writer:
+                _say_termination(method, seed, level, records)
             last = dict.fromkeys(_CUMULATIVE, 0.0)
             for i, rec in enumerate(records):
                 rec = to_jsonable(dict(rec))
@@ -218,12 +232,17 @@ def _run_locked(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Spl
                 from .models.resnet import refine_network
 
                 model = refine_network(model, follow)
-                _save_checkpoint(ckpt, model, {
-                    "level": level, "history": history, "level_cfgs": level_cfgs,
-                    "offset": offset, "wall": wall0 + time.perf_counter() - t_start})
-                stop.check()
+                if ranks.writer:
+                    _save_checkpoint(ckpt, model, {
+                        "level": level, "history": history, "level_cfgs": level_cfgs,
+                        "offset": offset, "wall": wall0 + time.perf_counter() - t_start})
+                ranks.check_stop()
     wall = wall0 + time.perf_counter() - t_start
-    fin = final_metrics(cfg, model, data)
+    fin = final_metrics(cfg, model, data)  # every rank holds the whole split
+    final = {**fin, "work_units": offset["work_units"], "seconds": offset["seconds"],
+             "inner_seconds": offset["inner_seconds"], "wall_seconds": wall}
+    if not ranks.writer:
+        return _row(final, seed, cfg.metric)
     _torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
                 run_dir / "model.pt")
     _write_json(run_dir / "config.json", {
@@ -235,9 +254,8 @@ def _run_locked(cfg: ExperimentConfig, method: str, model0: nn.Module, data: Spl
         "data": fingerprint,  # what was read, wherever it was found (size, sha256)
         "n_levels": cfg.method_levels(method),
         "split": _split_info(data),
+        "processes": ranks.world,  # data-parallel under torchrun (launch.py)
     })
-    final = {**fin, "work_units": offset["work_units"], "seconds": offset["seconds"],
-             "inner_seconds": offset["inner_seconds"], "wall_seconds": wall}
     _write_json(run_dir / "final.json", final)  # last: from now on the run is finished
     if ckpt.exists():
         ckpt.unlink()
@@ -316,7 +334,8 @@ def run_experiment(
     """Run ``methods`` × ``seeds`` of the experiment; write the files; return summary.json.
 
     Finished (method, seed) runs already in ``out`` are kept, not rerun; with ``resume`` a
-    killed run continues from its last checkpoint (else it starts afresh)."""
+    killed run continues from its last checkpoint (else it starts afresh). Under torchrun
+    (launch.process_group) every rank trains on its shard and rank 0 alone writes and prints."""
     if not (budget_scale > 0 and math.isfinite(budget_scale)):
         raise ExperimentError(f"--budget-scale must be a positive number, got {budget_scale}")
     if not (checkpoint_every >= 0 and math.isfinite(checkpoint_every)):
@@ -333,31 +352,39 @@ def run_experiment(
         for level in range(1, cfg.method_levels(m) + 1):
             check_budget(m, cfg.method_settings(m, level, budget_scale))
     check_levels(cfg, mlist)
-    out = _prepare_out(Path(out).expanduser())
+    ranks = launch.current()
+    if ranks.parallel:
+        _check_data_parallel(cfg, mlist, budget_scale)
+    progress = progress and ranks.writer
+    where = Path(out).expanduser()
+    out = ranks.decide(lambda: _prepare_out(where))  # rank 0 decides for all (launch.py)
     settings = {"config": cfg.to_dict(), "budget_scale": budget_scale, "device": device,
                 "data_path": None if data_path is None
                 else str(Path(data_path).expanduser().resolve())}
     settings = json.loads(json.dumps(to_jsonable(settings)))
-    earlier_summary(out / "summary.json", settings)  # refuse a DIR of other settings up front
+    # refuse a DIR of other settings up front
+    ranks.decide(lambda: earlier_summary(out / "summary.json", settings))
     with _data_errors(f"the data file {data_path or '(default)'} of {cfg.name} is unreadable"):
         raw = load_problem_data(cfg, data_path, progress)
         fingerprint = data_fingerprint(raw, data_path, found_data_file(cfg))
-    note = _claim(out, settings, fingerprint)  # said at the end (errors stay one line)
+    ranks.same((fingerprint["size"], fingerprint["sha256"]), "data")
+    # said at the end (errors stay one line)
+    note = ranks.decide(lambda: _claim(out, settings, fingerprint))
     summary: dict = {"experiment": cfg.name, "metric": cfg.metric, "settings": settings,
                      "methods": {m: [] for m in mlist}}
     if "ref" in slist:
-        _write_json(out / "reference_history.json",
-                    problem_of(cfg).reference_history(cfg.levels))
+        ranks.decide(lambda: _write_json(out / "reference_history.json",
+                                         problem_of(cfg).reference_history(cfg.levels)))
 
     bar = progress_bar(progress, len(mlist) * len(slist), "run", desc=cfg.name)
     try:
         for seed in slist:
-            stop.check()
-            done = {m: finished_row(out / m / seed_label(seed), seed, cfg.metric) for m in mlist}
+            ranks.check_stop()
+            done = ranks.decide(functools.partial(_finished_rows, out, mlist, seed, cfg.metric))
             if all(r is not None for r in done.values()):  # nothing left to do for this seed
                 for m, r in done.items():
                     summary["methods"][m].append(r)
-                write_summary(out / "summary.json", summary)
+                ranks.decide(functools.partial(write_summary, out / "summary.json", summary))
                 if bar is not None:
                     bar.update(len(mlist))
                 continue
@@ -377,12 +404,43 @@ def run_experiment(
                               data_path, resume, checkpoint_every, fingerprint)
                 if row is not None:  # None: another process runs it
                     summary["methods"][method].append(row)
-                    write_summary(out / "summary.json", summary)  # partial results survive
+                    # partial results survive
+                    ranks.decide(functools.partial(write_summary, out / "summary.json", summary))
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    if note is not None:
+    if note is not None and ranks.writer:
         print(f"gnvpro run: {note}", file=sys.stderr, flush=True)
-    return write_summary(out / "summary.json", summary)
+    return ranks.decide(lambda: write_summary(out / "summary.json", summary))
+
+
+def _finished_rows(out: Path, methods: list[str], seed: int | str, metric: str
+                   ) -> dict[str, dict | None]:
+    """The summary row of each method's finished run of ``seed`` in ``out`` (None: unfinished)."""
+    return {m: finished_row(out / m / seed_label(seed), seed, metric) for m in methods}
+
+
+def _check_data_parallel(cfg: ExperimentConfig, methods: list[str], budget_scale: float) -> None:
+    """Refuse under torchrun what is not sharded by training rows: ADAM and SGD (no
+    DistributedDataParallel here), the sub-batch methods (their sub-batches are drawn from the
+    whole training set) and seconds budgets (each process would stop at its own time, and the
+    others would wait for it in their next collective)."""
+    for m in methods:
+        spec = METHODS[m]
+        if spec.cls is FirstOrder:
+            raise ExperimentError(
+                f"{m} does not run under torchrun (ADAM and SGD are not data-parallel here): run "
+                f"it in one process, without torchrun (into the same --out, whose table adds it)")
+        if spec.schedule != "full":
+            raise ExperimentError(
+                f"{m} does not run under torchrun (its fixed sub-batches are drawn from the "
+                "whole training set, not from one process's rows): run it in one process, "
+                "without torchrun (into the same --out, whose table adds it)")
+        for level in range(1, cfg.method_levels(m) + 1):
+            if cfg.method_settings(m, level, budget_scale).get("max_seconds") is not None:
+                raise ExperimentError(
+                    f"{m} has a budget in seconds (--max-seconds or max_seconds), which each "
+                    "process would reach at its own step under torchrun: give it max_work or "
+                    "max_iter, or run it in one process")

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Iterator
 
-__all__ = ["Interrupted", "check", "handle_signals", "requested"]
+__all__ = ["Interrupted", "adopt", "check", "handle_signals", "requested", "signal_number"]
 
 _requested: int | None = None
 
@@ -28,6 +28,17 @@ class Interrupted(Exception):
 def requested() -> bool:
     """Whether a signal asked the run to stop."""
     return _requested is not None
+
+
+def signal_number() -> int | None:
+    """The signal that asked the run to stop (None: none did)."""
+    return _requested
+
+
+def adopt(signum: int) -> None:
+    """Ask for a stop as signal ``signum`` would (one that another process of the run got)."""
+    global _requested
+    _requested = signum
 
 
 def check() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ExperimentError
+from .config import ExperimentError, config_from_dict
 
 
 def seed_label(seed: int | str) -> str:
@@ -116,14 +116,15 @@ def _save_checkpoint(path: Path, model: nn.Module, state: dict, mid: dict | None
                      "records": json.dumps(to_jsonable(mid["records"]))}}, path)
 
 
-def _load_checkpoint(path: Path, model0: nn.Module, follow: bool,
-                     device: str) -> tuple[nn.Module, dict, dict | None]:
+def _load_checkpoint(path: Path, model0: nn.Module, follow: bool, device: str,
+                     data: bytes | None = None) -> tuple[nn.Module, dict, dict | None]:
     """(the model after state["level"] levels and refinements, the saved state, the training
-    state inside the next level or None)."""
+    state inside the next level or None), from ``path`` or from ``data``, its bytes as read
+    (under torchrun by rank 0, for every rank)."""
     from .models.resnet import refine_network
 
     try:
-        ck = torch.load(path, weights_only=True)
+        ck = torch.load(path if data is None else io.BytesIO(data), weights_only=True)
         state = json.loads(ck["state"])
         model = model0
         for _ in range(int(state["level"])):
@@ -192,7 +193,7 @@ def earlier_summary(path: Path, settings: dict) -> dict | None:
     if not isinstance(old, dict) or not isinstance(old.get("methods"), dict):
         raise ExperimentError(f"{path} is not a gnvpro summary (no \"methods\" table): move it "
                               "away or choose another --out")
-    if old.get("settings") != settings:
+    if current_form(old.get("settings")) != settings:
         raise _other_settings(path.parent, old.get("settings"), settings)
     return old
 
@@ -294,6 +295,19 @@ def _read_json_or_none(path: Path) -> Any:
         return None
 
 
+def current_form(settings: Any) -> Any:
+    """Run settings as this version writes them: the experiment's config re-read (method tables
+    of earlier versions in today's form, gnvpro_experiments.config._upgrade); unreadable ones
+    as they are (they compare unequal and the error names the difference)."""
+    if not (isinstance(settings, dict) and isinstance(settings.get("config"), dict)):
+        return settings
+    try:
+        config = config_from_dict(settings["config"], "the run directory").to_dict()
+    except (ExperimentError, TypeError, ValueError, KeyError):
+        return settings
+    return json.loads(json.dumps(to_jsonable({**settings, "config": config})))
+
+
 def _claim(out: Path, settings: dict, data: dict | None = None) -> str | None:
     """Mark DIR as a run directory of these settings (and of this data fingerprint); refuse one
     of other settings, naming the first setting that differs. The marker of a call that left no
@@ -304,7 +318,7 @@ def _claim(out: Path, settings: dict, data: dict | None = None) -> str | None:
     note = None
     with _locked(out / ".summary.json.lock"):
         if marker.is_file():
-            old = _read_json_or_none(marker)
+            old = current_form(_read_json_or_none(marker))
             if old != settings:
                 owner = _read_json_or_none(out / _OWNER)
                 live = isinstance(owner, int) and owner != os.getpid() and _alive(owner)

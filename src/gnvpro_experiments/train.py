@@ -20,7 +20,6 @@ from typing import Any
 
 from torch import nn
 
-from gnvpro import RadiusRule
 from gnvpro.batches import fixed_batches
 from gnvpro.loop import History, KeepBest, Position, fit
 from gnvpro.methods import (
@@ -33,13 +32,17 @@ from gnvpro.methods import (
     LBFGSVarPro,
     LBFGSVarProConfig,
 )
-from gnvpro.validate import config_from_dict
+from gnvpro.search import StrongWolfe
+from gnvpro.solver import paper_trust_region, truncated_gauss_newton, upgrade_settings
+from gnvpro.validate import settings_dict
 
-from . import stop
+from . import launch
 from .problems.base import Split
 
-__all__ = ["METHODS", "MethodSpec", "ResumeError", "check_budget", "config_keys", "train"]
+__all__ = ["METHODS", "MethodSpec", "ResumeError", "check_budget", "config_keys", "make_config",
+           "solver_settings", "train"]
 
+SOLVER_PARTS = frozenset({"descent", "search"})
 NO_WORK_BUDGET = 1e12  # max_work at or above this: the iterations, epochs or seconds are the budget
 
 
@@ -47,7 +50,8 @@ class ResumeError(ValueError):
     """The training state to resume from does not fit this run (another method, settings or
     schedule)."""
 
-_PAPER_TR = {"subproblem": "lanczos", "max_krylov": 20, "krylov_rtol": 1e-2}
+_PAPER_TR = paper_trust_region()
+_TN = truncated_gauss_newton()
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {
     "gnvpro": MethodSpec(GNvpro, GNvproConfig, _PAPER_TR),
-    "gnvpro-tn": MethodSpec(GNvpro, GNvproConfig, {**_PAPER_TR, "subproblem": "tn"}),
+    "gnvpro-tn": MethodSpec(GNvpro, GNvproConfig, _TN),
     "gn": MethodSpec(JointGaussNewton, JointGNConfig),
     "gn-blockdiag": MethodSpec(JointGaussNewton, JointGNConfig, {"coupled": False}),
     "lbfgs-vpro": MethodSpec(LBFGSVarPro, LBFGSVarProConfig),
@@ -73,13 +77,13 @@ METHODS: dict[str, MethodSpec] = {
     "sgd": MethodSpec(FirstOrder, FirstOrderConfig, {"optimizer": "sgd"}),
     "gnvpro-stochastic": MethodSpec(GNvpro, GNvproConfig, {**_PAPER_TR, "inner_max_iter": 400},
                                     "sub-batches", 3),
-    "gnvpro-tn-stochastic": MethodSpec(GNvpro, GNvproConfig,
-                                       {**_PAPER_TR, "subproblem": "tn", "inner_max_iter": 400},
+    "gnvpro-tn-stochastic": MethodSpec(GNvpro, GNvproConfig, {**_TN, "inner_max_iter": 400},
                                        "sub-batches", 3),
     "gn-stochastic": MethodSpec(JointGaussNewton, JointGNConfig, {"inner_max_iter": 400},
                                 "sub-batches", 3),
     "lbfgs-vpro-stochastic": MethodSpec(LBFGSVarPro, LBFGSVarProConfig,
-                                        {"inner_max_iter": 400, "max_line_search": 30},
+                                        {"inner_max_iter": 400,
+                                         "search": StrongWolfe(max_evals=30)},
                                         "sub-batches", 30),
 }
 
@@ -130,13 +134,37 @@ def check_budget(name: str, settings: Mapping[str, Any]) -> None:
 
 
 def make_config(name: str, settings: Mapping[str, Any]) -> Any:
-    """The method's config from the experiments' defaults and ``settings`` (validated)."""
+    """The method's config from the experiments' defaults and ``settings`` (validated). A
+    descent or search given as a table changes the default's fields, or with another ``kind``
+    replaces it (that kind's defaults for the fields it does not name)."""
     spec = METHODS[name]
     fields = {f.name for f in dataclasses.fields(spec.config_type)}
+    base = spec.config_type(**spec.defaults)
+    if SOLVER_PARTS <= fields:  # flat keys of earlier versions: read, never ignored
+        settings = upgrade_settings(settings, base)
     given = {k: v for k, v in settings.items() if k in fields}
-    if isinstance(given.get("radius_rule"), Mapping):
-        given["radius_rule"] = config_from_dict(RadiusRule, given["radius_rule"], "radius_rule")
+    for k in SOLVER_PARTS & set(given):
+        part, default = given[k], getattr(base, k)
+        if isinstance(part, Mapping) and part.get("kind", default.kind) == default.kind:
+            given[k] = {**settings_dict(default), **part}
     return spec.config_type(**{**spec.defaults, **given})
+
+
+def solver_settings(name: str, settings: Mapping[str, Any]) -> dict:
+    """A [methods.NAME] table with the solver in today's form: the flat keys of earlier
+    versions (max_krylov, subproblem, ...) read as ``descent`` / ``search``, both written out
+    in full (every field, with its kind), so equal settings compare equal however they were
+    written. A table the method's config refuses is returned as it is (its check names it)."""
+    spec = METHODS[name]
+    if not {f.name for f in dataclasses.fields(spec.config_type)} >= SOLVER_PARTS:
+        return dict(settings)
+    base = spec.config_type(**spec.defaults)
+    out = upgrade_settings(settings, base)
+    try:
+        cfg = make_config(name, out)
+    except (TypeError, ValueError):
+        return out
+    return {**out, **{k: settings_dict(getattr(cfg, k)) for k in SOLVER_PARTS}}
 
 
 def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
@@ -156,10 +184,11 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
     check_budget(name, s)
     if spec.cls is FirstOrder:
         s["seed"] = int(s.get("seed", 0))
+    ranks = launch.current()  # under torchrun: this rank's rows, sums over every rank's
+    x, y = ranks.shard(data.x_train), ranks.shard(data.y_train)
     method = spec.cls(model, s.get("loss", "least_squares"), s.get("alpha_w", 1e-10),
                       s.get("alpha_theta", 1e-10), config=make_config(name, s),
-                      regularizer=s.get("regularizer"))
-    x, y = data.x_train, data.y_train
+                      regularizer=s.get("regularizer"), **ranks.reducer(len(x)))
     schedule: dict[str, Any] = {}
     if spec.schedule == "sub-batches":
         n_batches = _count(s, "n_batches", 4)
@@ -180,7 +209,9 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
         budget["max_work"] = None  # the iterations, epochs or seconds are the budget
     done: list[dict] = []
     callbacks: list[Callable] = [] if keep is None else [keep]
-    callbacks.append(lambda rec: stop.requested())  # SIGINT/SIGTERM: checkpoint, then stop
+    if ranks.parallel:  # the loop's training metrics are of this rank's rows: all rows'
+        callbacks.append(ranks.train_metrics(method, data.y_train))
+    callbacks.append(lambda rec: ranks.stop_requested())  # SIGINT/SIGTERM: checkpoint, stop
     start = None
     if resume is not None:
         try:
@@ -210,7 +241,7 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
                progress=bool(s.get("progress")), record_start=resume is None,
                checkpoint=save if checkpoint else None, checkpoint_every=checkpoint_every,
                start=start, **budget, **schedule)
-    stop.check()  # a signal stopped the loop (after its checkpoint): no level end
+    ranks.check_stop()  # a signal stopped the loop (after its checkpoint): no level end
     if keep is not None:
         keep.restore()
     records = as_dicts(hist)

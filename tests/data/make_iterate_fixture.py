@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from gnvpro import GNvpro, GNvproConfig
+from gnvpro import GNvpro, GNvproConfig, LanczosSubspace
 from gnvpro_experiments.problems.cdr import (
     load_cdr_mat,
     load_reference,
@@ -37,7 +37,7 @@ def cdr():
     ref = load_reference()
     sp = reference_split(ref, *load_cdr_mat())
     opt = GNvpro(reference_network(ref), alpha_w=1e-10, alpha_theta=1e-10,
-                 config=GNvproConfig(subproblem="lanczos", max_krylov=20, krylov_rtol=1e-2))
+                 config=GNvproConfig.trust_region())
     return history(opt, sp.x_train, sp.y_train, max_work=200)
 
 
@@ -49,7 +49,8 @@ def logistic():
     net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
                               torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
     opt = GNvpro(net, loss="logistic", alpha_w=1e-8, alpha_theta=1e-6,
-                 config=GNvproConfig(subproblem="lanczos", max_krylov=10, krylov_rtol=1e-3))
+                 config=GNvproConfig.trust_region(
+                     descent=LanczosSubspace(max_products=10, rtol=1e-3)))
     return history(opt, x, y, max_iter=15)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -34,6 +34,7 @@ from ..validate import (
     config_from_dict,
     describe,
     in_range,
+    settings_dict,
     validate_config,
 )
 from ..varpro import MEMORY, InnerOptions
@@ -155,7 +156,7 @@ class InnerSettings:
         return InnerOptions(self.inner_rtol, self.inner_atol, self.inner_max_iter)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return settings_dict(self)
 
 
 class ModelMethod:
@@ -184,11 +185,13 @@ class ModelMethod:
 
     def __repr__(self) -> str:
         """E.g. GNvpro(loss='cross_entropy', alpha_w=0.0001, alpha_theta=1e-10, head='fc',
-        config=GNvproConfig(subproblem='tn', max_krylov=20)): the settings that differ from
-        the config's defaults (subproblem, optimizer always, where there is one)."""
-        default = asdict(self.config_type())
-        shown = {k: v for k, v in asdict(self.config).items()
-                 if k in ("subproblem", "optimizer") or v != default.get(k)}
+        config=GNvproConfig(descent=PreconditionedCG(max_products=20, rtol=0.01, memory=10),
+        search=StrongWolfe(c1=0.0001, c2=0.9, max_evals=25))): the settings that differ from
+        the config's defaults (descent, search, optimizer always, where there is one)."""
+        default = self.config_type()
+        shown = {f.name: getattr(self.config, f.name) for f in fields(self.config)
+                 if f.name in ("descent", "search", "optimizer")
+                 or getattr(self.config, f.name) != getattr(default, f.name)}
         config = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         split = getattr(self, "split", None)
         head = f", head={split.head_name!r}" if split is not None else ""

@@ -25,8 +25,9 @@ from ..params import ParamLayout
 from ..reduce import SampleReducer
 from ..regularizer import LinearMap, Regularizer
 from ..solver import StepInfo, Termination
+from ..targets import batch_targets
 from ..validate import check_real
-from ..varpro import ReducedObjective, WarmStart, batch_targets
+from ..varpro import ReducedObjective, WarmStart
 from .base import InnerSettings, Iterate, ModelMethod
 
 __all__ = ["FirstOrder", "FirstOrderConfig", "OPTIMIZERS"]

@@ -4,9 +4,9 @@
     rec = opt.step(x, y)                     # one outer iteration
     hist = opt.run(x, y, max_work=200, val=(xv, yv))
 
-The outer solver is truncated Gauss-Newton with a line search (default) or the paper's trust
-region (``GNvproConfig.trust_region()``), both in gnvpro.solver; what all variable-projection
-optimisers share is in methods/varpro_optimizer.py.
+The outer solver is a descent combined with a search (gnvpro.solver): truncated Gauss-Newton
+with a line search (default) or the paper's trust region (``GNvproConfig.trust_region()``);
+what all variable-projection optimisers share is in methods/varpro_optimizer.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..autodiff import JVP_MODES
-from ..solver import SolverConfig, SolverState, StepInfo, trust_region_step
+from ..descent import PreconditionedCG
+from ..search import StrongWolfe
+from ..solver import Descent, Search, SolverConfig, paper_trust_region
 from ..validate import choices, in_range
 from ..varpro import JACOBIANS
 from .base import InnerSettings
@@ -26,21 +28,22 @@ __all__ = ["GNvpro", "GNvproConfig"]
 @dataclass(frozen=True)
 class GNvproConfig(SolverConfig, InnerSettings):
     """All settings of GNvpro besides the model, the loss and α: the outer solver's
-    (SolverConfig: Krylov products, trust region or line search), the inner solve's, and these.
+    (SolverConfig: a descent, a search, gradient tolerances), the inner solve's, and these.
 
-    The defaults are truncated Gauss-Newton: ≤ 10 CG products on H_GN d = −∇Φ_red
-    preconditioned by L-BFGS(10) from the accepted steps, strong Wolfe line search — the
-    fastest GNvpro variant measured on the paper's problems at equal wall time
-    (docs/results.md, "Wall time"), and ahead of every peer optimiser on CDR and small
-    regressions; on small cross-entropy problems Newton-CG and torch.optim.LBFGS were ahead,
-    and LBFGSVarPro had a lower Φ than this default in 13 of 21 cells (docs/results.md,
-    "Against the optimisers users reach for"); the trust region wins on DCR.
-    ``GNvproConfig.trust_region()`` gives the paper's (and the reference code's) trust region:
-    Lanczos, ≤ 20 vectors, tolerance 1e-2.
+    The defaults are truncated Gauss-Newton (``truncated_gauss_newton()``): ≤ 10 CG products on
+    H_GN d = −∇Φ_red preconditioned by L-BFGS(10) from the accepted steps
+    (``PreconditionedCG()``), a strong Wolfe line search (``StrongWolfe()``) — the fastest
+    GNvpro variant measured on the paper's problems at equal wall time (docs/results.md,
+    "Wall time"), and ahead of every peer optimiser on CDR and small regressions; on small
+    cross-entropy problems Newton-CG and torch.optim.LBFGS were ahead, and LBFGSVarPro had a
+    lower Φ than this default in 13 of 21 cells (docs/results.md, "Against the optimisers
+    users reach for"); the trust region wins on DCR. ``GNvproConfig.trust_region()`` gives the
+    paper's (and the reference code's) trust region: ``LanczosSubspace()`` (≤ 20 vectors,
+    tolerance 1e-2) and ``TrustRegion()``.
     """
 
-    max_krylov: int = 10  # products per outer iteration (CG for "tn", Lanczos vectors for TR)
-    subproblem: str = "tn"  # or "lanczos" (the paper's trust region), "steihaug" (solver.py)
+    descent: Descent = field(default_factory=PreconditionedCG)
+    search: Search = field(default_factory=StrongWolfe)
     jacobian: str = field(default="full", metadata=choices(*JACOBIANS))  # "kaufman": no dW*/dθ
     gn_alpha_w: bool = True  # include α_W J_Wᵀ J_W in H_GN (the least-squares GN matrix)
     jvp_mode: str = field(default="auto", metadata=choices(*JVP_MODES))  # gnvpro.autodiff
@@ -50,7 +53,7 @@ class GNvproConfig(SolverConfig, InnerSettings):
     @classmethod
     def trust_region(cls, **changes: object) -> GNvproConfig:
         """The paper's trust-region GNvpro (Lanczos, ≤ 20 vectors, tolerance 1e-2)."""
-        return cls(**{"subproblem": "lanczos", "max_krylov": 20, "krylov_rtol": 1e-2, **changes})
+        return cls(**{**paper_trust_region(), **changes})
 
 
 class GNvpro(VarProOptimizer):
@@ -103,9 +106,5 @@ class GNvpro(VarProOptimizer):
     def _objective_options(self) -> dict:
         c = self.config
         return {"jacobian": c.jacobian, "gn_alpha_w": c.gn_alpha_w, "jvp_mode": c.jvp_mode,
-                "inner": c.inner(),
-                "chunks": c.chunks, "memory": c.chunk_memory}
-
-    def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo]:
-        return trust_region_step(self.problem, state, self.config)
+                "inner": c.inner(), "chunks": c.chunks, "memory": c.chunk_memory}
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..autodiff import JVP_MODES
 from ..head import check_head_is_last
 from ..joint import JointPoint, JointProblem
-from ..solver import SavedPoint, SolverConfig, SolverState, StepInfo, trust_region_step
+from ..solver import SavedPoint, SolverConfig, SolverState
 from ..validate import choices
 from ..varpro import ReducedObjective, WarmStart
 from .base import InnerSettings
@@ -81,6 +81,3 @@ class JointGaussNewton(SolverMethod):
         self.problem, self.state = problem, fresh
         self._batch.remember(x, y)
         self._write_back()
-
-    def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo]:
-        return trust_region_step(self.problem, state, self.config)

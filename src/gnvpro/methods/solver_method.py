@@ -33,6 +33,7 @@ from ..solver import (
     Termination,
     check_termination,
     initial_state,
+    outer_step,
 )
 from ..threads import auto_threads, intra_op_threads
 from ..validate import check_real, describe
@@ -45,7 +46,7 @@ CARRY = ("radius", "pairs")  # what a new batch may inherit (besides the counter
 
 class SolverMethod(ModelMethod):
     """Subclasses give set_batch (building ``self.problem`` and ``self.state``, by
-    ``_new_state``), ``_outer_step(state)`` and ``_theta_W(point)``.
+    ``_new_state``) and ``_theta_W(point)``; ``config`` is a SolverConfig (descent, search).
 
     ``self.state`` is the solver's state (gnvpro.solver.SolverState), ``state_dict()`` is it as
     a dict and ``load_state_dict`` assigns it (its point re-evaluated on the next batch)."""
@@ -74,7 +75,8 @@ class SolverMethod(ModelMethod):
         raise NotImplementedError
 
     def _outer_step(self, state: SolverState) -> tuple[SolverState, StepInfo | None]:
-        raise NotImplementedError
+        """One outer iteration: the config's search along its descent's step."""
+        return outer_step(self.problem, state, self.config)
 
     def _theta_W(self, pt: Any) -> tuple[Tensor, Tensor]:
         """θ (flat) and W = [W̃, b] of a point."""
@@ -170,9 +172,11 @@ class SolverMethod(ModelMethod):
         The next set_batch/step re-evaluates the saved point on its data (not counted in work
         units): at the saved float64 θ, when the model still holds θ and W (rounded to its
         dtype, as save_checkpoint / load_checkpoint leave it) and Φ there is the saved value
-        bit for bit (the same data), the run continues exactly as it would have without the
-        interruption; otherwise the data or the weights are new, and it starts there as on a
-        new batch (the counters and ``carry`` kept). A dict without θ (gnvpro before the state
+        (bit for bit: the same data; within 1e-12 relative: the same rows summed in another
+        order, e.g. sharded over another number of processes), the run continues as it would
+        have without the interruption (bit for bit in the first case); otherwise the data or
+        the weights are new, and it starts there as on a new batch (the counters and ``carry``
+        kept). A dict without θ (gnvpro before the state
         was a value) restores radius, basis, pairs and counters at the model's weights."""
         config, alpha_w, alpha_theta = self._check_settings(sd, {"radius", "work", "iteration"})
         state = self._check_state(sd)
@@ -236,7 +240,7 @@ class SolverMethod(ModelMethod):
         if old is not None and isinstance(old.pt, SavedPoint) and self._model_holds(old.pt):
             t0 = time.perf_counter()
             pt = problem.evaluate(old.pt.theta, old.pt)
-            if pt.value == old.pt.value:  # the saved data: the saved state, bit for bit
+            if _same_value(pt.value, old.pt.value):  # the saved data: the saved state
                 inner = getattr(pt, "inner", None)
                 return replace(old, pt=pt, seconds=old.seconds + time.perf_counter() - t0,
                                inner_seconds=old.inner_seconds + getattr(inner, "seconds", 0.0))
@@ -262,6 +266,16 @@ class SolverMethod(ModelMethod):
                 return False
             i += k
         return torch.equal(self.split.head_weights(), pt.W.to(self.split.head.weight))
+
+
+SAME_DATA_RTOL = 1e-12
+
+
+def _same_value(now: float, saved: float) -> bool:
+    """Whether Φ at the saved θ is the saved Φ: bitwise on the same data in the same order, and
+    within SAME_DATA_RTOL when only the order of the sums changed (the rows split over another
+    number of processes, or permuted). The sums are float64; other data change Φ by far more."""
+    return now == saved or abs(now - saved) <= SAME_DATA_RTOL * max(abs(now), abs(saved))
 
 
 def _check_carry(carry: object, default: tuple[str, ...]) -> frozenset[str]:

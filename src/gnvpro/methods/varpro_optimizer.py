@@ -54,7 +54,7 @@ class VarProOptimizer(SolverMethod):
         if isinstance(options.get("chunks"), int):  # never more blocks than rows
             rows = x.shape[0] if isinstance(x, Tensor) and x.ndim else 1  # checked below
             options["chunks"] = min(options["chunks"], max(rows, 1))
-        objective = ReducedObjective(  # checks the batch (varpro.batch_targets)
+        objective = ReducedObjective(  # checks the batch (targets.batch_targets)
             self.split, self.loss, x, y, self.alpha_w, self.alpha_theta, B=self.regularizer,
             reducer=self.reducer, **options,
         )

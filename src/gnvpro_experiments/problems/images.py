@@ -3,7 +3,7 @@
 Loaders return NumPy arrays: images uint8 (n, H, W) or (n, H, W, C) (channels last), labels
 int64 (n,). :func:`image_split` turns them into a standardised :class:`Split`.
 :class:`ImageClassification` is the experiments' problem (``problem = "cifar10"`` or
-``"fashion-mnist"``).
+``"fashion-mnist"``); its report figure is ``confusion.png`` (:func:`confusion_figures`).
 """
 
 from __future__ import annotations
@@ -380,3 +380,54 @@ class ImageClassification(Problem):
         sub = d.get("subset")
         return image_split(self.name, raw, n_train=d.get("n_train"), n_val=d.get("n_val"),
                            subset=None if sub is None else int(sub), seed=int(seed), dtype=dtype)
+
+    def figures(self, root: Path, summary: dict) -> tuple[list[Path], str]:
+        """``confusion.png`` of the best-validation GNvpro run (:func:`confusion_figures`)."""
+        return confusion_figures(root, summary, self.name)
+
+
+_DISPLAY_NAMES = {"cifar10": "CIFAR-10", "fashion-mnist": "Fashion-MNIST"}
+
+
+def _best_val(summary: dict, method: str, seed_dir: str) -> float:
+    """The final validation metric of ``method``'s run ``seed_dir`` ("seed-N") in the summary."""
+    for r in summary.get("methods", {}).get(method, []):
+        if f"seed-{r['seed']}" == seed_dir:
+            return float(r["val"])
+    return math.nan
+
+
+def confusion_figures(root: Path, summary: dict, name: str) -> tuple[list[Path], str]:
+    """``confusion.png``: the class-normalised confusion matrix on the test set of the
+    best-validation GNvpro run (else of any method, see ``report.best_run``) of the run
+    directory ``root`` of the image experiment ``name``, and a one-line markdown note (method,
+    seed, validation and test accuracy, per-class test accuracy); ([], "") if no run has a
+    model.  The test images go through the network 500 at a time."""
+    from ..errors import ExperimentError
+    from ..report import best_run, confusion_figure, confusion_matrix, load_run, predict_classes
+
+    best = best_run(root, summary)
+    if best is None:
+        return [], ""
+    method, d = best
+    try:
+        _, _, data, model = load_run(d, method)
+    except FileNotFoundError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExperimentError(f"{d}: the test images cannot be read here ({first})") from None
+    default = CIFAR10_CLASSES if name == "cifar10" else FASHION_MNIST_CLASSES
+    names = [str(c) for c in (data.meta or {}).get("classes", default)]
+    y = data.y_test.numpy()
+    pred = predict_classes(model, data.x_test, batch=500)
+    cm = confusion_matrix(y, pred, len(names))
+    acc = float((pred == y).mean())
+    shown = _DISPLAY_NAMES.get(name, name)
+    path = confusion_figure(
+        root / "confusion.png", cm, names,
+        f"{shown} test set ({len(y)} images), rows normalised: {method} {d.name}, "
+        f"test accuracy {acc:.4f}")
+    per_class = ", ".join(f"{c} {cm[i, i]:.3f}" for i, c in enumerate(names))
+    note = (f"Confusion matrix (test set, {len(y)} images, rows normalised): {method} {d.name} "
+            f"(best validation accuracy {_best_val(summary, method, d.name):.4f}), test "
+            f"accuracy {acc:.4f}; per class: {per_class}.\n")
+    return [path], note

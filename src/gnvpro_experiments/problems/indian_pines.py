@@ -227,11 +227,18 @@ class IndianPines(Problem):
 
 def segmentation_figures(root: Path, summary: dict) -> tuple[list[Path], str] | None:
     """``segmentation.png`` (ground truth, predicted and error maps over all labelled pixels)
-    and ``confusion.png`` (class-normalised confusion matrix) of the best-validation gnvpro run
-    (else the first method's) of the run directory ``root``, and a markdown note; None if no
-    run has a model."""
-    from ..data import _data_errors, predict
-    from ..report import best_run, load_run, pyplot
+    and ``confusion.png`` (class-normalised confusion matrix over all labelled pixels) of the
+    best-validation GNvpro run (else the best run of any method, see ``report.best_run``) of the
+    run directory ``root``, and a markdown note; None if no run has a model."""
+    from ..data import _data_errors
+    from ..report import (
+        best_run,
+        confusion_figure,
+        confusion_matrix,
+        load_run,
+        predict_classes,
+        pyplot,
+    )
 
     best = best_run(root, summary)
     if best is None:
@@ -240,9 +247,7 @@ def segmentation_figures(root: Path, summary: dict) -> tuple[list[Path], str] | 
     _, info, data, model = load_run(d, method)
     with _data_errors(f"{d}: the Indian Pines pixels cannot be read for the segmentation"):
         x, y, pix = all_labelled_pixels(info.get("data_path"))
-    dtype = next(model.parameters()).dtype
-    with torch.no_grad():
-        pred = predict(model, x.to(dtype)).argmax(dim=1).numpy()
+    pred = predict_classes(model, x, batch=4096)
     y = y.numpy()
     shape = tuple(data.meta.get("image_shape", IMAGE_SHAPE))
     names = list(data.meta.get("class_names", [str(i) for i in range(int(y.max()) + 1)]))
@@ -273,26 +278,9 @@ def segmentation_figures(root: Path, summary: dict) -> tuple[list[Path], str] | 
     fig.savefig(p1, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
-    cm = np.zeros((k, k))
-    np.add.at(cm, (y, pred), 1.0)
-    cmn = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1.0)
-    fig, ax = plt.subplots(figsize=(9, 8))
-    im = ax.imshow(cmn, cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
-        for j in range(k):
-            if cmn[i, j] >= 0.005:
-                ax.text(j, i, f"{cmn[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if cmn[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(f"confusion matrix (rows normalised), all labelled pixels, {method} {d.name}")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    p2 = root / "confusion.png"
-    fig.savefig(p2, dpi=110)
-    plt.close(fig)
+    p2 = confusion_figure(root / "confusion.png", confusion_matrix(y, pred, k), names,
+                          f"confusion matrix (rows normalised), all labelled pixels, {method} "
+                          f"{d.name}")
     in_test = np.isin(pix, np.fromiter(test_pix, dtype=np.int64)) if test_pix else None
     test_acc = float((pred[in_test] == y[in_test]).mean()) if in_test is not None else math.nan
     note = (f"Segmentation maps and confusion matrix: {method}, {d.name} (best validation "

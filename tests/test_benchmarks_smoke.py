@@ -1,0 +1,42 @@
+"""Smoke tests of benchmark scripts on tiny sizes: they run end to end and print their
+greppable last lines.
+
+benchmarks/data_parallel.py on 200 DCR rows (generated into a temporary cache), one timed
+iteration, 1 and 2 gloo processes: the two-process run follows the one-process Φ trajectory
+within 1e-8 relative with the same work units."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOAT = r"([0-9.eE+-]+)"
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_data_parallel_benchmark_tiny(tmp_path: Path) -> None:
+    env = {**os.environ, "GNVPRO_CACHE": str(tmp_path), "PYTHONIOENCODING": "utf-8",
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_parallel.py"),
+                          "--n", "200", "--iters", "1", "--procs", "1,2"],
+                         check=True, cwd=ROOT, env=env, capture_output=True, timeout=120,
+                         encoding="utf-8").stdout
+    seconds = re.search(rf"^seconds per iteration: plain {FLOAT}, 1 proc {FLOAT}, "
+                        rf"2 procs {FLOAT}$", out, re.M)
+    speedup = re.search(rf"^speed-up 2 procs / 1 proc: {FLOAT}$", out, re.M)
+    same = re.search(rf"^max relative difference of Φ: {FLOAT}; work units equal: (\w+)$", out,
+                     re.M)
+    assert seconds and speedup and same, out
+    assert all(float(t) > 0 for t in seconds.groups())
+    assert float(speedup.group(1)) > 0
+    assert float(same.group(1)) <= 1e-8
+    assert same.group(2) == "True"
+    assert "every rank bitwise equal: True" in out
