@@ -206,3 +206,48 @@ def test_a_shard_of_one_class_is_checked_over_all_ranks(tmp_path, loss, labels):
                            inner=TIGHT)
     theta = obj.features.layout.flatten(obj.split.feature_params(), DT).detach()
     assert float(got[0]) == pytest.approx(obj.evaluate(theta).value, rel=1e-10)
+
+
+def _ill_posed(alpha: float):
+    """Ẑ (30 × 6) whose last column repeats the first (rank 5: Cholesky fails at α_W = 0, the
+    SVD fallback solves), or nearly (α_W = 1e-12: cond(Gram) far above 1e10)."""
+    g = torch.Generator().manual_seed(3)
+    Zh = torch.randn(N, 6, generator=g, dtype=DT)
+    Zh[:, 5] = Zh[:, 0] + (0.0 if alpha == 0 else 1e-8 * Zh[:, 1])
+    C = torch.randn(N, 3, generator=g, dtype=DT)
+    V = torch.randn(3, 6, generator=g, dtype=DT)
+    return Zh, C, V
+
+
+def _svd_worker(rank: int, world: int, sizes: list[int], alpha: float, out: str) -> None:
+    from gnvpro.inner.least_squares import solve_least_squares
+
+    Zh, C, V = _ill_posed(alpha)
+    rows = _rows(rank, sizes)
+    sol = solve_least_squares(Zh[rows], C[rows], alpha, DistributedReducer(rows.stop - rows.start))
+    torch.save({"W": sol.W, "HinvV": sol.hess_inv(V), "message": sol.message},
+               f"{out}/rank{rank}.pt")
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-12])
+@pytest.mark.parametrize("sizes", [[1, 29], [10, 13, 7]])
+def test_the_svd_fallback_is_the_one_process_one_by_tsqr(tmp_path, alpha, sizes):
+    """Least squares whose Gram matrix Cholesky refuses (α_W = 0, rank-deficient Ẑ) or distrusts
+    (cond > 1e10): the fallback factors the rows of every rank together (TSQR), a rank with one
+    row included, and gives one process's W* and H_W⁻¹ V on every rank."""
+    from gnvpro.inner.least_squares import solve_least_squares
+    from gnvpro.reduce import SampleReducer
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_in_group, args=(len(sizes), init, _svd_worker, sizes, alpha, str(tmp_path)),
+             nprocs=len(sizes), join=True)
+    Zh, C, V = _ill_posed(alpha)
+    ref = solve_least_squares(Zh, C, alpha, SampleReducer(N))
+    assert "SVD" in ref.message
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(sizes))]
+    for q in ranks:
+        assert "SVD" in q["message"]
+        assert torch.equal(q["W"], ranks[0]["W"]) and torch.equal(q["HinvV"], ranks[0]["HinvV"])
+        assert torch.allclose(q["W"], ref.W, rtol=1e-8, atol=1e-8 * float(ref.W.abs().max()))
+        Hv = ref.hess_inv(V)
+        assert torch.allclose(q["HinvV"], Hv, rtol=1e-6, atol=1e-6 * float(Hv.abs().max()))

@@ -11,6 +11,7 @@ they see; the solvers pass each sum through one ``SampleReducer``:
 
     sum(t)   = Σ_processes t          (the local row sums of all processes; t itself here)
     all(b)   = ∧_processes b          (a check every process must pass, e.g. finite features)
+    stack(t) = [t_0; t_1; …]          (the processes' equal-shape t in process order: TSQR)
     mean(t)  = sum(t) / n             (n: the GLOBAL number of samples)
     scale(t) = t / n                  (per-row quantities, no communication: G = (S − C)/n)
 
@@ -62,6 +63,14 @@ class SampleReducer:
         the same branch (and their collectives stay in step)."""
         return bool(flag)
 
+    parts: int = 1  # the processes whose rows the sums run over
+    part: int = 0  # this process's place among them
+
+    def stack(self, t: Tensor) -> Tensor:
+        """The processes' tensors t (one shape on all) stacked along dim 0 in process order
+        (one process: t itself)."""
+        return t
+
     def mean(self, t: Tensor, inplace: bool = False) -> Tensor:
         """sum(t) / n: the average over all n samples of a local sum over rows."""
         s = self.sum(t)
@@ -100,12 +109,20 @@ class DistributedReducer(SampleReducer):
         t = torch.tensor([k], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, group=group)
         super().__init__(int(t.item()))
+        self.parts, self.part = dist.get_world_size(group), dist.get_rank(group)
 
     def sum(self, t: Tensor) -> Tensor:
         """Σ over the group's ranks of t (all_reduce on a copy: t itself is left alone)."""
         out = t.detach().clone().contiguous()
         self._dist.all_reduce(out, group=self.group)
         return out
+
+    def stack(self, t: Tensor) -> Tensor:
+        """all_gather of t (the same shape on every rank), concatenated in rank order."""
+        t = t.detach().contiguous()
+        parts = [torch.empty_like(t) for _ in range(self.parts)]
+        self._dist.all_gather(parts, t, group=self.group)
+        return torch.cat(parts)
 
     def all(self, flag: bool) -> bool:
         t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)

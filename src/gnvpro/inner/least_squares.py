@@ -46,6 +46,27 @@ def _as_pair(Zh: Tensor, C: Tensor, finite: bool = False) -> tuple[Tensor, Tenso
     return Zh, C
 
 
+def _svd(A: Tensor, B: Tensor, reducer: SampleReducer) -> tuple[Tensor, Tensor, Tensor]:
+    """Bᵀ U, s, Vᵀ of the thin SVD A = U diag(s) Vᵀ of the rows of A on every process (B: the
+    same rows of the targets). One process: torch.linalg.svd of A. Several: TSQR — each
+    process factors its rows A_r = Q_r R_r (R_r padded to p × p), the stacked R_r are factored
+    [R_0; R_1; …] = Q₂ R, and R = U_R diag(s) Vᵀ, so U = diag(Q_r) Q₂ U_R and
+    Bᵀ U = Σ_r (B_rᵀ Q_r Q₂,r) U_R, Q₂,r the p rows of Q₂ of process r."""
+    if reducer.parts == 1:
+        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+        return B.T @ U, s, Vh
+    p = A.shape[1]
+    Q, R = torch.linalg.qr(A)  # (rows, k), (k, p), k = min(rows, p)
+    k = R.shape[0]
+    Q = torch.nn.functional.pad(Q, (0, p - k))  # rows × p; zero columns for the padding
+    R = torch.nn.functional.pad(R, (0, 0, 0, p - k))  # p × p; zero rows
+    Q2, R_all = torch.linalg.qr(reducer.stack(R))  # (parts·p, p), (p, p): the same everywhere
+    U_R, s, Vh = torch.linalg.svd(R_all)
+    r = reducer.part
+    BQ = reducer.sum(B.T @ Q @ Q2[r * p:(r + 1) * p])
+    return BQ @ U_R, s, Vh
+
+
 def solve_least_squares(Zh: Tensor, C: Tensor, alpha_w: float, reducer: SampleReducer,
                         finite: bool = False) -> InnerSolution:
     """W* = argmin_W 1/(2n)‖Ẑ Wᵀ − C‖² + (α_W/2)‖W‖² in float64, on Ẑ's device.
@@ -61,8 +82,8 @@ def solve_least_squares(Zh: Tensor, C: Tensor, alpha_w: float, reducer: SampleRe
     ``hess_inv(V)`` = V Gram⁻¹ for V of shape (c, p) (or any (k, p), or the flat (c·p,) vector),
     reusing the factorisation. ``iterations`` is 0, ``grad_norm`` = ‖(S − C)ᵀẐ/n + α_W W*‖_F.
     finite=True: the caller has checked Ẑ and C for NaN/Inf (skips an n×c scan per solve).
-    The SVD fallback factors the local rows Ẑ: it assumes a reducer whose ``sum`` is the
-    identity (one process).
+    With rows on several processes (reducer.parts > 1) the SVD fallback is the SVD of the
+    R factor of a TSQR of Ẑ/√n (:func:`_tsqr_svd`): the same s, V and CᵀU on every process.
     """
     t0 = time.perf_counter()
     if alpha_w < 0:
@@ -93,12 +114,11 @@ def solve_least_squares(Zh: Tensor, C: Tensor, alpha_w: float, reducer: SampleRe
 
         message = "closed form (Cholesky of the Gram matrix)"
     else:
-        A = Zh / n**0.5
-        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
-        tol = max(rows, p) * torch.finfo(torch.float64).eps * float(s.max()) if s.numel() else 0.0
+        CU, s, Vh = _svd(Zh / n**0.5, C / n**0.5, reducer)
+        tol = max(n, p) * torch.finfo(torch.float64).eps * float(s.max()) if s.numel() else 0.0
         keep = s > tol
-        s_k, U_k, Vh_k = s[keep], U[:, keep], Vh[keep]
-        W = ((C.T / n**0.5) @ U_k) * (s_k / (s_k**2 + alpha)) @ Vh_k
+        s_k, Vh_k = s[keep], Vh[keep]
+        W = CU[:, keep] * (s_k / (s_k**2 + alpha)) @ Vh_k
         inv_eig = 1.0 / (s_k**2 + alpha)
 
         def solve_gram(X: Tensor) -> Tensor:
