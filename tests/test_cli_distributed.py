@@ -1,6 +1,7 @@
 """``gnvpro run`` under torchrun (gnvpro_experiments.launch): 2 gloo processes give the one-process
 results (test error within 1e-6 relative, the same work units) and rank 0 alone writes the files a
-one-process run writes; ADAM, a bad --dist-timeout and seconds budgets are one-line errors; rank
+one-process run writes; ADAM and a bad --dist-timeout are one-line errors; a seconds budget
+stops every rank after the same step; rank
 0's decisions reach every rank, its errors included, and the timeout bounds a wait for a rank
 that never comes. Measured (CDR seed 0, 2 levels, --budget-scale 0.3): test error 3e-11 (gnvpro),
 7e-13 (gn), 5e-8 (lbfgs-vpro) relative to one process, identical work units."""
@@ -122,8 +123,17 @@ def test_methods_that_do_not_shard_by_rows_are_refused():
         with pytest.raises(ValueError, match=f"{m} does not run under torchrun"):
             _check_data_parallel(c, [m], 1.0)
     _check_data_parallel(cfg, ["gnvpro", "gnvpro-tn", "gn", "lbfgs-vpro"], 1.0)
-    with pytest.raises(ValueError, match="budget in seconds"):
-        _check_data_parallel(cfg.with_max_seconds(60.0), ["gnvpro"], 1.0)
+    _check_data_parallel(cfg.with_max_seconds(60.0), ["gnvpro"], 1.0)  # fit stops them alike
+
+
+@needs_torchrun
+@needs_cdr
+def test_a_seconds_budget_stops_every_process_after_the_same_step(tmp_path):
+    r = _gnvpro(2, "run", "cdr", "--methods", "gnvpro", "--seeds", "0", "--levels", "1",
+                "--max-seconds", "1.5", "--out", str(tmp_path / "out"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    final = json.loads((tmp_path / "out" / "gnvpro" / "seed-0" / "final.json").read_text())
+    assert final["work_units"] > 2
 
 
 def test_one_process_is_the_identity():

@@ -251,3 +251,38 @@ def test_the_svd_fallback_is_the_one_process_one_by_tsqr(tmp_path, alpha, sizes)
         assert torch.allclose(q["W"], ref.W, rtol=1e-8, atol=1e-8 * float(ref.W.abs().max()))
         Hv = ref.hess_inv(V)
         assert torch.allclose(q["HinvV"], Hv, rtol=1e-6, atol=1e-6 * float(Hv.abs().max()))
+
+
+class _SlowClock(GNvpro):
+    """GNvpro whose clock on rank 1 jumps by 1000 s after its third iteration (one slow
+    process)."""
+
+    @property
+    def seconds(self) -> float:
+        late = dist.get_rank() == 1 and self.state is not None and self.state.iteration >= 3
+        return super().seconds + (1000.0 if late else 0.0)
+
+
+def _clock_worker(rank: int, world: int, out: str) -> None:
+    from gnvpro import fit
+
+    model, x, y = _problem("least_squares", 4)
+    rows = _rows(rank, [14, 16])
+    opt = _SlowClock(model, alpha_w=1e-3, alpha_theta=1e-4, reducer=DistributedReducer(
+        rows.stop - rows.start))
+    calls = []
+    hook = (lambda h: calls.append(len(h.records))) if rank == 0 else None  # rank 0 saves
+    hist = fit(opt, [(x[rows], y[rows])], max_iter=50, max_seconds=500.0, checkpoint=hook,
+               checkpoint_every=0.0)
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(f"{hist.termination.name} {len(hist.records)} {calls}")
+
+
+def test_a_local_clock_stops_every_rank_after_the_same_step(tmp_path):
+    """max_seconds reads each process's own clock: the first process over it stops them all
+    after the same step (no rank runs on into collectives the others left); the checkpoint
+    timer is decided alike whether a rank holds a hook (rank 0 here) or not."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_in_group, args=(2, init, _clock_worker, str(tmp_path)), nprocs=2, join=True)
+    got = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert got == ["MAX_SECONDS 3 [1, 2, 3]", "MAX_SECONDS 3 []"], got

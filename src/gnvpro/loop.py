@@ -18,8 +18,10 @@ its counter on the method, so ``method.work`` equals History.work after fit; the
 unscaled count (passes over the batch at hand) is ``method.own_work``.
 
 Budgets (of this call): max_iter steps, max_work work units, max_seconds of the method's own
-seconds. A step is not started once the work spent reaches max_work, nor when its known cost
-(method.step_work) would exceed it. Termination is one enum (gnvpro.solver.Termination): a
+seconds (with a data-parallel reducer: as soon as any process's clock says so, and likewise the
+checkpoint timer, so every process stops and checkpoints after the same step). A step is not
+started once the work spent reaches max_work, nor when its known cost (method.step_work) would
+exceed it. Termination is one enum (gnvpro.solver.Termination): a
 budget, the method's own reason (gradient tolerance, collapsed trust region, failed line search;
 with several batches the method moves on to the next batch instead and the batch is listed in
 History.batch_stops), a non-finite objective, the callback, or the end of the schedule.
@@ -353,10 +355,11 @@ def fit(
                     term = Termination.DIVERGED
                 elif any(stop):
                     term = Termination.STOPPED
-                if checkpoint is not None and (term is Termination.STOPPED or
-                                               time.perf_counter() - last_checkpoint
-                                               >= checkpoint_every):
-                    checkpoint(hist)
+                # the timer: decided alike by every process, whether it holds a hook or not
+                elapsed = time.perf_counter() - last_checkpoint
+                if term is Termination.STOPPED or _anywhere(method, elapsed >= checkpoint_every):
+                    if checkpoint is not None:
+                        checkpoint(hist)
                     last_checkpoint = time.perf_counter()
                 if term is not Termination.RUNNING:
                     break
@@ -415,9 +418,19 @@ def _budget(method: Method, steps: int, work: float, seconds: float, max_iter: i
             return Termination.MAX_WORK
         if method.step_work is not None and work + method.step_work > max_work:
             return Termination.MAX_WORK
-    if max_seconds is not None and seconds >= max_seconds:
+    if max_seconds is not None and _anywhere(method, seconds >= max_seconds):
         return Termination.MAX_SECONDS
     return Termination.RUNNING
+
+
+def _anywhere(method: Method, flag: bool) -> bool:
+    """Whether ``flag`` holds on any process of the method's reducer (a decision read from a
+    local clock, taken alike by every process so their collectives stay in step; one process:
+    flag itself)."""
+    reducer = getattr(method, "reducer", None)
+    if reducer is None or getattr(reducer, "parts", 1) == 1:
+        return flag
+    return not reducer.all(not flag)
 
 
 def _val_metrics(method: Method, val: tuple[Tensor, Tensor]) -> dict:
