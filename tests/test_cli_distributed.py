@@ -266,3 +266,64 @@ def test_ranks_other_than_0_write_nothing(tmp_path):
     assert r0["first"] == r1["first"] == r0["again"] == r1["again"]
     assert all(len(rows) == 1 for rows in r0["first"].values())
     assert (tmp_path / "runs" / "gnvpro" / "seed-0" / "final.json").is_file()
+
+
+def _child_of(parent: int, rank: int) -> int | None:
+    """The PID of the worker process of torchrun ``parent`` whose RANK is ``rank``."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (d / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(d.name)
+    return None
+
+
+def _whole_files(out: Path) -> None:
+    """Every file a run left is whole: JSON files parse, JSON-lines lines parse, checkpoints
+    load."""
+    for p in out.rglob("*"):
+        if p.suffix == ".json":
+            json.loads(p.read_text())
+        elif p.suffix == ".jsonl":
+            for line in p.read_text().splitlines():
+                json.loads(line)
+        elif p.suffix == ".pt":
+            torch.load(p, map_location="cpu", weights_only=False)
+
+
+@needs_torchrun
+@needs_cdr
+def test_a_killed_rank_ends_the_run_with_a_message_and_leaves_whole_files(tmp_path):
+    """SIGKILL to rank 1 in the middle of training: torchrun's run ends within the timeout with
+    a non-zero status and a one-line message from rank 0, no file is half-written, and
+    --resume finishes the run."""
+    out = tmp_path / "out"
+    args = ["run", "cdr", "--methods", "gnvpro", "--seeds", "0", "--levels", "1",
+            "--set", "gnvpro.max_work=2000", "--checkpoint-every", "0", "--dist-timeout", "20",
+            "--out", str(out), "--no-progress"]  # about 10 s of training on 2 processes
+    proc = subprocess.Popen([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "--no-python",
+                             str(GNVPRO), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    ckpt = out / "gnvpro" / "seed-0" / "checkpoint.pt"  # written after every step
+    deadline = time.time() + 90
+    while time.time() < deadline and not ckpt.is_file():
+        time.sleep(0.1)
+    time.sleep(1.0)  # a few steps in
+    victim = _child_of(proc.pid, 1)
+    assert victim is not None and proc.poll() is None
+    os.kill(victim, 9)
+    t0 = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and time.time() - t0 < 30
+    lines = [s for s in err.splitlines() if s.startswith("gnvpro run")]
+    assert lines, err[-2000:]
+    assert "gnvpro_experiments" not in err  # no traceback of ours (torchrun prints its own)
+    _whole_files(out)
+    again = _gnvpro(2, *args, "--resume")
+    assert again.returncode == 0, [s for s in again.stderr.splitlines() if "gnvpro" in s]
+    assert (out / "gnvpro" / "seed-0" / "final.json").is_file()
