@@ -6,13 +6,13 @@ the reducer follow the one-process trajectory."""
 
 from __future__ import annotations
 
-import datetime
 import itertools
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from process_group import in_group
 
 from gnvpro import (
     DistributedReducer,
@@ -52,16 +52,6 @@ def _quantities(loss: str, c: int, rows: slice, reducer=None) -> dict:
             "Hv": obj.gn_operator(pt)(v)}
 
 
-def _in_group(rank: int, world: int, init: str, work, *args) -> None:
-    """Run work(rank, world, *args) in a gloo process group with a 30 s timeout."""
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))
-    try:
-        work(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
-
-
 def _rows(rank: int, sizes: list[int]) -> slice:
     bounds = [0, *itertools.accumulate(sizes)]
     return slice(bounds[rank], bounds[rank + 1])
@@ -80,7 +70,7 @@ def _worker(rank: int, world: int, sizes: list[int], loss: str, c: int, out: str
     ("cross_entropy", 3, [13, 17]), ("logistic", 1, [9, 12, 9])])
 def test_sharded_objective_equals_one_process(tmp_path, loss, c, sizes):
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_in_group, args=(len(sizes), init, _worker, sizes, loss, c, str(tmp_path)),
+    mp.spawn(in_group, args=(len(sizes), init, _worker, sizes, loss, c, str(tmp_path)),
              nprocs=len(sizes), join=True)
     ref = _quantities(loss, c, slice(0, N))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(sizes))]
@@ -123,7 +113,7 @@ def test_sharded_methods_follow_the_one_process_trajectory(tmp_path, kind, sizes
     first iteration is held to 1e-8 with the same work, the rest only to rank agreement (its
     CG counts differ from one process's after about ten iterations)."""
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_in_group, args=(len(sizes), init, _trajectory_worker, sizes, kind, str(tmp_path)),
+    mp.spawn(in_group, args=(len(sizes), init, _trajectory_worker, sizes, kind, str(tmp_path)),
              nprocs=len(sizes), join=True)
     ref = _trajectory(kind, slice(0, N))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(sizes))]
@@ -156,7 +146,7 @@ def test_a_bad_shard_on_one_rank_raises_on_every_rank(tmp_path):
     others with one that points to it: no rank runs on into a collective the others never
     reach (which would hang until the timeout)."""
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_in_group, args=(2, init, _refusing_worker, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(in_group, args=(2, init, _refusing_worker, str(tmp_path)), nprocs=2, join=True)
     assert "another process refused" in (tmp_path / "rank0.txt").read_text()
     assert "NaN" in (tmp_path / "rank1.txt").read_text() or "finite" in (
         tmp_path / "rank1.txt").read_text()
@@ -192,7 +182,7 @@ def test_a_shard_of_one_class_is_checked_over_all_ranks(tmp_path, loss, labels):
     form a valid problem (Φ as one process on all rows); one class overall is refused on every
     rank with the one-process message."""
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_in_group, args=(2, init, _class_worker, loss, labels, str(tmp_path)), nprocs=2,
+    mp.spawn(in_group, args=(2, init, _class_worker, loss, labels, str(tmp_path)), nprocs=2,
              join=True)
     got = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert got[0] == got[1]
@@ -239,7 +229,7 @@ def test_the_svd_fallback_is_the_one_process_one_by_tsqr(tmp_path, alpha, sizes)
     from gnvpro.reduce import SampleReducer
 
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_in_group, args=(len(sizes), init, _svd_worker, sizes, alpha, str(tmp_path)),
+    mp.spawn(in_group, args=(len(sizes), init, _svd_worker, sizes, alpha, str(tmp_path)),
              nprocs=len(sizes), join=True)
     Zh, C, V = _ill_posed(alpha)
     ref = solve_least_squares(Zh, C, alpha, SampleReducer(N))
@@ -283,6 +273,6 @@ def test_a_local_clock_stops_every_rank_after_the_same_step(tmp_path):
     after the same step (no rank runs on into collectives the others left); the checkpoint
     timer is decided alike whether a rank holds a hook (rank 0 here) or not."""
     init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_in_group, args=(2, init, _clock_worker, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(in_group, args=(2, init, _clock_worker, str(tmp_path)), nprocs=2, join=True)
     got = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert got == ["MAX_SECONDS 3 [1, 2, 3]", "MAX_SECONDS 3 []"], got

@@ -5,13 +5,13 @@ writes it, and a run on M processes (or one) continues the N-process trajectory 
 
 from __future__ import annotations
 
-import datetime
 import itertools
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from process_group import in_group
 
 from gnvpro import DistributedReducer, GNvpro, GNvproConfig, load_checkpoint, save_checkpoint
 from gnvpro_experiments.models import mlp
@@ -56,21 +56,12 @@ def _run(rank: int, world: int, out: str, steps: int, load: str | None, save: st
             save_checkpoint(save, model, opt)
 
 
-def _in_group(rank: int, world: int, init: str, *args) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))
-    try:
-        _run(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
-
-
 def _launch(tmp_path, tag: str, world: int, *args) -> None:
     if world == 1:
         _run(0, 1, *args)
         return
     init = f"file://{tmp_path / ('rendezvous-' + tag)}"
-    mp.spawn(_in_group, args=(world, init, *args), nprocs=world, join=True)
+    mp.spawn(in_group, args=(world, init, _run, *args), nprocs=world, join=True)
 
 
 @pytest.mark.parametrize(("n", "m"), [(2, 3), (3, 1)])

@@ -23,8 +23,6 @@ from gnvpro.linalg.cg import pcg
 from gnvpro.linalg.lbfgs import curvature_pair, newest, two_loop
 from gnvpro.solver import (
     SolverConfig,
-    Termination,
-    check_termination,
     initial_state,
     outer_step,
 )
@@ -114,40 +112,6 @@ def test_tn_through_the_optimiser_trains_and_records(tiny_regression):
     with torch.no_grad():
         S = model(x)
     assert abs(float(0.5 / len(x) * (S - y).square().sum()) - hist.final.data_loss) < 1e-10
-
-
-class _Wall:
-    """f(θ) = ½‖θ‖² at θ0, +inf everywhere else: no line search can find a decrease."""
-
-    class Pt:
-        def __init__(self, theta, value):
-            self.theta, self.value, self.loss, self.inner = theta, value, value, None
-
-    def __init__(self, theta0):
-        self.theta0 = theta0
-
-    def evaluate(self, theta, prev=None):
-        same = torch.equal(theta, self.theta0)
-        return self.Pt(theta, 0.5 * float(theta @ theta) if same else math.inf)
-
-    def gradient(self, pt):
-        return pt.theta.clone()
-
-    def gn_operator(self, pt):
-        return lambda v: v
-
-
-def test_tn_stalls_cleanly_when_no_decrease_exists():
-    theta0 = torch.ones(3, dtype=torch.float64)
-    problem = _Wall(theta0)
-    cfg = SolverConfig(descent=PreconditionedCG(), search=StrongWolfe(max_evals=5))
-    state = replace(initial_state(problem, theta0), pairs=((theta0, theta0, 1 / 3.0),))
-    state, info = outer_step(problem, state, cfg)  # pairs dropped, not stalled yet
-    assert not info.accepted and state.pairs == () and not state.stalled
-    assert torch.equal(state.pt.theta, theta0) and info.line_search_evals == 5
-    state, info = outer_step(problem, state, cfg)
-    assert state.stalled
-    assert check_termination(state, cfg, None, None) is Termination.LINE_SEARCH
 
 
 @pytest.mark.parametrize("extrapolate", [False, True])
