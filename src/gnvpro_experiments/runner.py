@@ -44,7 +44,6 @@ import torch
 from torch import nn
 
 from gnvpro.losses import make_loss
-from gnvpro.methods import FirstOrder
 from gnvpro.metrics import prediction_metrics
 from gnvpro.progress import bar as progress_bar
 from gnvpro.progress import on_terminal
@@ -423,16 +422,13 @@ def _finished_rows(out: Path, methods: list[str], seed: int | str, metric: str
 
 
 def _check_data_parallel(cfg: ExperimentConfig, methods: list[str], budget_scale: float) -> None:
-    """Refuse under torchrun what is not sharded by training rows: ADAM and SGD (no
-    DistributedDataParallel here) and the sub-batch methods (their sub-batches are drawn from
-    the whole training set). Seconds budgets run: gnvpro.fit stops every process after the step
-    at which the first one's clock reaches the budget."""
+    """Refuse under torchrun what is not sharded by training rows: the sub-batch methods (their
+    sub-batches are drawn from the whole training set). ADAM and SGD run under
+    DistributedDataParallel with one shuffle of all rows (gnvpro.FirstOrder); seconds budgets
+    run too: gnvpro.fit stops every process after the step at which the first one's clock
+    reaches the budget."""
     for m in methods:
         spec = METHODS[m]
-        if spec.cls is FirstOrder:
-            raise ExperimentError(
-                f"{m} does not run under torchrun (ADAM and SGD are not data-parallel here): run "
-                f"it in one process, without torchrun (into the same --out, whose table adds it)")
         if spec.schedule != "full":
             raise ExperimentError(
                 f"{m} does not run under torchrun (its fixed sub-batches are drawn from the "

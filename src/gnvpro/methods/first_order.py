@@ -5,9 +5,17 @@ One step is one epoch over shuffled mini-batches of the current batch, each mini
     Φ_B(θ, W) = L(Ẑ_B(θ) Wᵀ, C_B)/|B| + (α_W/2)‖W‖² + (α_θ/2)‖Bθ‖²
 
 (torch.Generator seeded with config.seed; the last mini-batch may be smaller). Work units: 2 per
-epoch (a forward and a backward pass over the batch), 2 for the start. ADAM is torch.optim.Adam
-with the standard bias correction 1 − β^t, t = the mini-batch count; the reference code used the
-epoch number for t, which we do not copy.
+epoch (a forward and a backward pass over the batch), 2 for the start.
+
+Data-parallel (``reducer=DistributedReducer(n_local)``: each process holds a contiguous shard of
+the rows, in process order): every process draws the same permutation of all n rows, takes the
+rows of each mini-batch B that are its own, and the model runs under
+torch.nn.parallel.DistributedDataParallel on the loss P·Σ_{i∈B, own} ℓ_i/|B| + regularisers,
+whose gradient average over the P processes is the one-process gradient of Φ_B: the same epochs
+as one process on all rows (a global shuffle), up to the rounding of the sums' order.
+
+ADAM is torch.optim.Adam with the standard bias correction 1 − β^t, t = the mini-batch count;
+the reference code used the epoch number for t, which we do not copy.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from ..reduce import SampleReducer
 from ..regularizer import LinearMap, Regularizer
 from ..solver import StepInfo, Termination
 from ..targets import batch_targets
-from ..validate import check_real
+from ..validate import check_real, describe
 from ..varpro import ReducedObjective, WarmStart
 from .base import InnerSettings, Iterate, ModelMethod
 
@@ -63,8 +71,16 @@ class FirstOrder(ModelMethod):
     def __init__(self, model: nn.Module, loss: str | Loss = "least_squares",
                  alpha_w: float = 1e-10, alpha_theta: float = 1e-10, head: str | None = None,
                  config: FirstOrderConfig | None = None,
-                 regularizer: LinearMap | None = None) -> None:
+                 regularizer: LinearMap | None = None, reducer: SampleReducer | None = None
+                 ) -> None:
+        """reducer: a DistributedReducer makes this process's batches its shard of the rows
+        (module docstring); None: one process."""
+        if reducer is not None and not isinstance(reducer, SampleReducer):
+            raise TypeError(f"reducer must be a SampleReducer, got {describe(reducer)}")
         super().__init__(model, loss, alpha_w, alpha_theta, head, config, regularizer)
+        self.reducer = reducer
+        self._ddp: nn.Module | None = None  # DistributedDataParallel(model), when sharded
+        self._offset = 0  # the first global row of this process's shard
         c = self.config
         self.feature_params = self.split.feature_params()
         self.head_params = [self.split.head.weight] + (
@@ -93,7 +109,8 @@ class FirstOrder(ModelMethod):
         t0 = time.perf_counter()
         if self.reg is None:  # the common start: θ0 with W*(θ0)
             obj = ReducedObjective(self.split, self.loss, x, y, self.alpha_w, self.alpha_theta,
-                                   B=self.regularizer, inner=self.config.inner())
+                                   B=self.regularizer, inner=self.config.inner(),
+                                   reducer=self.reducer)
             check_head_is_last(self.split, x[: min(len(x), 16)])
             pt = obj.evaluate(self.theta(), WarmStart(self.split.head_weights().to(torch.float64)))
             self.split.set_head_weights(pt.W)
@@ -106,16 +123,57 @@ class FirstOrder(ModelMethod):
             C = batch_targets(self.split, self.loss, x, y)
             self._current = None
         self._xC = (x, C.to(device=x.device, dtype=self.split.head.weight.dtype))
+        if self._sharded():
+            sizes = self.reducer.stack(torch.tensor([len(x)], device=x.device))
+            self._offset = int(sizes[:self.reducer.part].sum())
         self.seconds += time.perf_counter() - t0
         self._batch.remember(x, y)
 
-    def _objective(self, S: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
-        """(Φ_B, L/|B|) differentiable in the model's weights."""
+    def _sharded(self) -> bool:
+        return self.reducer is not None and self.reducer.parts > 1
+
+    def _objective(self, S: Tensor, C: Tensor, mean: SampleReducer | None = None
+                   ) -> tuple[Tensor, Tensor]:
+        """(Φ_B, L/|B|) differentiable in the model's weights; ``mean`` averages the loss's
+        row sum (default: over the rows of S)."""
+        L = (mean or SampleReducer(C.shape[0])).mean(self.loss.value(S, C))
+        ridge_w, ridge_theta = self._penalties()
+        return L + ridge_w + ridge_theta, L
+
+    def _penalties(self) -> tuple[Tensor, Tensor]:
+        """(α_W/2)‖W‖² and (α_θ/2)‖Bθ‖², differentiable in the model's weights."""
         assert self.reg is not None
         theta = torch.cat([p.reshape(-1) for p in self.feature_params.values()])
         w2 = sum(p.square().sum() for p in self.head_params)
-        L = SampleReducer(C.shape[0]).mean(self.loss.value(S, C))
-        return L + 0.5 * self.alpha_w * w2 + self.reg.value(theta), L
+        return 0.5 * self.alpha_w * w2, self.reg.value(theta)
+
+    def _epoch(self, x: Tensor, C: Tensor) -> None:
+        """One epoch of mini-batch steps: one process, or this process's rows of each global
+        mini-batch under DistributedDataParallel (module docstring)."""
+        b, sharded = self.config.batch_size, self._sharded()
+        n = self.reducer.n if sharded else len(x)
+        perm = torch.randperm(n, generator=self.generator).to(x.device)
+        net = self.model
+        if sharded:
+            if self._ddp is None:
+                from torch.nn.parallel import DistributedDataParallel
+
+                self._ddp = DistributedDataParallel(
+                    self.model, process_group=getattr(self.reducer, "group", None))
+            net, lo = self._ddp, self._offset
+        for i in range(0, n, b):
+            idx = perm[i : i + b]
+            self.optimizer.zero_grad(set_to_none=True)
+            if not sharded:
+                self._objective(net(x[idx]), C[idx])[0].backward()
+            else:  # the DDP average over P processes of P·(own rows' sum)/|B| + regularisers
+                own = idx[(idx >= lo) & (idx < lo + len(x))] - lo
+                scale = SampleReducer(len(idx)).scale(float(self.reducer.parts))
+                S = net(x[own])  # no own rows: a zero loss, the same graph for DDP
+                loss = scale * self.loss.value(S, C[own]) if len(own) else 0.0 * S.sum()
+                ridge_w, ridge_theta = self._penalties()
+                (loss + ridge_w + ridge_theta).backward()
+            self.optimizer.step()
 
     def step(self, x: Tensor | None = None, y: Tensor | None = None) -> StepInfo:
         """One epoch of mini-batch steps over (x, y)."""
@@ -124,12 +182,7 @@ class FirstOrder(ModelMethod):
         assert self._xC is not None
         x, C = self._xC
         t0 = time.perf_counter()
-        perm = torch.randperm(len(x), generator=self.generator).to(x.device)
-        for i in range(0, len(x), self.config.batch_size):
-            idx = perm[i : i + self.config.batch_size]
-            self.optimizer.zero_grad(set_to_none=True)
-            self._objective(self.model(x[idx]), C[idx])[0].backward()
-            self.optimizer.step()
+        self._epoch(x, C)
         self.seconds += time.perf_counter() - t0
         self.own_work += self.step_work
         self.iteration += 1
@@ -146,7 +199,7 @@ class FirstOrder(ModelMethod):
             assert self._xC is not None
             x, C = self._xC
             S = self.model(x)
-            phi, L = self._objective(S, C)
+            phi, L = self._objective(S, C, self.reducer)
             self._current = Iterate(float(phi), float(L), S)
         return self._current
 
