@@ -148,7 +148,7 @@ def test_one_process_is_the_identity():
     ranks = launch.current()
     assert ranks is launch.ONE and ranks.writer and not ranks.parallel
     t = torch.arange(6.0).reshape(3, 2)
-    assert ranks.shard(t) is t and ranks.gather_rows(t, 3) is t and ranks.reducer(3) == {}
+    assert ranks.shard(t) is t and ranks.reducer(3) == {}
     assert ranks.decide(lambda: 7) == 7
     with launch.process_group("cpu", 5.0) as r:  # no torchrun: nothing is joined
         assert r is launch.ONE and not dist.is_initialized()
@@ -184,8 +184,8 @@ def _spawn(tmp_path: Path, world: int, work, timeout: float = 30.0) -> list:
 def _shards_and_decisions(ranks: launch.Ranks) -> dict:
     x = torch.arange(14.0).reshape(7, 2)
     mine = ranks.shard(x)
-    return {"shard": mine, "gathered": ranks.gather_rows(mine * 10, len(x)),
-            "n": ranks.reducer(len(mine))["reducer"].n,
+    reducer = ranks.reducer(len(mine))["reducer"]
+    return {"shard": mine, "gathered": reducer.rows(mine * 10), "n": reducer.n,
             "decided": ranks.decide(lambda: f"rank {ranks.rank} decided")}
 
 

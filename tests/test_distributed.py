@@ -317,3 +317,52 @@ def test_sharded_adam_and_sgd_follow_the_one_process_epochs(tmp_path, optimizer,
     assert torch.allclose(ranks[0]["traj"], ref_traj, rtol=1e-10, atol=0.0)
     assert torch.allclose(ranks[0]["weights"], ref_w, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(ref_traj[0], ref_traj[-1], rtol=1e-3)  # it trained
+
+
+VARIANTS = {"tn": GNvproConfig(), "lanczos": GNvproConfig.trust_region(),
+            "steihaug": GNvproConfig.trust_region(descent={"kind": "steihaug"}),
+            "lbfgs": GNvproConfig(descent={"kind": "lbfgs"})}
+
+
+def _one_iteration(loss: str, rows: slice | torch.Tensor, reducer=None) -> torch.Tensor:
+    """(Φ, ‖∇Φ‖, work) after one outer iteration of every variant (descent × search) on the
+    rows ``rows`` (a slice, or a permutation of all rows)."""
+    out = []
+    for config in VARIANTS.values():
+        model, x, y = _problem(loss, 3 if loss == "cross_entropy" else 1 if loss == "logistic"
+                               else 4)
+        opt = GNvpro(model, loss, alpha_w=1e-3, alpha_theta=1e-4, config=config, reducer=reducer)
+        opt.step(x[rows], y[rows])
+        out.append([opt.current().value, opt.state.grad_norm, opt.work])
+    return torch.tensor(out, dtype=DT)
+
+
+def _variants_worker(rank: int, world: int, sizes: list[int], loss: str, out: str) -> None:
+    torch.save(_one_iteration(loss, _rows(rank, sizes), DistributedReducer(sizes[rank])),
+               f"{out}/rank{rank}.pt")
+
+
+@pytest.mark.parametrize(("loss", "sizes"), [("least_squares", [13, 17]),
+                                             ("cross_entropy", [10, 1, 19]),
+                                             ("logistic", [16, 14])])
+def test_one_iteration_of_every_variant_is_the_one_process_one(tmp_path, loss, sizes):
+    """Truncated GN, the Lanczos and Steihaug trust regions and L-BFGS, one outer iteration on
+    2 and 3 ranks: the work units of one process, Φ and ‖∇Φ‖ within 1e-10 or within 100× the
+    spread of one process whose rows are permuted (truncated CG amplifies the rounding of the
+    sums' order: measured after one iteration, least squares, 5e-9 for truncated GN and 1e-3
+    to 6e-3 for Steihaug, whose first radius is an unconstrained CG run's step), ranks bitwise
+    equal."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(in_group, args=(len(sizes), init, _variants_worker, sizes, loss, str(tmp_path)),
+             nprocs=len(sizes), join=True)
+    ref = _one_iteration(loss, slice(0, N))
+    spread = torch.stack([
+        ((_one_iteration(loss, torch.randperm(N, generator=torch.Generator().manual_seed(k)))
+          - ref) / ref).abs() for k in range(3)]).amax(0)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(sizes))]
+    for t in ranks:
+        assert torch.equal(t, ranks[0])
+    assert torch.equal(ranks[0][:, 2], ref[:, 2])  # work units
+    rel = ((ranks[0] - ref) / ref).abs()
+    assert (rel <= torch.clamp(100 * spread, min=1e-10)).all(), (rel, spread)
+    assert (rel[[1, 3]] <= 1e-10).all()  # Lanczos (reorthogonalised) and L-BFGS: 1e-10

@@ -27,7 +27,8 @@ with several batches the method moves on to the next batch instead and the batch
 History.batch_stops), a non-finite objective, the callback, or the end of the schedule.
 
 Every record is a StepInfo: work_units, seconds and inner_seconds cumulative, loss and data_loss
-of the current iterate, metrics["train"] on the current batch (from the predictions at hand),
+of the current iterate, metrics["train"] on the current batch (from the predictions at hand;
+with a data-parallel reducer on every process's rows, gathered in process order),
 metrics["val"] on ``val`` (records whose iteration is a multiple of ``val_every``; the others
 carry extra["val_skipped"]). Metrics, callbacks and checkpoints are not counted in seconds.
 The logger "gnvpro" writes one INFO line per record when enabled.
@@ -285,7 +286,8 @@ def fit(
         info.loss, info.data_loss = it.value, it.data_loss
         info.work_units, info.seconds = work, method.seconds
         info.inner_seconds = method.inner_seconds
-        info.metrics["train"] = prediction_metrics(method.loss, it.S, y, it.S.shape[1])
+        S, Y = _all_rows(method, it.S), _all_rows(method, y)  # a data-parallel run's: all rows
+        info.metrics["train"] = prediction_metrics(method.loss, S, Y, S.shape[1])
         if val is not None and info.iteration % val_every == 0:
             info.metrics["val"] = _val_metrics(method, val)
         elif val is not None:
@@ -421,6 +423,12 @@ def _budget(method: Method, steps: int, work: float, seconds: float, max_iter: i
     if max_seconds is not None and _anywhere(method, seconds >= max_seconds):
         return Termination.MAX_SECONDS
     return Termination.RUNNING
+
+
+def _all_rows(method: Method, t: Tensor) -> Tensor:
+    """t's rows on every process of the method's reducer, in process order (one process: t)."""
+    reducer = getattr(method, "reducer", None)
+    return t if reducer is None else reducer.rows(t)
 
 
 def _anywhere(method: Method, flag: bool) -> bool:

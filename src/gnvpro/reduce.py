@@ -12,6 +12,7 @@ they see; the solvers pass each sum through one ``SampleReducer``:
     sum(t)   = Σ_processes t          (the local row sums of all processes; t itself here)
     all(b)   = ∧_processes b          (a check every process must pass, e.g. finite features)
     stack(t) = [t_0; t_1; …]          (the processes' equal-shape t in process order: TSQR)
+    rows(t)  = [t_0; t_1; …]          (the processes' rows, any counts: global metrics)
     mean(t)  = sum(t) / n             (n: the GLOBAL number of samples)
     scale(t) = t / n                  (per-row quantities, no communication: G = (S − C)/n)
 
@@ -70,6 +71,16 @@ class SampleReducer:
         """The processes' tensors t (one shape on all) stacked along dim 0 in process order
         (one process: t itself)."""
         return t
+
+    def rows(self, t: Tensor) -> Tensor:
+        """Every process's rows of t (a per-row array of its shard; the counts may differ)
+        concatenated in process order: the whole array, on every process (one process: t)."""
+        if self.parts == 1:
+            return t
+        counts = [int(k) for k in self.stack(torch.tensor([len(t)], device=t.device))]
+        padded = t.detach().new_zeros((max(counts), *t.shape[1:]))
+        padded[: len(t)] = t.detach()
+        return torch.cat([p[:k] for p, k in zip(self.stack(padded[None]), counts, strict=True)])
 
     def mean(self, t: Tensor, inplace: bool = False) -> Tensor:
         """sum(t) / n: the average over all n samples of a local sum over rows."""

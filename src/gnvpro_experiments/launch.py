@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from gnvpro.metrics import prediction_metrics
 from gnvpro.reduce import DistributedReducer
 
 from . import stop
@@ -123,31 +122,6 @@ class Ranks:
         if not self.parallel:
             return {}
         return {"reducer": DistributedReducer(n_local, device=self.device)}
-
-    def gather_rows(self, t: Tensor, n: int) -> Tensor:
-        """The rows of every rank's ``t`` (shards of ``n`` rows by ``shard``), in rank order:
-        the whole array on every rank."""
-        if not self.parallel:
-            return t
-        import torch.distributed as dist
-
-        sizes = [len(r) for r in torch.tensor_split(torch.arange(n), self.world)]
-        padded = t.detach().new_zeros((max(sizes), *t.shape[1:]))
-        padded[: len(t)] = t.detach()
-        parts = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded)
-        return torch.cat([p[:k] for p, k in zip(parts, sizes, strict=True)])
-
-    def train_metrics(self, method: Any, y: Tensor) -> Callable[[Any], None]:
-        """A fit callback that makes a record's training metrics those of the whole training set
-        ``y`` (the loop's are of this rank's shard): the ranks' predictions gathered in row
-        order, the metrics of one process on them."""
-
-        def replace(rec: Any) -> None:
-            S = self.gather_rows(method.current().S, len(y))
-            rec.metrics["train"] = prediction_metrics(method.loss, S, y, S.shape[1])
-
-        return replace
 
     def stop_requested(self) -> bool:
         """Whether a signal asked any rank to stop (stop.requested); a rank that got none then

@@ -209,8 +209,6 @@ def train(name: str, model: nn.Module, data: Split, settings: Mapping[str, Any],
         budget["max_work"] = None  # the iterations, epochs or seconds are the budget
     done: list[dict] = []
     callbacks: list[Callable] = [] if keep is None else [keep]
-    if ranks.parallel:  # the loop's training metrics are of this rank's rows: all rows'
-        callbacks.append(ranks.train_metrics(method, data.y_train))
     callbacks.append(lambda rec: ranks.stop_requested())  # SIGINT/SIGTERM: checkpoint, stop
     start = None
     if resume is not None:
