@@ -80,8 +80,26 @@ def _descending(d: Tensor, g: Tensor, pairs: tuple) -> tuple[Tensor, float, tupl
 
 @dataclass(frozen=True)
 class LanczosSubspace:
-    """The trust-region subproblem solved exactly in a Lanczos basis of ≤ max_products vectors
-    (the paper's trust region: 20 vectors, relative tolerance 1e-2)."""
+    """The trust-region subproblem solved exactly in a Lanczos basis (the paper's descent).
+
+    Parameters
+    ----------
+    max_products : int
+        Lanczos vectors, each one product with H (default 20, the paper's).
+    rtol : float
+        Stop when the Lanczos residual of H s = −g is below rtol·‖g‖ (default 1e-2).
+
+    Notes
+    -----
+    V = [v_1 … v_k] (full reorthogonalisation), T = V H Vᵀ tridiagonal, β₀ = ‖g‖; the step is
+    s = Vᵀz with z = argmin −β₀z₁ + ½ zᵀTz, ‖z‖ ≤ Δ (Moré–Sorensen on T), pred = β₀z₁ − ½ zᵀTz.
+    A rejected step re-solves in the same basis at the smaller radius (no new products).
+
+    References
+    ----------
+    N. Gould, S. Lucidi, M. Roma, Ph. Toint, SIAM J. Optim. 9 (1999) 504–525; J. Moré,
+    D. Sorensen, SIAM J. Sci. Stat. Comput. 4 (1983) 553–572.
+    """
 
     kind: ClassVar[str] = "lanczos"
     keeps_basis: ClassVar[bool] = True  # a rejected step re-solves in the same basis
@@ -108,7 +126,26 @@ class LanczosSubspace:
 
 @dataclass(frozen=True)
 class Steihaug:
-    """Steihaug-Toint truncated CG on the trust-region subproblem (≤ max_products products)."""
+    """Steihaug-Toint truncated CG on the trust-region subproblem.
+
+    Parameters
+    ----------
+    max_products : int
+        CG iterations, each one product with H (default 20).
+    rtol : float
+        Stop when the CG residual is below rtol·‖g‖ (default 1e-2).
+
+    Notes
+    -----
+    CG on H s = −g from s = 0, stopped at the boundary ‖s‖ = Δ (or along a direction of
+    non-positive curvature); the first radius is the length of an unconstrained run's step,
+    which makes the first steps sensitive to rounding on ill-conditioned H (tests: up to 1e-3
+    relative after one iteration when only the rows' order changes).
+
+    References
+    ----------
+    T. Steihaug, SIAM J. Numer. Anal. 20 (1983) 626–637.
+    """
 
     kind: ClassVar[str] = "steihaug"
     keeps_basis: ClassVar[bool] = False
@@ -133,8 +170,28 @@ class Steihaug:
 
 @dataclass(frozen=True)
 class PreconditionedCG:
-    """d ≈ −H⁻¹g by ≤ max_products CG products, preconditioned by L-BFGS(memory) from the
-    accepted steps (memory 0: plain CG). Truncated Gauss-Newton with a line search."""
+    """Truncated Gauss-Newton: d ≈ −H⁻¹g by preconditioned CG (GNvpro's default descent).
+
+    Parameters
+    ----------
+    max_products : int
+        CG iterations, each one product with H (default 10).
+    rtol : float
+        Stop when the residual ‖H d + g‖ is below rtol·‖g‖ (default 1e-2).
+    memory : int
+        Curvature pairs (s, y = Δg) of the accepted steps in the L-BFGS preconditioner M⁻¹
+        (default 10; 0: plain CG).
+
+    Notes
+    -----
+    M⁻¹ is the L-BFGS inverse of the pairs (two-loop recursion, H⁰ = γI); a direction with
+    gᵀd ≥ 0 in round-off falls back to −M⁻¹g, then to −g with the pairs dropped.
+
+    References
+    ----------
+    J. Nocedal, S. Wright, Numerical Optimization, 2nd ed. (2006), Alg. 7.1; J. Morales,
+    J. Nocedal, SIAM J. Optim. 10 (2000) 1079–1096 (L-BFGS preconditioned CG).
+    """
 
     kind: ClassVar[str] = "cg"
     max_products: int = field(default=10, metadata=_PRODUCTS)
@@ -159,8 +216,22 @@ class PreconditionedCG:
 
 @dataclass(frozen=True)
 class LBFGSTwoLoop:
-    """d = −M⁻¹g, M⁻¹ the L-BFGS(memory) inverse (H⁰ = γI, γ = sᵀy/yᵀy of the newest pair);
-    the first trial step 1, or min(1, 1/‖g‖₁) without pairs (as torch.optim.LBFGS)."""
+    """L-BFGS: d = −M⁻¹g, no products with H (L-BFGS-VarPro's descent).
+
+    Parameters
+    ----------
+    memory : int
+        Curvature pairs (s, y = Δg) kept (default 10; 0: steepest descent).
+
+    Notes
+    -----
+    M⁻¹ by the two-loop recursion with H⁰ = γI, γ = sᵀy/yᵀy of the newest pair; the first
+    trial step is 1, or min(1, 1/‖g‖₁) without pairs (as torch.optim.LBFGS).
+
+    References
+    ----------
+    J. Nocedal, S. Wright, Numerical Optimization, 2nd ed. (2006), Alg. 7.4, 7.5.
+    """
 
     kind: ClassVar[str] = "lbfgs"
     memory: int = 10  # curvature pairs (0: steepest descent)

@@ -47,9 +47,27 @@ def _inner_seconds(pt: Any) -> float:
 
 @dataclass(frozen=True)
 class TrustRegion:
-    """Trust region with the ratio test and radius rule ``rule``; it stops when the radius falls
-    below ``min_radius``. ``extrapolate`` (an ablation): after a very successful step also try
-    2s (+1 work unit) and keep the better."""
+    """Trust region: one trial evaluation per iteration, accepted by the ratio test.
+
+    Parameters
+    ----------
+    rule : RadiusRule
+        Thresholds η and factors of the radius update (gnvpro.trust_region; the reference's).
+    min_radius : float
+        Stop (Termination.RADIUS) when the radius falls below it (default 1e-14).
+    extrapolate : bool
+        An ablation: after a very successful step also try 2s (+1 work unit), keep the better.
+
+    Notes
+    -----
+    ρ = (Φ(θ) − Φ(θ + s)) / pred with s from the descent's ``trust_step``; ρ < η_reject keeps θ
+    and shrinks Δ, otherwise θ ← θ + s and Δ follows the rule. Work: 1 for the trial value, 1
+    for the gradient at an accepted point, 2 per product of the descent.
+
+    References
+    ----------
+    A. Conn, N. Gould, Ph. Toint, Trust-Region Methods, SIAM (2000), Alg. 6.1.1.
+    """
 
     kind: ClassVar[str] = "trust_region"
     rule: RadiusRule = field(default_factory=RadiusRule)
@@ -139,8 +157,27 @@ _UNIT_OPEN = in_range(low=0.0, low_inclusive=False, high=1.0, high_inclusive=Fal
 
 @dataclass(frozen=True)
 class StrongWolfe:
-    """Strong Wolfe line search: Φ(θ + αd) ≤ Φ(θ) + c1 α gᵀd and |∇Φ(θ + αd)ᵀd| ≤ c2 |gᵀd|,
-    0 < c1 < c2 < 1, at most ``max_evals`` values per search."""
+    """Strong Wolfe line search along the descent's direction.
+
+    Parameters
+    ----------
+    c1, c2 : float
+        0 < c1 < c2 < 1 (defaults 1e-4, 0.9): Φ(θ + αd) ≤ Φ(θ) + c1 α gᵀd and
+        |∇Φ(θ + αd)ᵀd| ≤ c2 |gᵀd|.
+    max_evals : int
+        Values per search (default 25).
+
+    Notes
+    -----
+    Bracketing and zoom with cubic interpolation from the descent's first trial step; each
+    value costs 1 work unit, each gradient 1 (only where Armijo holds). An accepted step adds
+    the pair (s, Δg) to the descent's L-BFGS memory; a failed search drops the pairs, and
+    stops the method (Termination.LINE_SEARCH) when there were none.
+
+    References
+    ----------
+    J. Nocedal, S. Wright, Numerical Optimization, 2nd ed. (2006), Alg. 3.5, 3.6.
+    """
 
     kind: ClassVar[str] = "strong_wolfe"
     c1: float = field(default=1e-4, metadata=_UNIT_OPEN)
