@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .descent import LanczosSubspace, LBFGSTwoLoop, PreconditionedCG, Steihaug
+from .descent import DESCENTS, LanczosSubspace, LBFGSTwoLoop, PreconditionedCG, Steihaug
 from .search import LineStep, StrongWolfe, TrustRegion, wolfe_line_step
 from .state import (
     Problem,
@@ -91,8 +91,7 @@ class SolverConfig:
         validate_config(self)  # every field, by its type and range (TypeError / ValueError)
         wants = "trust_step" if isinstance(self.search, TrustRegion) else "direction"
         if not hasattr(self.descent, wants):
-            fits = [d.__name__ for d in (LanczosSubspace, Steihaug, PreconditionedCG,
-                                         LBFGSTwoLoop) if hasattr(d, wants)]
+            fits = [d.__name__ for d in DESCENTS if hasattr(d, wants)]
             raise ValueError(f"{type(self).__name__}: the descent {self.descent!r} does not fit "
                              f"the search {type(self.search).__name__}; use one of "
                              f"{', '.join(fits)}")
@@ -120,10 +119,9 @@ def upgrade_settings(d: Mapping[str, Any], base: Any = None) -> dict[str, Any]:
     ``subproblem`` picks the pair ("lanczos", "steihaug": that descent and a trust region;
     "tn": PreconditionedCG and strong Wolfe); without it the kinds of ``base`` (a config, or a
     config type's defaults) do. max_krylov, krylov_rtol, tn_memory (L-BFGS-VarPro: memory) go
-    to the descent;
-    radius_rule, min_radius, extrapolate, max_line_search to the search. A key that means
-    nothing for the chosen pair (a trust-region key with a line search) is dropped, as the
-    earlier versions ignored it. A dict without flat keys is returned unchanged."""
+    to the descent; radius_rule, min_radius, extrapolate, max_line_search to the search. A key
+    that means nothing for the chosen pair (a trust-region key with a line search) is dropped,
+    as the earlier versions ignored it. A dict without flat keys is returned unchanged."""
     if not isinstance(d, Mapping):
         return d
     base_descent, base_search = _default(base, "descent"), _default(base, "search")
