@@ -10,6 +10,7 @@ and of the Gauss-Newton operator. The losses (gnvpro.losses) return such sums ov
 they see; the solvers pass each sum through one ``SampleReducer``:
 
     sum(t)   = Σ_processes t          (the local row sums of all processes; t itself here)
+    sums(*t) = (Σ t_1, Σ t_2, …)      (several sums in one reduction)
     all(b)   = ∧_processes b          (a check every process must pass, e.g. finite features)
     stack(t) = [t_0; t_1; …]          (the processes' equal-shape t in process order: TSQR)
     rows(t)  = [t_0; t_1; …]          (the processes' rows, any counts: global metrics)
@@ -63,6 +64,15 @@ class SampleReducer:
         check that changes what the solver does goes through here, so that all processes take
         the same branch (and their collectives stay in step)."""
         return bool(flag)
+
+    def sums(self, *ts: Tensor) -> tuple[Tensor, ...]:
+        """sum() of each of ``ts`` (one dtype and device) in one reduction: one call where the
+        sums are all-reduced, not one per tensor (one process: ts themselves)."""
+        if type(self).sum is SampleReducer.sum:  # the identity
+            return ts
+        flat = self.sum(torch.cat([t.reshape(-1) for t in ts]))
+        return tuple(f.view_as(t) for f, t in zip(flat.split([t.numel() for t in ts]), ts,
+                                                   strict=True))
 
     parts: int = 1  # the processes whose rows the sums run over
     part: int = 0  # this process's place among them

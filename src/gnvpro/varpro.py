@@ -464,10 +464,12 @@ class VarProJacobian:
         G = [obj.chunk_SG(pt, k)[1] for k in range(obj.n_chunks)] if obj.keeps else None
         D = Y = None
         if not obj.kaufman:
-            P = _accumulate(d.T @ obj.rows(pt.Zh, k) for k, d in enumerate(dZh))
-            Q = pt.inner.hess_inv(pt.W @ (h * self._sum(P)))
-            M = pt.inner.hess_inv(self._sum(_accumulate(
-                (G[k] if G else obj.chunk_SG(pt, k)[1]).T @ d for k, d in enumerate(dZh))))
+            P, GdZ = obj.reducer.sums(  # Ẑᵀ dẐ and Gᵀ dẐ: one reduction for both
+                _accumulate(d.T @ obj.rows(pt.Zh, k) for k, d in enumerate(dZh)),
+                _accumulate((G[k] if G else obj.chunk_SG(pt, k)[1]).T @ d
+                            for k, d in enumerate(dZh)))
+            Q = pt.inner.hess_inv(pt.W @ (h * P))
+            M = pt.inner.hess_inv(GdZ)
             D, Y = -Q, -M  # dW − Y and Y
             if not obj.gn_alpha_w and obj.alpha_w > 0:
                 extra = obj.alpha_w * pt.inner.hess_inv(Q + M)
