@@ -366,3 +366,23 @@ def test_one_iteration_of_every_variant_is_the_one_process_one(tmp_path, loss, s
     rel = ((ranks[0] - ref) / ref).abs()
     assert (rel <= torch.clamp(100 * spread, min=1e-10)).all(), (rel, spread)
     assert (rel[[1, 3]] <= 1e-10).all()  # Lanczos (reorthogonalised) and L-BFGS: 1e-10
+
+
+def _empty_worker(rank: int, world: int, out: str) -> None:
+    try:
+        _quantities("cross_entropy", 3, _rows(rank, [0, N]), DistributedReducer([0, N][rank]))
+        msg = "accepted"
+    except ValueError as e:
+        msg = str(e)
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(msg)
+
+
+def test_an_empty_shard_is_refused_on_every_rank(tmp_path):
+    """A process without rows is refused (every process needs one) on every rank, with the
+    reason on the empty one: no rank goes on alone."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(in_group, args=(2, init, _empty_worker, str(tmp_path)), nprocs=2, join=True)
+    empty, full = ((tmp_path / f"rank{r}.txt").read_text() for r in range(2))
+    assert "every process needs at least one row" in empty, empty
+    assert "another process refused" in full, full

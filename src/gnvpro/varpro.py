@@ -176,6 +176,10 @@ class ReducedObjective:
             refused = None
         except (TypeError, ValueError) as e:
             refused = e
+            if getattr(reducer, "parts", 1) > 1 and isinstance(x, Tensor) and x.ndim and (
+                    x.shape[0] == 0):
+                refused = ValueError(f"{e} (data-parallel: every process needs at least one "
+                                     "row of the batch; split n rows over at most n processes)")
         if reducer is not None and not reducer.all(refused is None):  # every process learns it
             raise refused or ValueError("another process refused its part of the batch (its "
                                         "message says why); this process's part was accepted")
