@@ -125,20 +125,25 @@ def test_sharded_methods_follow_the_one_process_trajectory(tmp_path, kind, sizes
     assert torch.allclose(t[:upto], ref[:upto], rtol=1e-8, atol=0.0)
 
 
+def _outcome(out: str, rank: int, fn) -> None:
+    """Write fn()'s text, or the ValueError it raised, to OUT/rankR.txt."""
+    try:
+        msg = fn()
+    except ValueError as e:
+        msg = str(e)
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(msg)
+
+
 def _refusing_worker(rank: int, world: int, out: str) -> None:
     model, x, y = _problem("least_squares", 4)
     rows = _rows(rank, [15, N - 15])
     xr = x[rows].clone()
     if rank == 1:
         xr[0, 0] = float("nan")  # a bad input on one rank only
-    try:
-        ReducedObjective(split_model(model, probe=x), make_loss("least_squares"), xr, y[rows],
-                         1e-3, 1e-4, reducer=DistributedReducer(len(xr)))
-        msg = "accepted"
-    except ValueError as e:
-        msg = str(e)
-    with open(f"{out}/rank{rank}.txt", "w") as f:
-        f.write(msg)
+    _outcome(out, rank, lambda: ReducedObjective(
+        split_model(model, probe=x), make_loss("least_squares"), xr, y[rows], 1e-3, 1e-4,
+        reducer=DistributedReducer(len(xr))) and "accepted")
 
 
 def test_a_bad_shard_on_one_rank_raises_on_every_rank(tmp_path):
@@ -164,15 +169,14 @@ def _class_worker(rank: int, world: int, loss: str, labels: list, out: str) -> N
     rows = _rows(rank, [N // 2, N - N // 2])
     y = torch.full((rows.stop - rows.start,), labels[rank],
                    dtype=torch.int64 if loss == "cross_entropy" else DT)
-    try:
+
+    def value() -> str:
         obj = ReducedObjective(split_model(model, probe=x), make_loss(loss), x[rows], y, 1e-3,
                                1e-4, reducer=DistributedReducer(len(y)), inner=TIGHT)
         theta = obj.features.layout.flatten(obj.split.feature_params(), DT).detach()
-        msg = repr(obj.evaluate(theta).value)
-    except ValueError as e:
-        msg = str(e)
-    with open(f"{out}/rank{rank}.txt", "w") as f:
-        f.write(msg)
+        return repr(obj.evaluate(theta).value)
+
+    _outcome(out, rank, value)
 
 
 @pytest.mark.parametrize(("loss", "labels"), [("cross_entropy", [2, 0]), ("logistic", [1, 0]),
@@ -347,11 +351,11 @@ def _variants_worker(rank: int, world: int, sizes: list[int], loss: str, out: st
                                              ("logistic", [16, 14])])
 def test_one_iteration_of_every_variant_is_the_one_process_one(tmp_path, loss, sizes):
     """Truncated GN, the Lanczos and Steihaug trust regions and L-BFGS, one outer iteration on
-    2 and 3 ranks: the work units of one process, Φ and ‖∇Φ‖ within 1e-10 or within 100× the
-    spread of one process whose rows are permuted (truncated CG amplifies the rounding of the
-    sums' order: measured after one iteration, least squares, 5e-9 for truncated GN and 1e-3
-    to 6e-3 for Steihaug, whose first radius is an unconstrained CG run's step), ranks bitwise
-    equal."""
+    2 and 3 ranks: Φ, ‖∇Φ‖ and work units of one process within 1e-10 (Lanczos, L-BFGS), or Φ
+    and ‖∇Φ‖ within 100× the spread of one process whose rows are permuted (truncated CG
+    amplifies the rounding of the sums' order: measured after one iteration, least squares,
+    5e-9 for truncated GN and 1e-3 to 6e-3 for Steihaug, whose first radius is an unconstrained
+    CG run's step), ranks bitwise equal."""
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.spawn(in_group, args=(len(sizes), init, _variants_worker, sizes, loss, str(tmp_path)),
              nprocs=len(sizes), join=True)
@@ -362,20 +366,19 @@ def test_one_iteration_of_every_variant_is_the_one_process_one(tmp_path, loss, s
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(sizes))]
     for t in ranks:
         assert torch.equal(t, ranks[0])
-    assert torch.equal(ranks[0][:, 2], ref[:, 2])  # work units
     rel = ((ranks[0] - ref) / ref).abs()
-    assert (rel <= torch.clamp(100 * spread, min=1e-10)).all(), (rel, spread)
-    assert (rel[[1, 3]] <= 1e-10).all()  # Lanczos (reorthogonalised) and L-BFGS: 1e-10
+    # Lanczos (reorthogonalised) and L-BFGS: 1e-10 and the same work units
+    assert (rel[[1, 3]] <= 1e-10).all() and torch.equal(ranks[0][[1, 3], 2], ref[[1, 3], 2])
+    # truncated CG (TN, Steihaug): Φ and ‖∇Φ‖ within 100× the permutation spread; its CG
+    # count, hence its work, may change with the rounding (Steihaug under MKL_CBWR=COMPATIBLE
+    # and 2 threads: 79 against 75 work units on cross-entropy)
+    assert (rel[[0, 2], :2] <= torch.clamp(100 * spread[[0, 2], :2], min=1e-10)).all(), (
+        rel, spread)
 
 
 def _empty_worker(rank: int, world: int, out: str) -> None:
-    try:
-        _quantities("cross_entropy", 3, _rows(rank, [0, N]), DistributedReducer([0, N][rank]))
-        msg = "accepted"
-    except ValueError as e:
-        msg = str(e)
-    with open(f"{out}/rank{rank}.txt", "w") as f:
-        f.write(msg)
+    _outcome(out, rank, lambda: _quantities("cross_entropy", 3, _rows(rank, [0, N]),
+                                            DistributedReducer([0, N][rank])) and "accepted")
 
 
 def test_an_empty_shard_is_refused_on_every_rank(tmp_path):

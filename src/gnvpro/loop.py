@@ -280,14 +280,17 @@ def fit(
     records: list[StepInfo] = []
     hist = History(records, Termination.RUNNING, position=start, work=work)
     last_checkpoint = time.perf_counter()
+    targets: list = [None, None]  # (the batch's y, y's rows on every process): once per batch
 
     def record(info: StepInfo, y: Tensor, **extra: object) -> StepInfo:
         it = method.current()
         info.loss, info.data_loss = it.value, it.data_loss
         info.work_units, info.seconds = work, method.seconds
         info.inner_seconds = method.inner_seconds
-        S, Y = _all_rows(method, it.S), _all_rows(method, y)  # a data-parallel run's: all rows
-        info.metrics["train"] = prediction_metrics(method.loss, S, Y, S.shape[1])
+        if targets[0] is not y:  # every process changes batch at the same step
+            targets[:] = [y, _all_rows(method, y)]
+        S = _all_rows(method, it.S)  # a data-parallel run's predictions: all rows
+        info.metrics["train"] = prediction_metrics(method.loss, S, targets[1], S.shape[1])
         if val is not None and info.iteration % val_every == 0:
             info.metrics["val"] = _val_metrics(method, val)
         elif val is not None:

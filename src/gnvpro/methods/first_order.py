@@ -168,7 +168,7 @@ class FirstOrder(ModelMethod):
                 self._objective(net(x[idx]), C[idx])[0].backward()
             else:  # the DDP average over P processes of P·(own rows' sum)/|B| + regularisers
                 own = idx[(idx >= lo) & (idx < lo + len(x))] - lo
-                scale = SampleReducer(len(idx)).scale(float(self.reducer.parts))
+                scale = self.reducer.parts / len(idx)
                 S = net(x[own])  # no own rows: a zero loss, the same graph for DDP
                 loss = scale * self.loss.value(S, C[own]) if len(own) else 0.0 * S.sum()
                 ridge_w, ridge_theta = self._penalties()
