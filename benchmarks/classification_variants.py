@@ -62,9 +62,15 @@ METHODS = {
     "lbfgs-dir m10 inner_rtol 1e-6": G(descent=LB(memory=10), inner_rtol=1e-6),
     "lbfgs-dir m10 inner_rtol 1e-4": G(descent=LB(memory=10), inner_rtol=1e-4),
     "cg5 inner_max_iter 3": G(descent=PCG(max_products=5), inner_max_iter=3),
+    # inexact inner solves whose tolerance follows ‖g‖ (GNvproConfig.inner_forcing)
+    "default forcing 1e-3": G(inner_forcing=1e-3),
+    "default forcing 1e-2": G(inner_forcing=1e-2),
+    "lbfgs-dir m10 forcing 1e-3": G(descent=LB(memory=10), inner_forcing=1e-3),
 }
 EXTRAS = ("cg5,cg5 inner_rtol 1e-6,lbfgs-dir m10,lbfgs-dir m10 inner_rtol 1e-6,"
           "lbfgs-dir m10 inner_rtol 1e-4,cg5 inner_max_iter 3,torch-lbfgs,newton-cg,adam lr=0.03")
+FORCING = ("default (cg10),default forcing 1e-3,default forcing 1e-2,lbfgs-dir m10,"
+           "lbfgs-dir m10 forcing 1e-3,torch-lbfgs,newton-cg,adam lr=0.03")
 
 
 def cmd_run(a):
@@ -93,8 +99,11 @@ def cmd_breakdown(a):
     p = peers.make_problem("synth20", 0)
     rows = []
     for label, kw in (("default", {}), ("inner_rtol 1e-6", {"inner_rtol": 1e-6}),
+                      ("forcing 1e-3", {"inner_forcing": 1e-3}),
                       ("cg5", {"descent": PCG(max_products=5)}),
-                      ("lbfgs-dir m10", {"descent": LB(memory=10)})):
+                      ("lbfgs-dir m10", {"descent": LB(memory=10)}),
+                      ("lbfgs-dir m10 forcing 1e-3", {"descent": LB(memory=10),
+                                                      "inner_forcing": 1e-3})):
         import copy
         model = copy.deepcopy(p.model)
         opt = gnvpro.GNvpro(model, loss=p.kind, alpha_w=p.alpha_w, alpha_theta=p.alpha_theta,

@@ -21,6 +21,13 @@ One torch thread (torch.set_num_threads(1)); the ratios, not the seconds, carry 
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/inner_solve_cost.py [--baseline dda3b6f]
         [--alpha 1e-4] [--steps 10] [--repeats 3] [--warm 10] [--json PATH]
+        [--descent cg|lbfgs] [--forcing KAPPA]
+
+--descent lbfgs: GNvpro with an L-BFGS direction (no H_W⁻¹ applied); --forcing: its
+inner_forcing. Measured with --baseline c801218 --descent lbfgs --repeats 5 --steps 20
+(the factor the Newton iteration kept preconditions the next solve): cross-entropy 20.7 →
+16.5 ms per iteration, 0.87 → 0.17 Hessians formed per solve; with --forcing 1e-3 15.2 →
+11.4 ms, 0.91 → 0.05 (docs/results.md).
 
 Needs scikit-learn (``pip install -e .[bench]``).
 
@@ -37,6 +44,7 @@ cross-entropy α = 1e-4 47 ms per solve, 70 % share, 134 ms per outer iteration.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import subprocess
@@ -130,7 +138,8 @@ class Meter:
 def timed_steps(loss: str, model: nn.Module, x, y, meter: Meter, args) -> tuple:
     """STEPS outer iterations of a fresh GNvpro from the model's weights: (outer s, inner s,
     s per solve, Newton iterations per solve, Hessians per solve, Φ after)."""
-    opt = gnvpro.GNvpro(model, loss=loss, alpha_w=args.alpha, alpha_theta=args.alpha)
+    opt = gnvpro.GNvpro(model, loss=loss, alpha_w=args.alpha, alpha_theta=args.alpha,
+                        config=config(args))
     opt.set_batch(x, y)
     meter.reset()
     t = time.perf_counter()
@@ -142,15 +151,23 @@ def timed_steps(loss: str, model: nn.Module, x, y, meter: Meter, args) -> tuple:
             meter.newton / k, meter.hessians / k, opt.current().value)
 
 
+def config(args: argparse.Namespace) -> gnvpro.GNvproConfig:
+    """The default (truncated GN), or --descent lbfgs (an L-BFGS direction: no H_W⁻¹), with
+    --forcing κ (inexact inner solves)."""
+    descent = gnvpro.LBFGSTwoLoop() if args.descent == "lbfgs" else gnvpro.PreconditionedCG()
+    return gnvpro.GNvproConfig(descent=descent, inner_forcing=args.forcing)
+
+
 def run(loss: str, solvers: dict, meter: Meter, args: argparse.Namespace) -> dict[str, dict]:
     """Warm-up (the first solver), then the solvers' repeats interleaved from the same weights
     (a change of machine load hits them alike); medians over the repeats."""
     x, y = digits(loss)
     model = model_for(10 if loss == "cross_entropy" else 1)
-    wrapped = {name: meter.wrap_solver(fn, fn is newton_mod.solve_newton)
+    wrapped = {name: meter.wrap_solver(fn, "factor0" in inspect.signature(fn).parameters)
                for name, fn in solvers.items()}
     gnvpro.inner.solve_newton = next(iter(wrapped.values()))
-    warm = gnvpro.GNvpro(model, loss=loss, alpha_w=args.alpha, alpha_theta=args.alpha)
+    warm = gnvpro.GNvpro(model, loss=loss, alpha_w=args.alpha, alpha_theta=args.alpha,
+                         config=config(args))
     for _ in range(args.warm):
         warm.step(x, y)
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -180,6 +197,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warm", type=int, default=10)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--descent", choices=("cg", "lbfgs"), default="cg")
+    ap.add_argument("--forcing", type=float, default=0.0, help="GNvproConfig.inner_forcing")
     args = ap.parse_args()
     torch.set_num_threads(1)
     solvers = {"base": load_baseline(args.baseline), "head": newton_mod.solve_newton}
@@ -190,7 +209,8 @@ def main() -> None:
     base_mod.dense_hessian = meter.count_hessians(base_mod.dense_hessian)
     rows = []
     print(f"torch threads: {torch.get_num_threads()}, alpha = {args.alpha:g}, "
-          f"{args.steps} outer iterations × {args.repeats} repeats after {args.warm} warm-up")
+          f"{args.steps} outer iterations × {args.repeats} repeats after {args.warm} warm-up, "
+          f"descent {args.descent}, inner_forcing {args.forcing:g}")
     print(f"{'loss':14s} {'solver':6s} {'outer ms':>9s} {'inner ms':>9s} {'share':>6s} "
           f"{'ms/solve':>9s} {'newton/solve':>12s} {'H formed/solve':>14s} {'Φ after':>12s}")
     for loss in ("cross_entropy", "logistic"):

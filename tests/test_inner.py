@@ -483,6 +483,28 @@ def test_reused_factor_meets_the_same_test(monkeypatch: pytest.MonkeyPatch) -> N
     assert rel < 1e-7, rel
 
 
+def test_the_next_factor_is_the_kept_one_until_h_w_inverse_forms_the_exact_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A solution whose H_W⁻¹ was never applied (an L-BFGS direction) hands the next solve the
+    factor its Newton iteration kept, forming nothing; once H_W⁻¹ formed the factor at W*, that
+    one. Solves chained this way form no H_W and meet the same test as fresh ones."""
+    alpha = 1e-3
+    loss, Zh, Zh1, C = _reuse_problem(seed=26)
+    sol0 = solve_newton(loss, Zh, C, alpha, _r(Zh))
+    L0 = sol0.factor()  # formed at W*(Zh) (no factor was kept: it formed one at W = 0)
+    calls = _count_hessians(monkeypatch)
+    sol1 = solve_newton(loss, Zh1, C, alpha, _r(Zh1), W0=sol0.W, factor0=sol0.factor)
+    assert sol1.factor() is L0 and calls[0] == 0  # the kept factor, nothing formed
+    sol2 = solve_newton(loss, Zh, C, alpha, _r(Zh), W0=sol1.W, factor0=sol1.factor)
+    assert calls[0] == 0 and sol2.converged and sol2.iterations > 0
+    assert float((sol2.W - sol0.W).norm() / sol0.W.norm()) < 1e-7
+    _check_hess_inv(loss, Zh1, C, sol1, alpha)  # forms the exact factor at W*(Zh1) …
+    assert calls[0] == 1 and sol1.factor() is not L0  # … which is now the next one
+    assert torch.allclose(sol1.factor() @ sol1.factor().mT,
+                          dense_hessian(loss, Zh1 @ sol1.W.T, C, Zh1, alpha, _r(Zh1)),
+                          rtol=1e-10, atol=1e-12)
+
+
 def test_stale_or_misshaped_factor(monkeypatch: pytest.MonkeyPatch) -> None:
     """A factor of a very different H_W (PCG stalls: H_W is formed afresh) or of another size
     (ignored) changes nothing but the cost: same test, same W*."""

@@ -177,7 +177,7 @@ class _Wall:
     def __init__(self, theta0):
         self.theta0 = theta0
 
-    def evaluate(self, theta, prev=None):
+    def evaluate(self, theta, prev=None, *, outer_grad_norm=None):
         return self.Pt(theta, 0.5 * float(theta @ theta) if torch.equal(theta, self.theta0)
                        else math.inf)
 

@@ -102,8 +102,10 @@ class JointProblem:
         return self.reducer.scale(self.loss.hess_apply(pt.S, self.C, U))
 
     # ----------------------------------------------------------------- Problem
-    def evaluate(self, z: Tensor, prev: object = None) -> JointPoint:
-        """Φ(θ, W), the predictions S = Ẑ Wᵀ and G = ∂L/∂S (prev is unused: no inner solve)."""
+    def evaluate(self, z: Tensor, prev: object = None, *,
+                 outer_grad_norm: float | None = None) -> JointPoint:
+        """Φ(θ, W), the predictions S = Ẑ Wᵀ and G = ∂L/∂S (prev and outer_grad_norm are
+        unused: no inner solve)."""
         z = z.detach().to(torch.float64)
         theta, W = self.unpack(z)
         Z, vjp_fn = self.features.with_vjp(theta)

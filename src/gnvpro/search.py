@@ -83,7 +83,9 @@ class TrustRegion:
         ts = descent.trust_step(problem, state)
         state, s = ts.state, ts.s
         step_norm = float(s.norm())
-        trial = problem.evaluate(state.pt.theta + s.to(state.pt.theta), state.pt)
+        gn = state.grad_norm  # the inner tolerance follows it (InnerOptions.forcing)
+        trial = problem.evaluate(state.pt.theta + s.to(state.pt.theta), state.pt,
+                                 outer_grad_norm=gn)
         work = state.work + 1
         ared = state.pt.value - trial.value
         rho = ared / ts.pred if ts.pred > 0 and math.isfinite(trial.value) else float("nan")
@@ -97,7 +99,8 @@ class TrustRegion:
                           basis=state.basis if descent.keeps_basis else None)
         else:
             if self.extrapolate and rho > self.rule.eta_expand:
-                far = problem.evaluate(state.pt.theta + 2 * s.to(state.pt.theta), trial)
+                far = problem.evaluate(state.pt.theta + 2 * s.to(state.pt.theta), trial,
+                                       outer_grad_norm=gn)
                 work += 1
                 inner_seconds += _inner_seconds(far)
                 if far.value < trial.value:
@@ -129,13 +132,15 @@ class LineStep:
 
 
 def wolfe_line_step(problem: Problem, pt: Any, d: Tensor, dg: float, alpha1: float = 1.0,
-                    max_evals: int = 25, c1: float = 1e-4, c2: float = 0.9) -> LineStep:
-    """φ(α) = Φ(θ + α d) from pt (φ'(0) = dg < 0); gradients only where Armijo holds."""
+                    max_evals: int = 25, c1: float = 1e-4, c2: float = 0.9,
+                    grad_norm: float | None = None) -> LineStep:
+    """φ(α) = Φ(θ + α d) from pt (φ'(0) = dg < 0); gradients only where Armijo holds;
+    grad_norm = ‖∇Φ‖ at pt, which the inner tolerance follows (InnerOptions.forcing)."""
     trials: dict[float, list] = {}
     cost = {"work": 0.0, "inner": 0.0}
 
     def phi(a: float) -> float:
-        trial = problem.evaluate(pt.theta + a * d, pt)
+        trial = problem.evaluate(pt.theta + a * d, pt, outer_grad_norm=grad_norm)
         cost["work"] += 1
         cost["inner"] += _inner_seconds(trial)
         trials[a] = [trial, None]
@@ -196,7 +201,7 @@ class StrongWolfe:
         dr = descent.direction(problem, state)
         work = state.work + 2 * dr.products
         ls_step = wolfe_line_step(problem, pt, dr.d, dr.dg, dr.alpha1, self.max_evals,
-                                  self.c1, self.c2)
+                                  self.c1, self.c2, state.grad_norm)
         ls, trial, work = ls_step.search, ls_step.point, work + ls_step.work
         inner_seconds = state.inner_seconds + ls_step.inner_seconds
         if trial is None:  # no decrease: drop the curvature pairs; stop if there were none

@@ -25,7 +25,8 @@ __all__ = ["Problem", "SavedPoint", "SolverState", "StepInfo", "Termination", "i
 
 
 class Problem(Protocol):
-    def evaluate(self, theta: Tensor, prev: Any = None) -> Any: ...
+    def evaluate(self, theta: Tensor, prev: Any = None, *,
+                 outer_grad_norm: float | None = None) -> Any: ...
     def gradient(self, pt: Any) -> Tensor: ...
     def gn_operator(self, pt: Any) -> Any: ...
 
@@ -98,8 +99,9 @@ class SolverState:
     def to_dict(self) -> dict[str, Any]:
         """θ, W, value and factor of the point, g, grad_norm0, radius, basis (its fields),
         pairs ([s, y, ρ] lists), stalled and the counters. Tensors are the state's own (a
-        step replaces them, never changes them in place); the point's lazy H_W factor is formed
-        here if it was not yet (the next step would form it)."""
+        step replaces them, never changes them in place); the point's factor is what its next
+        inner solve would be preconditioned with (InnerSolution.factor; formed here if the solve
+        kept none)."""
         pt = self.pt
         factor = getattr(getattr(pt, "inner", None), "factor", None)
         factor = factor() if callable(factor) else factor

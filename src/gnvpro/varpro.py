@@ -92,9 +92,14 @@ class WarmStart:
 
 @dataclass(frozen=True)
 class InnerOptions:
+    """The inner solve's stopping test ‖∇_W Φ‖ ≤ max(atol, rtol·‖∇_W Φ(0)‖, forcing·‖g‖), g the
+    reduced gradient at the current outer iterate (``ReducedObjective.evaluate``'s
+    outer_grad_norm; forcing = 0: solves to atol / rtol alone)."""
+
     rtol: float = 1e-10
     atol: float = 1e-10
     max_iter: int = 100
+    forcing: float = 0.0
 
 
 def gram_path_pays(h: float | None, Zh: Tensor, W: Tensor) -> bool:
@@ -231,12 +236,17 @@ class ReducedObjective:
         return self.head.augment(Z)
 
     def solve_inner(self, Zh: Tensor, W0: Tensor | None = None, finite: bool = False,
-                    factor0: Callable[[], Tensor] | None = None) -> InnerSolution:
+                    factor0: Callable[[], Tensor] | None = None,
+                    outer_grad_norm: float | None = None) -> InnerSolution:
         """W*(Ẑ) (finite=True: Ẑ is known to be finite; C always is, batch_targets checked it;
-        factor0: the Cholesky factor of a nearby H_W, the Newton solve's preconditioner)."""
+        factor0: the Cholesky factor of a nearby H_W, the Newton solve's preconditioner), to
+        ‖∇_W Φ‖ ≤ max(atol, rtol·‖∇_W Φ(0)‖, forcing·outer_grad_norm) (InnerOptions)."""
         o = self.inner_options
+        atol = o.atol
+        if o.forcing > 0 and outer_grad_norm is not None:
+            atol = max(atol, o.forcing * outer_grad_norm)
         return solve_inner(self.loss, Zh, self.C, self.alpha_w, self.reducer, W0, finite=finite,
-                           factor0=factor0, rtol=o.rtol, atol=o.atol, max_iter=o.max_iter)
+                           factor0=factor0, rtol=o.rtol, atol=atol, max_iter=o.max_iter)
 
     def _features(self, theta: Tensor, k: int,
                   with_vjp: bool) -> tuple[Tensor, Linearisation | None]:
@@ -255,9 +265,12 @@ class ReducedObjective:
             )
         return Z, lin
 
-    def evaluate(self, theta: Tensor, prev: Point | None = None, with_vjp: bool = True) -> Point:
+    def evaluate(self, theta: Tensor, prev: Point | None = None, with_vjp: bool = True, *,
+                 outer_grad_norm: float | None = None) -> Point:
         """Forward passes, inner solve W*(θ) (warm-started from prev.W, preconditioned by the
         Cholesky factor of prev's H_W when prev has a dense inner solution), Φ_red(θ).
+        outer_grad_norm: ‖g‖ at the outer iterate the search starts from (the inner tolerance
+        follows it when InnerOptions.forcing > 0; then math.inf keeps prev.W, no Newton step).
 
         A non-finite forward pass gives value = inf (the trust region then rejects the step).
         """
@@ -276,7 +289,8 @@ class ReducedObjective:
             empty = InnerSolution(W=torch.empty(0), hess_inv=lambda v: v, converged=False,
                                   message="non-finite features (the step is rejected)")
             return Point(theta, float("inf"), float("inf"), Zh, inf, empty, (inf, inf), [])
-        sol = self.solve_inner(Zh, W0, finite=True, factor0=factor0)
+        sol = self.solve_inner(Zh, W0, finite=True, factor0=factor0,
+                               outer_grad_norm=outer_grad_norm)
         SG = None
         if self.keeps:
             S = Zh @ sol.W.T

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -222,6 +223,11 @@ def process_group(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> Iter
         yield _current
     finally:
         _current = before
+        # free cyclic garbage that holds gloo work (tensors, DDP wrappers) while the interpreter
+        # is whole: a gloo thread that frees it during finalisation aborts the process
+        # ("terminate called without an active exception": 5 of 10 torchrun ADAM/SGD runs
+        # without this line, 0 of 12 with it)
+        gc.collect()
         dist.destroy_process_group()
 
 

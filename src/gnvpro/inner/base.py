@@ -18,8 +18,9 @@ class InnerSolution:
     hess_inv applies H_W⁻¹ to a (c, p) tensor, where
         H_W[V] = H_S[Ẑ Vᵀ]ᵀ Ẑ + α_W V
     is the Hessian of Φ in W at the returned W*, factorised once (Cholesky, at its first use)
-    and reused. factor (dense Newton path only) returns that Cholesky factor L, H_W = L Lᵀ,
-    formed on its first call: the next solve's preconditioner (solve_newton's factor0).
+    and reused. factor (dense Newton path only) returns a Cholesky factor L, H_W = L Lᵀ, of H_W
+    at W* or near it (that of hess_inv once formed, else the one the Newton iteration kept, else
+    formed at W* on the call): the next solve's preconditioner (solve_newton's factor0).
     ``seconds`` does not include a factorisation deferred to hess_inv or factor.
     """
 

@@ -79,7 +79,6 @@ class FirstOrder(ModelMethod):
             raise TypeError(f"reducer must be a SampleReducer, got {describe(reducer)}")
         super().__init__(model, loss, alpha_w, alpha_theta, head, config, regularizer)
         self.reducer = reducer
-        self._ddp: nn.Module | None = None  # DistributedDataParallel(model), when sharded
         self._offset = 0  # the first global row of this process's shard
         c = self.config
         self.feature_params = self.split.feature_params()
@@ -149,18 +148,27 @@ class FirstOrder(ModelMethod):
 
     def _epoch(self, x: Tensor, C: Tensor) -> None:
         """One epoch of mini-batch steps: one process, or this process's rows of each global
-        mini-batch under DistributedDataParallel (module docstring)."""
-        b, sharded = self.config.batch_size, self._sharded()
+        mini-batch under DistributedDataParallel (module docstring). The DDP wrapper lives for
+        the epoch alone: one that outlives destroy_process_group aborts the process at exit
+        ("terminate called without an active exception", 3 of 20 gloo runs)."""
+        if not self._sharded():
+            self._steps(self.model, x, C, sharded=False)
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(self.model,
+                                      process_group=getattr(self.reducer, "group", None))
+        try:
+            self._steps(ddp, x, C, sharded=True)
+        finally:
+            del ddp
+
+    def _steps(self, net: nn.Module, x: Tensor, C: Tensor, sharded: bool) -> None:
+        """The mini-batch steps of one epoch through ``net`` (the model, or its DDP wrapper)."""
+        b = self.config.batch_size
         n = self.reducer.n if sharded else len(x)
         perm = torch.randperm(n, generator=self.generator).to(x.device)
-        net = self.model
-        if sharded:
-            if self._ddp is None:
-                from torch.nn.parallel import DistributedDataParallel
-
-                self._ddp = DistributedDataParallel(
-                    self.model, process_group=getattr(self.reducer, "group", None))
-            net, lo = self._ddp, self._offset
+        lo = self._offset
         for i in range(0, n, b):
             idx = perm[i : i + b]
             self.optimizer.zero_grad(set_to_none=True)

@@ -239,7 +239,7 @@ class SolverMethod(ModelMethod):
         old = self.state
         if old is not None and isinstance(old.pt, SavedPoint) and self._model_holds(old.pt):
             t0 = time.perf_counter()
-            pt = problem.evaluate(old.pt.theta, old.pt)
+            pt = problem.evaluate(old.pt.theta, old.pt, outer_grad_norm=math.inf)  # keeps W
             if _same_value(pt.value, old.pt.value):  # the saved data: the saved state
                 inner = getattr(pt, "inner", None)
                 return replace(old, pt=pt, seconds=old.seconds + time.perf_counter() - t0,
