@@ -92,9 +92,8 @@ class WarmStart:
 
 @dataclass(frozen=True)
 class InnerOptions:
-    """The inner solve's stopping test ‖∇_W Φ‖ ≤ max(atol, rtol·‖∇_W Φ(0)‖, forcing·‖g‖), g the
-    reduced gradient at the current outer iterate (``ReducedObjective.evaluate``'s
-    outer_grad_norm; forcing = 0: solves to atol / rtol alone)."""
+    """The inner stopping test ‖∇_W Φ‖ ≤ max(atol, rtol·‖∇_W Φ(0)‖, forcing·‖g‖), g the reduced
+    gradient where the outer step starts (evaluate's outer_grad_norm; forcing 0: exact)."""
 
     rtol: float = 1e-10
     atol: float = 1e-10
@@ -241,10 +240,8 @@ class ReducedObjective:
         """W*(Ẑ) (finite=True: Ẑ is known to be finite; C always is, batch_targets checked it;
         factor0: the Cholesky factor of a nearby H_W, the Newton solve's preconditioner), to
         ‖∇_W Φ‖ ≤ max(atol, rtol·‖∇_W Φ(0)‖, forcing·outer_grad_norm) (InnerOptions)."""
-        o = self.inner_options
-        atol = o.atol
-        if o.forcing > 0 and outer_grad_norm is not None:
-            atol = max(atol, o.forcing * outer_grad_norm)
+        o, gn = self.inner_options, outer_grad_norm
+        atol = max(o.atol, o.forcing * gn) if o.forcing > 0 and gn is not None else o.atol
         return solve_inner(self.loss, Zh, self.C, self.alpha_w, self.reducer, W0, finite=finite,
                            factor0=factor0, rtol=o.rtol, atol=atol, max_iter=o.max_iter)
 
