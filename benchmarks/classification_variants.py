@@ -66,6 +66,7 @@ METHODS = {
     "default forcing 1e-3": G(inner_forcing=1e-3),
     "default forcing 1e-2": G(inner_forcing=1e-2),
     "lbfgs-dir m10 forcing 1e-3": G(descent=LB(memory=10), inner_forcing=1e-3),
+    "lbfgs-dir m10 forcing 1e-2": G(descent=LB(memory=10), inner_forcing=1e-2),
 }
 EXTRAS = ("cg5,cg5 inner_rtol 1e-6,lbfgs-dir m10,lbfgs-dir m10 inner_rtol 1e-6,"
           "lbfgs-dir m10 inner_rtol 1e-4,cg5 inner_max_iter 3,torch-lbfgs,newton-cg,adam lr=0.03")
