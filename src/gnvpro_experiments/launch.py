@@ -225,8 +225,8 @@ def process_group(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT) -> Iter
         _current = before
         # free cyclic garbage that holds gloo work (tensors, DDP wrappers) while the interpreter
         # is whole: a gloo thread that frees it during finalisation aborts the process
-        # ("terminate called without an active exception": 5 of 10 torchrun ADAM/SGD runs
-        # without this line, 0 of 12 with it)
+        # ("terminate called without an active exception": tests/test_cli_distributed.py's
+        # ADAM/SGD run under torchrun aborted in about half its runs without this line)
         gc.collect()
         dist.destroy_process_group()
 
