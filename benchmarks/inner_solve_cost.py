@@ -11,7 +11,9 @@ interleaved; the table reports medians over the repeats:
 - ``inner ms``: time inside the inner solves plus the H_W⁻¹ applications (both the W*-side
   work of an iteration), and ``share`` = inner ms / outer ms;
 - ``ms/solve``, ``newton/solve``: per inner solve (line-search trial points and the start);
-- ``H formed/solve``: dense Hessians formed per inner solve (including the one behind H_W⁻¹).
+- ``H formed/solve``: dense Hessians formed per inner solve (including the one behind H_W⁻¹);
+- ``H_W prod/solve``: products with the matrix-free H_W per inner solve (the Newton iteration's
+  CG preconditioned by a reused factor).
 
 Inner solvers: ``head`` is the library as installed; ``base`` is ``solve_newton`` of the git
 revision --baseline (loaded from ``git show REV:src/gnvpro/inner/newton.py`` into this process
@@ -23,8 +25,10 @@ One torch thread (torch.set_num_threads(1)); the ratios, not the seconds, carry 
         [--alpha 1e-4] [--steps 10] [--repeats 3] [--warm 10] [--json PATH]
         [--descent cg|lbfgs] [--forcing KAPPA]
 
---descent lbfgs: GNvpro with an L-BFGS direction (no H_W⁻¹ applied); --forcing: its
-inner_forcing. Measured with --baseline c801218 --descent lbfgs --repeats 5 --steps 20
+--problem synth20: benchmarks/peers.py's 20-class problem (seed 0, α = 1e-4) instead of the
+digits (cross-entropy only). --descent lbfgs: GNvpro with an L-BFGS direction (no H_W⁻¹
+applied); --forcing: its inner_forcing.
+Measured with --baseline c801218 --descent lbfgs --repeats 5 --steps 20
 (the factor the Newton iteration kept preconditions the next solve): cross-entropy 20.7 →
 16.5 ms per iteration, 0.87 → 0.17 Hessians formed per solve; with --forcing 1e-3 15.2 →
 11.4 ms, 0.91 → 0.05 (docs/results.md).
@@ -103,6 +107,7 @@ class Meter:
         self.solves = 0
         self.newton = 0
         self.hessians = 0
+        self.products = 0
 
     def wrap_solver(self, solver: Callable, factor0: bool) -> Callable:
         def timed(*args, **kwargs):
@@ -134,10 +139,24 @@ class Meter:
 
         return counted
 
+    def count_products(self, operator: Callable) -> Callable:
+        """hessian_operator whose products with H_W are counted (the Newton iteration's PCG)."""
+        def counted_operator(*args, **kwargs):
+            apply = operator(*args, **kwargs)
+
+            def counted(V):
+                self.products += 1
+                return apply(V)
+
+            return counted
+
+        return counted_operator
+
 
 def timed_steps(loss: str, model: nn.Module, x, y, meter: Meter, args) -> tuple:
     """STEPS outer iterations of a fresh GNvpro from the model's weights: (outer s, inner s,
-    s per solve, Newton iterations per solve, Hessians per solve, Φ after)."""
+    s per solve, Newton iterations per solve, Hessians per solve, Φ after, H_W products per
+    solve)."""
     opt = gnvpro.GNvpro(model, loss=loss, alpha_w=args.alpha, alpha_theta=args.alpha,
                         config=config(args))
     opt.set_batch(x, y)
@@ -148,7 +167,7 @@ def timed_steps(loss: str, model: nn.Module, x, y, meter: Meter, args) -> tuple:
     total = time.perf_counter() - t
     k = max(meter.solves, 1)
     return (total / args.steps, meter.inner_s / args.steps, meter.inner_s / k,
-            meter.newton / k, meter.hessians / k, opt.current().value)
+            meter.newton / k, meter.hessians / k, opt.current().value, meter.products / k)
 
 
 def config(args: argparse.Namespace) -> gnvpro.GNvproConfig:
@@ -161,8 +180,15 @@ def config(args: argparse.Namespace) -> gnvpro.GNvproConfig:
 def run(loss: str, solvers: dict, meter: Meter, args: argparse.Namespace) -> dict[str, dict]:
     """Warm-up (the first solver), then the solvers' repeats interleaved from the same weights
     (a change of machine load hits them alike); medians over the repeats."""
-    x, y = digits(loss)
-    model = model_for(10 if loss == "cross_entropy" else 1)
+    if args.problem == "synth20":  # benchmarks/peers.py's 20-class problem, seed 0
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import peers
+
+        p = peers.make_problem("synth20", 0)
+        x, y, model = p.x, p.y, p.model
+    else:
+        x, y = digits(loss)
+        model = model_for(10 if loss == "cross_entropy" else 1)
     wrapped = {name: meter.wrap_solver(fn, "factor0" in inspect.signature(fn).parameters)
                for name, fn in solvers.items()}
     gnvpro.inner.solve_newton = next(iter(wrapped.values()))
@@ -186,7 +212,7 @@ def summary(rs: list[tuple]) -> dict:
     return {"outer_ms": 1e3 * med(r[0] for r in rs), "inner_ms": 1e3 * med(r[1] for r in rs),
             "share": med(r[1] / r[0] for r in rs), "ms_per_solve": 1e3 * med(r[2] for r in rs),
             "newton_per_solve": rs[-1][3], "hessians_per_solve": rs[-1][4],
-            "phi_after": rs[-1][5]}
+            "phi_after": rs[-1][5], "products_per_solve": rs[-1][6]}
 
 
 def main() -> None:
@@ -199,6 +225,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--descent", choices=("cg", "lbfgs"), default="cg")
     ap.add_argument("--forcing", type=float, default=0.0, help="GNvproConfig.inner_forcing")
+    ap.add_argument("--problem", choices=("digits", "synth20"), default="digits",
+                    help="synth20: peers.py's 20-class problem (cross-entropy only)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     solvers = {"base": load_baseline(args.baseline), "head": newton_mod.solve_newton}
@@ -207,18 +235,22 @@ def main() -> None:
     newton_mod.dense_hessian = meter.count_hessians(dense)  # the head's formations
     base_mod = sys.modules[f"newton_{args.baseline}"]
     base_mod.dense_hessian = meter.count_hessians(base_mod.dense_hessian)
+    for mod in (newton_mod, base_mod):
+        mod.hessian_operator = meter.count_products(mod.hessian_operator)
     rows = []
     print(f"torch threads: {torch.get_num_threads()}, alpha = {args.alpha:g}, "
           f"{args.steps} outer iterations × {args.repeats} repeats after {args.warm} warm-up, "
           f"descent {args.descent}, inner_forcing {args.forcing:g}")
     print(f"{'loss':14s} {'solver':6s} {'outer ms':>9s} {'inner ms':>9s} {'share':>6s} "
-          f"{'ms/solve':>9s} {'newton/solve':>12s} {'H formed/solve':>14s} {'Φ after':>12s}")
-    for loss in ("cross_entropy", "logistic"):
+          f"{'ms/solve':>9s} {'newton/solve':>12s} {'H formed/solve':>14s} {'H_W prod/solve':>14s} "
+          f"{'Φ after':>12s}")
+    for loss in ("cross_entropy",) if args.problem == "synth20" else ("cross_entropy", "logistic"):
         for name, r in run(loss, solvers, meter, args).items():
             rows.append(r | {"loss": loss, "solver": name})
             print(f"{loss:14s} {name:6s} {r['outer_ms']:9.1f} {r['inner_ms']:9.1f} "
                   f"{r['share']:6.0%} {r['ms_per_solve']:9.2f} {r['newton_per_solve']:12.2f} "
-                  f"{r['hessians_per_solve']:14.2f} {r['phi_after']:12.6e}", flush=True)
+                  f"{r['hessians_per_solve']:14.2f} {r['products_per_solve']:14.2f} "
+                  f"{r['phi_after']:12.6e}", flush=True)
         base, head = rows[-2], rows[-1]
         print(f"{loss:14s} head/base: outer {head['outer_ms'] / base['outer_ms']:.2f}, "
               f"per solve {head['ms_per_solve'] / base['ms_per_solve']:.2f}", flush=True)

@@ -9,6 +9,8 @@ each takes to reach a validation target, in ONE process after a warm-up.
     T = the mean time of the fastest GNvpro variant in (a) (or ``--seconds``);
 (c) the first second at which the validation metric reaches ``--target`` (rel_err ≤ target,
     accuracy ≥ target), median over the seeds that reach it, from the records of (a) and (b).
+``--variant LABEL=METHOD:KEY=VALUE,...`` adds METHOD with changed settings (``gnvpro run
+--set`` syntax) as a row of its own, e.g. ``--variant lbfgs-k2=lbfgs-vpro:inner_forcing=1e-2``.
 A warm-up run of every method on a small budget comes first, so that no method pays
 torch.func's first-call cost. Writes OUT/wall_time.md (the three tables), OUT/compact.md (one
 table: test metric at (a) and (b), time to target) and OUT/wall_time.json; ``--tables-only``
@@ -100,6 +102,33 @@ def compact_table(out: Path, result: dict) -> str:
     return "\n".join(lines)
 
 
+def _variants(cfg, specs: list[str]) -> list[tuple[str, str, object]]:
+    """(label, method, config) for each LABEL=METHOD[:KEY=VALUE,...] (KEY=VALUE as --set)."""
+    out = []
+    for spec in specs:
+        label, _, rest = spec.partition("=")
+        method, _, settings = rest.partition(":")
+        if not (label and method):
+            raise SystemExit(f"--variant {spec!r}: expected LABEL=METHOD[:KEY=VALUE,...]")
+        sets = [f"{method}.{kv}" for kv in settings.split(",") if kv]
+        out.append((label, method, cfg.with_settings(sets)))
+    return out
+
+
+def _run_all(cfg, variants, root: Path, methods: list[str], seeds, **kw) -> dict:
+    """run_experiment for the methods, then each variant's method moved to root/LABEL."""
+    summary = run_experiment(cfg, root, methods, seeds, **kw) if methods else {"methods": {}}
+    for label, method, vcfg in variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            s = run_experiment(vcfg, Path(tmp), [method], seeds, **kw)
+            shutil.rmtree(root / label, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / method), str(root / label))
+        summary.setdefault("metric", s.get("metric"))
+        summary["methods"][label] = s["methods"][method]
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment")
@@ -112,6 +141,8 @@ def main() -> None:
     ap.add_argument("--subset", type=int, help="image data: training images kept")
     ap.add_argument("--data", help="data path (as for gnvpro run)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD:KEY=VALUE",
+                    help="a method with changed settings as its own row (repeatable)")
     ap.add_argument("--tables-only", action="store_true",
                     help="rewrite OUT/compact.md from an earlier run, run nothing")
     ap.add_argument("--equal-time-only", default="", help="methods run only in (b), e.g. adam "
@@ -128,21 +159,25 @@ def main() -> None:
         print(table)
         return
     cfg = load_config(args.experiment).with_data(subset=args.subset)
-    methods = parse_methods(args.methods, cfg)
+    methods = parse_methods(args.methods, cfg) if args.methods or not args.variant else []
+    variants = _variants(cfg, args.variant)
     seeds = parse_seeds(args.seeds, cfg)
     out.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: every code path once, then discarded
-        run_experiment(cfg, Path(tmp) / "warm", methods, seeds[:1], data_path=args.data,
-                       budget_scale=0.05 * args.budget_scale, progress=False)
+        _run_all(cfg, variants, Path(tmp) / "warm", methods, seeds[:1], data_path=args.data,
+                 budget_scale=0.05 * args.budget_scale, progress=False)
     skip = set(parse_methods(args.equal_time_only, cfg)) if args.equal_time_only else set()
-    budget = run_experiment(cfg, out / "budget", [m for m in methods if m not in skip], seeds,
-                            data_path=args.data, budget_scale=args.budget_scale, progress=False)
-    gn_variants = [m for m in methods if m.startswith("gnvpro")] or methods
+    budget = _run_all(cfg, variants, out / "budget", [m for m in methods if m not in skip],
+                      seeds, data_path=args.data, budget_scale=args.budget_scale, progress=False)
+    gn_variants = [m for m in methods if m.startswith("gnvpro")] or list(budget["methods"])
     T = args.seconds or min(
         statistics.mean(r["seconds"] for r in budget["methods"][m]) for m in gn_variants)
-    equal = run_experiment(cfg.with_max_seconds(T), out / "equal-time", methods, seeds,
-                           data_path=args.data, budget_scale=args.budget_scale, progress=False)
+    equal = _run_all(cfg.with_max_seconds(T), [(lb, m, c.with_max_seconds(T))
+                                                for lb, m, c in variants],
+                     out / "equal-time", methods, seeds, data_path=args.data,
+                     budget_scale=args.budget_scale, progress=False)
+    methods = methods + [lb for lb, _, _ in variants]
     target = args.target if args.target is not None else TARGETS.get(cfg.name, math.nan)
     metric = cfg.metric
     text = "\n\n".join([

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("gnvpro", "gnvpro-tr", "lbfgs-vpro", "torch-lbfgs", "adam (best: lr=",
+METHODS = ("gnvpro", "gnvpro-tr", "gnvpro-lbfgs", "lbfgs-vpro", "torch-lbfgs", "adam (best: lr=",
            "scipy-trf", "scipy-lm", "scipy-trf-lsmr", "newton-cg", "trust-krylov")
 
 
@@ -27,6 +27,7 @@ def test_peers_quick(tmp_path: Path) -> None:
     for m in METHODS:
         assert any(r.startswith(f"| {m}") for r in rows), m
     assert "cells where GNvpro default <= best peer:" in text
+    assert "cells where gnvpro-lbfgs <= best peer:" in text
     assert (tmp_path / "wine.png").is_file() and (tmp_path / "diabetes.png").is_file()
 
 

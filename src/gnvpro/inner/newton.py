@@ -35,7 +35,9 @@ _C1 = 1e-4  # Armijo constant
 _MAX_BACKTRACK = 60
 _MAX_EXTEND = 6  # doublings of an accepted full Newton step (_extend_step)
 _BLOCK_PRECOND_ELEMS = 2**25  # largest c·p² for the block-Jacobi CG preconditioner
-_REUSE_CG = 12  # PCG products with a reused factor before it is dropped as stale
+_REUSE_CG = 8  # PCG products with a reused factor before it is dropped as stale (was 12;
+# docs/results.md, "Inexact inner solves and a reused factor")
+_RESIDUAL_FLOOR = 0.5  # the last inexact Newton step: ‖H_W d + ∇Φ‖ ≤ tol/2 suffices (was tol/10)
 _REUSE_MIN = 16  # reuse a factor when forming H_W costs ≥ this many H_W products
 _FORCING_MAX = 0.5  # inexact Newton: ‖H_W d + ∇Φ‖ ≤ min(0.5, √(‖∇Φ‖/‖∇Φ(0)‖))·‖∇Φ‖
 
@@ -208,8 +210,9 @@ def solve_newton(
     16 products with it (``_reuse_pays``: cross-entropy with p(c+1) ≥ 128, logistic with
     p ≥ 64), a Cholesky factor of a nearby H_W (factor0, else the one formed at the first
     iteration) preconditions CG on the exact, matrix-free H_W, stopped at
-    ‖H_W d + ∇‖ ≤ max(min(0.5, √(‖∇‖/‖∇Φ(0)‖))·‖∇‖, tol/10) (inexact Newton, superlinear
-    to the tolerance tol below: order 1.5, Eisenstat-Walker); when that takes more than 12
+    ‖H_W d + ∇‖ ≤ max(min(0.5, √(‖∇‖/‖∇Φ(0)‖))·‖∇‖, tol/2) (inexact Newton, superlinear
+    to the tolerance tol below: order 1.5, Eisenstat-Walker; tol/2, not tighter: a residual
+    below the stopping tolerance is all the last step needs); when that takes more than 8
     products the factor is stale (``_dense_direction``) and H_W is formed and factored afresh at
     the next iterate; an accepted full step is extended (t = 2, 4, …) while Φ keeps falling
     steeply (``_extend_step``). Small heads form and factor H_W at every iteration. Larger c·p:
@@ -295,7 +298,8 @@ def solve_newton(
             def form(S_fix: Tensor = S_fix) -> Tensor:
                 return _dense_factor(loss, S_fix, C, Zh, alpha, reducer)
 
-            forcing = max(min(_FORCING_MAX, math.sqrt(gnorm / gnorm_ref)) * gnorm, 0.1 * tol)
+            eta = min(_FORCING_MAX, math.sqrt(gnorm / gnorm_ref))
+            forcing = max(eta * gnorm, _RESIDUAL_FLOOR * tol)
             d, L = _dense_direction(apply, form, g, L, forcing)
             L = L if reuse else None
         else:
