@@ -40,3 +40,22 @@ def test_data_parallel_benchmark_tiny(tmp_path: Path) -> None:
     assert float(same.group(1)) <= 1e-8
     assert same.group(2) == "True"
     assert "every rank bitwise equal: True" in out
+
+
+def test_gn_product_algebra_benchmark_tiny() -> None:
+    """benchmarks/gn_product_algebra.py against HEAD's product on wine, two TN iterations: the
+    table row, positive times, the same product (rel. diff ≤ 1e-12)."""
+    pytest.importorskip("sklearn")
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gn_product_algebra.py"),
+                          "--baseline", "HEAD", "--problems", "wine", "--steps", "2",
+                          "--repeats", "1"],
+                         check=True, cwd=ROOT, env=env, capture_output=True, timeout=300,
+                         encoding="utf-8").stdout
+    row = re.search(r"^\| wine \| (.+) \|$", out, re.M)
+    assert row, out
+    cells = [float(c) for c in row.group(1).split(" | ")]
+    assert len(cells) == 9 and all(c > 0 for c in cells[:6]), cells
+    assert cells[8] <= 1e-12

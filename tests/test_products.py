@@ -64,6 +64,32 @@ def test_least_squares_gram_path_equals_general_product(narrow, jacobian, gn_alp
         assert torch.allclose(J.gauss_newton(v), general, rtol=1e-11, atol=1e-14)
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "logistic", "least_squares"])
+@pytest.mark.parametrize(("chunks", "memory"), [(1, "keep"), (3, "keep"), (3, "recompute")])
+@pytest.mark.parametrize("jacobian", ["full", "kaufman"])
+@pytest.mark.parametrize("gn_alpha_w", [True, False])
+def test_general_product_equals_forward_then_adjoint(loss, chunks, memory, jacobian, gn_alpha_w):
+    """H_GN v with Y = −M (gnvpro.jacobian) = J_Sᵀ H_S[J_S v] + α_W J_Wᵀ J_W v + α_θ v, the
+    composition of the forward and adjoint products, for every loss and chunking."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(31, 3, generator=g, dtype=torch.float64)
+    c = {"cross_entropy": 4, "logistic": 1, "least_squares": 2}[loss]
+    y = (torch.randint(0, max(c, 2), (31,), generator=g) if loss != "least_squares"
+         else torch.randn(31, c, generator=g, dtype=torch.float64))
+    model = mlp(3, [6, 5], c, activation="tanh", dtype=torch.float64, generator=g)
+    obj = ReducedObjective(split_model(model, probe=x), make_loss(loss), x, y, 1e-2, 1e-4,
+                           jacobian=jacobian, gn_alpha_w=gn_alpha_w, chunks=chunks,
+                           memory=memory)
+    J = obj.jacobian(obj.evaluate(_theta(obj)))
+    assert loss != "least_squares" or J.pt.Zh.shape[1] > 2 * J.pt.W.shape[0]  # not the Gram path
+    for seed in range(3):
+        v = _vec(J.pt.theta.numel(), seed)
+        dS, dW = J.forward(v)
+        R = obj.alpha_w * dW if (gn_alpha_w and jacobian == "full") else None
+        composed = J.adjoint(J.loss_hessian(dS), R) + obj.reg.gauss_newton(v)
+        assert torch.allclose(J.gauss_newton(v), composed, rtol=1e-11, atol=1e-14)
+
+
 @pytest.mark.parametrize("jvp_mode", ["double-backward", "jvp", "linearize"])
 def test_gram_path_equals_dense_jtj(narrow, jvp_mode):
     """H_GN = J_rᵀ J_r of the stacked residual, J_r by jacrev of a closed-form W*(θ)."""
