@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import gnvpro
 from gnvpro import (
@@ -242,3 +243,27 @@ def test_a_new_method_is_one_class_and_one_registry_line(tiny_regression, tmp_pa
     summary = run_experiment(load_config(path), tmp_path / "out", progress=False)
     row = summary["methods"]["steepest-descent"][0]
     assert row["test"] > 0.5 and row["work_units"] > 2
+
+
+def test_predict_in_row_blocks_is_one_pass_and_validates_fit(monkeypatch) -> None:
+    """gnvpro.metrics.predict: model(x) in blocks of rows, without a graph; fit's validation
+    metrics go through it (the same metrics with blocks of 7 rows as in one pass)."""
+    from gnvpro import metrics
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=g)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    S = metrics.predict(model, x, rows=7)
+    assert not S.requires_grad
+    assert torch.allclose(S, model(x), rtol=0, atol=1e-14)
+
+    def val_losses(rows: int) -> list[float]:
+        monkeypatch.setattr(metrics, "PREDICT_ROWS", rows)
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+        opt = gnvpro.GNvpro(m, loss="cross_entropy", alpha_w=1e-3)
+        hist = gnvpro.fit(opt, [(x, y)], max_iter=3, val=(x, y))
+        return [r.metrics["val"]["loss"] for r in hist.records]
+
+    assert val_losses(7) == pytest.approx(val_losses(1024), rel=1e-12)

@@ -44,12 +44,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from .batches import Batches
 from .methods.base import Method
-from .metrics import prediction_metrics
+from .metrics import predict, prediction_metrics
 from .progress import bar
 from .solver import StepInfo, Termination
 from .validate import check_batch, check_real, describe
@@ -445,8 +444,7 @@ def _anywhere(method: Method, flag: bool) -> bool:
 
 
 def _val_metrics(method: Method, val: tuple[Tensor, Tensor]) -> dict:
-    with torch.no_grad():
-        S = method.model(val[0])
+    S = predict(method.model, val[0])  # in row blocks: a big validation set's activations
     return prediction_metrics(method.loss, S, val[1], S.shape[1])
 
 

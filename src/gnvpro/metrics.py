@@ -38,6 +38,20 @@ def _targets(loss: Loss, y: Tensor, n_outputs: int, like: Tensor) -> tuple[Tenso
     return C, norms
 
 
+PREDICT_ROWS = 1024  # rows per forward pass of predict(): bounds an image net's activations
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: Tensor, rows: int | None = None) -> Tensor:
+    """model(x) without the autograd graph, ``rows`` (default PREDICT_ROWS) rows per forward
+    pass (the activations of a CNN on 10000 CIFAR-10 images would take several GB at once);
+    one pass when x is smaller."""
+    rows = rows or PREDICT_ROWS
+    if len(x) <= rows:
+        return model(x)
+    return torch.cat([model(x[i : i + rows]) for i in range(0, len(x), rows)])
+
+
 @torch.no_grad()
 def prediction_metrics(
     loss: Loss, S: Tensor, y: Tensor, n_outputs: int, reducer: SampleReducer | None = None

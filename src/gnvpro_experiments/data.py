@@ -126,14 +126,6 @@ def build_final_model(cfg: ExperimentConfig, data: Split, seed: int | str,
     return model
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """model(x) in chunks (big image sets)."""
-    if len(x) <= chunk:
-        return model(x)
-    return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
-
-
 def to_device(data: Split, device: str) -> Split:
     """The split with every tensor on `device`."""
     if device == "cpu":

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from gnvpro.losses import make_loss
-from gnvpro.metrics import prediction_metrics
+from gnvpro.metrics import predict, prediction_metrics
 from gnvpro.progress import bar as progress_bar
 from gnvpro.progress import on_terminal
 from gnvpro.solver import Termination
@@ -62,7 +62,6 @@ from .data import (
     data_fingerprint,
     found_data_file,
     load_problem_data,
-    predict,
     problem_of,
     to_device,
 )

@@ -68,7 +68,8 @@ def pattern_figure(root: Path, methods: list[str]) -> tuple[Path, str] | None:
     note.  None if there is no such run or its data cannot be rebuilt here."""
     import torch
 
-    from ...data import predict
+    from gnvpro.metrics import predict
+
     from ...report import load_run, pyplot
 
     method = "gnvpro" if "gnvpro" in methods else (methods[0] if methods else None)
