@@ -1,9 +1,11 @@
-"""Peak memory of validation predictions with the paper's CNN: one forward pass over the whole
-set against gnvpro.metrics.predict's blocks of rows (what fit's validation metrics use).
+"""Peak memory of predictions with the paper's CNN: one forward pass over the whole set against
+gnvpro.metrics.predict's blocks of rows (what fit's validation metrics use), and SGD's
+epoch-end objective (FirstOrder.current(), the whole training batch: one pass until it went
+through predict).
 
 Each setting runs in a fresh process on random CIFAR-10-shaped images (float32, the paper CNN of
 src/gnvpro_experiments/models/cnn.py, no autograd graph); reported is the rise of the peak
-resident memory (ru_maxrss) during the predictions.
+resident memory (VmHWM, reset through /proc/self/clear_refs just before) during the predictions.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/predict_memory.py [--n 10000] \\
         [--rows 4096,1024]
@@ -14,16 +16,25 @@ Last line: ``peak ratio rows=R/one pass: X`` for the smallest R.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+SGD_CURRENT = -1  # child's rows for FirstOrder.current()
+
+
+def _kb(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", text).group(1))
 
 
 def child(n: int, rows: int) -> int:
-    """MB of peak-memory rise of the predictions on n images (rows 0: one forward pass)."""
-    import resource
-
+    """MB of peak-memory rise of the predictions on n images (rows 0: one forward pass;
+    SGD_CURRENT: an SGD method's current() on the batch of the n images)."""
     import torch
 
+    import gnvpro
     from gnvpro.metrics import predict
     from gnvpro_experiments.models import paper_cnn
 
@@ -31,11 +42,21 @@ def child(n: int, rows: int) -> int:
     model = paper_cnn(3, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     predict(model, x[:8])  # lazy initialisation outside the measurement
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if rows == SGD_CURRENT:
+        y = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(2))
+        method = gnvpro.FirstOrder(model, loss="cross_entropy", alpha_w=1e-2,
+                                   config=gnvpro.FirstOrderConfig(optimizer="sgd"))
+        method.set_batch(x[:16], y[:16])  # W*(θ0) on a few images (its own peak is not ours)
+        method.set_batch(x, y)  # the targets of the whole batch
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _kb("VmRSS")
     with torch.no_grad():
-        S = model(x) if rows == 0 else predict(model, x, rows)
+        if rows == SGD_CURRENT:
+            S = method.current().S
+        else:
+            S = model(x) if rows == 0 else predict(model, x, rows)
     assert S.shape == (n, 10)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
+    return (_kb("VmHWM") - before) // 1024
 
 
 def main() -> None:
@@ -47,7 +68,7 @@ def main() -> None:
     if args.child:
         print(child(*args.child))
         return
-    rows = [0, *(int(r) for r in args.rows.split(","))]
+    rows = [0, *(int(r) for r in args.rows.split(",")), SGD_CURRENT]
     mb = {}
     for r in rows:
         out = subprocess.run([sys.executable, __file__, "--child", str(args.n), str(r)],
@@ -56,7 +77,10 @@ def main() -> None:
     print(f"paper CNN, {args.n} CIFAR-10-shaped images, float32, one thread\n")
     print("| predictions | peak memory rise (MB) |\n|---|---|")
     for r in rows:
-        print(f"| {'one forward pass' if r == 0 else f'blocks of {r} rows'} | {mb[r]} |")
+        label = ("one forward pass" if r == 0 else "SGD's current() (FirstOrder)"
+                 if r == SGD_CURRENT else f"blocks of {r} rows")
+        print(f"| {label} | {mb[r]} |")
+    rows = [r for r in rows if r != SGD_CURRENT]
     r = min(rows[1:])
     print(f"\npeak ratio rows={r}/one pass: {mb[r] / max(mb[0], 1):.3f}")
 

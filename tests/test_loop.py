@@ -267,3 +267,34 @@ def test_predict_in_row_blocks_is_one_pass_and_validates_fit(monkeypatch) -> Non
         return [r.metrics["val"]["loss"] for r in hist.records]
 
     assert val_losses(7) == pytest.approx(val_losses(1024), rel=1e-12)
+
+
+def test_first_order_objective_and_evaluate_predict_in_row_blocks(monkeypatch) -> None:
+    """SGD's epoch-end objective (FirstOrder.current()) and GNvpro.evaluate run the model in
+    blocks of PREDICT_ROWS rows (a CNN on 40000 CIFAR-10 images held ~10 GB in one pass), with
+    the values of one pass."""
+    from gnvpro import metrics
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=g)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    rows_seen: list[int] = []
+    model.register_forward_hook(lambda m, inp, out: rows_seen.append(len(inp[0])))
+    sgd = gnvpro.FirstOrder(model, loss="cross_entropy", alpha_w=1e-3,
+                            config=gnvpro.FirstOrderConfig(optimizer="sgd"))
+    sgd.set_batch(x, y)
+    one_pass = sgd.current()
+    monkeypatch.setattr(metrics, "PREDICT_ROWS", 7)
+    sgd._current = None  # forget the cached iterate: the same weights, predicted again
+    rows_seen.clear()
+    blocks = sgd.current()
+    assert rows_seen == [7] * 5 + [5]
+    assert blocks.value == pytest.approx(one_pass.value, rel=1e-13)
+    assert torch.allclose(blocks.S, one_pass.S, rtol=0, atol=1e-14)
+    opt = gnvpro.GNvpro(model, loss="cross_entropy", alpha_w=1e-3)
+    rows_seen.clear()
+    val = opt.evaluate(x, y)
+    assert rows_seen == [7] * 5 + [5]
+    assert val["loss"] == pytest.approx(metrics.prediction_metrics(
+        opt.loss, model(x).detach(), y, 3)["loss"], rel=1e-13)

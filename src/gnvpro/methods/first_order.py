@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..head import check_head_is_last
 from ..losses import Loss
+from ..metrics import predict
 from ..params import ParamLayout
 from ..reduce import SampleReducer
 from ..regularizer import LinearMap, Regularizer
@@ -199,11 +200,12 @@ class FirstOrder(ModelMethod):
 
     @torch.no_grad()
     def current(self) -> Iterate:
-        """Φ and L on the whole current batch (one forward pass, not counted in work)."""
+        """Φ and L on the whole current batch (forward passes in blocks of rows,
+        gnvpro.metrics.predict; not counted in work)."""
         if self._current is None:
             assert self._xC is not None
             x, C = self._xC
-            S = self.model(x)
+            S = predict(self.model, x)
             phi, L = self._objective(S, C, self.reducer)
             self._current = Iterate(float(phi), float(L), S)
         return self._current

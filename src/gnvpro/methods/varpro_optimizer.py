@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..head import check_head_is_last
-from ..metrics import prediction_metrics
+from ..metrics import predict, prediction_metrics
 from ..solver import SolverState, StepInfo
 from ..validate import check_batch, check_model
 from ..varpro import ReducedObjective, WarmStart
@@ -84,8 +84,7 @@ class VarProOptimizer(SolverMethod):
         """Metrics of the current model on (x, y) (loss, relative error or accuracy)."""
         check_batch(self.split, x, y)
         check_model(self.split)
-        with torch.no_grad():
-            S = self.model(x)
+        S = predict(self.model, x)  # in blocks of rows, without a graph
         return prediction_metrics(self.loss, S, y, self.split.n_outputs)
 
     def run(self, x: Tensor, y: Tensor, max_work: float | None = None,
