@@ -59,3 +59,25 @@ def test_gn_product_algebra_benchmark_tiny() -> None:
     cells = [float(c) for c in row.group(1).split(" | ")]
     assert len(cells) == 9 and all(c > 0 for c in cells[:6]), cells
     assert cells[8] <= 1e-12
+
+
+def test_memory_benchmarks_tiny_cnn() -> None:
+    """benchmarks/memory.py --problem cnn and benchmarks/predict_memory.py on a few CIFAR-shaped
+    images: their tables and last lines, non-negative peaks (Linux /proc only)."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--problem",
+                          "cnn", "--n", "16", "--chunks", "2", "--products", "1"],
+                         check=True, cwd=ROOT, env=env, capture_output=True, timeout=300,
+                         encoding="utf-8").stdout
+    rows = re.findall(rf"^\s+(\d+)\s+(keep|recompute)\s+{FLOAT}\s+{FLOAT}$", out, re.M)
+    assert [r[:2] for r in rows] == [("1", "keep"), ("2", "keep"), ("2", "recompute")], out
+    assert re.search(rf"^peak ratio chunked/unchunked: {FLOAT}$", out, re.M), out
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_memory.py"),
+                          "--n", "64", "--rows", "16"],
+                         check=True, cwd=ROOT, env=env, capture_output=True, timeout=300,
+                         encoding="utf-8").stdout
+    mb = dict(re.findall(r"^\| (.+?) \| (\d+) \|$", out, re.M))
+    assert set(mb) == {"one forward pass", "blocks of 16 rows", "SGD's current() (FirstOrder)"}
+    assert re.search(rf"^peak ratio rows=16/one pass: {FLOAT}$", out, re.M), out
