@@ -3,16 +3,17 @@
 On the DCR shape (8000 × 3 inputs, 882 outputs, the level-1 ResNet of width 16 of
 src/gnvpro_experiments/configs/dcr.toml; synthetic data of that shape, float64) or, with
 ``--problem cnn``, the CIFAR-10 sub-batch shape (n random 3×32×32 images, 10 classes, the paper
-CNN in float32 with `linearize` J_Z products, cross-entropy, α_W = 5e-3, α_θ = 1e-4, as in
-src/gnvpro_experiments/configs/cifar10.toml), each setting in a fresh process: build
-ReducedObjective, do the work once (torch's lazy initialisation), return freed memory
+CNN in float32 with `linearize` J_Z products (``--jvp-mode``), cross-entropy, α_W = 5e-3,
+α_θ = 1e-4, as in src/gnvpro_experiments/configs/cifar10.toml), each setting in a fresh
+process: build ReducedObjective, do the work once (torch's lazy initialisation), return freed memory
 (malloc_trim) and reset the peak (``echo 5 > /proc/self/clear_refs``), then do it again:
 evaluate Φ_red, ∇Φ_red and ``--products`` Gauss-Newton products (a truncated-GN step's work).
 Reported: the peak resident memory (VmHWM) above the resident memory before that second pass,
 and its seconds. The data and model are the same in every setting.
 
     .venv/bin/python benchmarks/memory.py [--n 8000] [--chunks 8] [--products 10] [--threads 1]
-    .venv/bin/python benchmarks/memory.py --problem cnn --n 2000 --chunks 4 --products 10
+    .venv/bin/python benchmarks/memory.py --problem cnn --n 2000 --chunks 4 --products 10 \\
+        [--jvp-mode linearize|jvp|double-backward]
 
 Last line: ``peak ratio chunked/unchunked: X`` (chunks with memory="recompute" over one pass).
 """
@@ -35,7 +36,8 @@ def _vm(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status (Linux only)")
 
 
-def child(problem: str, n: int, chunks: int, memory: str, products: int, threads: int) -> dict:
+def child(problem: str, n: int, chunks: int, memory: str, products: int, threads: int,
+          jvp_mode: str = "linearize") -> dict:
     import torch
 
     from gnvpro import ReducedObjective, make_loss, split_model
@@ -48,7 +50,7 @@ def child(problem: str, n: int, chunks: int, memory: str, products: int, threads
         y = torch.randint(0, 10, (n,), generator=g)
         model = paper_cnn(3, 10, generator=g, dtype=torch.float32)
         obj = ReducedObjective(split_model(model, probe=x[:8]), make_loss("cross_entropy"), x,
-                               y, 5e-3, 1e-4, jvp_mode="linearize", chunks=chunks,
+                               y, 5e-3, 1e-4, jvp_mode=jvp_mode, chunks=chunks,
                                memory=memory)
     else:
         x = torch.rand(n, 3, generator=g, dtype=torch.float64)
@@ -82,6 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problem", choices=("dcr", "cnn"), default="dcr")
     ap.add_argument("--n", type=int, default=8000)
+    ap.add_argument("--jvp-mode", default="linearize",
+                    choices=("linearize", "jvp", "double-backward"), help="cnn: J_Z products")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--products", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
@@ -89,17 +93,17 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         print(json.dumps(child(a.problem, a.n, int(a.child[0]), a.child[1], a.products,
-                               a.threads)))
+                               a.threads, a.jvp_mode)))
         return
     rows = []
     for chunks, memory in [(1, "keep"), (a.chunks, "keep"), (a.chunks, "recompute")]:
-        out = subprocess.run([sys.executable, __file__, "--problem", a.problem, "--n",
-                              str(a.n), "--products",
+        out = subprocess.run([sys.executable, __file__, "--problem", a.problem, "--jvp-mode",
+                              a.jvp_mode, "--n", str(a.n), "--products",
                               str(a.products), "--threads", str(a.threads), "--child",
                               str(chunks), memory], check=True, capture_output=True, text=True)
         rows.append(json.loads(out.stdout.splitlines()[-1]))
-    shape = ("3x32x32 images, 10 classes, paper CNN (float32, linearize)" if a.problem == "cnn"
-             else "882 outputs, ResNet width 16")
+    shape = (f"3x32x32 images, 10 classes, paper CNN (float32, {a.jvp_mode})"
+             if a.problem == "cnn" else "882 outputs, ResNet width 16")
     print(f"n = {a.n}, {shape}; evaluate + gradient + {a.products} GN products; "
           f"{a.threads} thread(s)")
     print(f"{'chunks':>6} {'memory':>9} {'peak MB':>9} {'seconds':>8}")
