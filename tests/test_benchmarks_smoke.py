@@ -63,7 +63,7 @@ def test_gn_product_algebra_benchmark_tiny() -> None:
 
 def test_memory_benchmarks_tiny_cnn() -> None:
     """benchmarks/memory.py --problem cnn and benchmarks/predict_memory.py on a few CIFAR-shaped
-    images: their tables and last lines, non-negative peaks (Linux /proc only)."""
+    images: they run and print their tables and last lines (Linux /proc only)."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
