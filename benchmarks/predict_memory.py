@@ -16,17 +16,13 @@ Last line: ``peak ratio rows=R/one pass: X`` for the smallest R.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+from memory import _vm  # benchmarks/memory.py: /proc/self/status in bytes
+
 SGD_CURRENT = -1  # child's rows for FirstOrder.current()
-
-
-def _kb(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+)", text).group(1))
 
 
 def child(n: int, rows: int) -> int:
@@ -49,14 +45,14 @@ def child(n: int, rows: int) -> int:
         method.set_batch(x[:16], y[:16])  # W*(θ0) on a few images (its own peak is not ours)
         method.set_batch(x, y)  # the targets of the whole batch
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = _kb("VmRSS")
+    before = _vm("VmRSS")
     with torch.no_grad():
         if rows == SGD_CURRENT:
             S = method.current().S
         else:
             S = model(x) if rows == 0 else predict(model, x, rows)
     assert S.shape == (n, 10)
-    return (_kb("VmHWM") - before) // 1024
+    return (_vm("VmHWM") - before) // 2**20
 
 
 def main() -> None:
