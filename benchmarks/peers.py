@@ -25,7 +25,9 @@ interrupted.
 
 Methods: gnvpro (GNvpro default: truncated Gauss-Newton), gnvpro-tr
 (GNvproConfig.trust_region()), gnvpro-lbfgs (GNvproConfig(descent=LBFGSTwoLoop(),
-inner_forcing=1e-2): the L-BFGS direction with inexact inner solves), lbfgs-vpro
+inner_forcing=1e-2): the L-BFGS direction with inexact inner solves), gnvpro-hybrid
+(GNvproConfig(descent=Hybrid(), inner_forcing=1e-2): the L-BFGS direction or truncated GN,
+whichever lowered Φ faster per second lately), lbfgs-vpro
 (LBFGSVarPro), torch-lbfgs (torch.optim.LBFGS,
 line_search_fn="strong_wolfe", one iteration per step(), full batch), adam (full batch, lr grid
 1e-3, 3e-3, 1e-2, 3e-2; the table shows the lr with the lowest mean Φ per cell, chosen after
@@ -79,7 +81,7 @@ try:
 except ImportError:  # pragma: no cover - printed as a note
     torchmin = None
 
-GNVPRO_METHODS = ("gnvpro", "gnvpro-tr", "gnvpro-lbfgs", "lbfgs-vpro")
+GNVPRO_METHODS = ("gnvpro", "gnvpro-tr", "gnvpro-lbfgs", "gnvpro-hybrid", "lbfgs-vpro")
 ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 
 
@@ -413,6 +415,8 @@ def methods_for(p: Problem, jac_mb: float) -> tuple[dict[str, Callable], dict[st
         "gnvpro-tr": run_gnvpro(lambda: gnvpro.GNvproConfig.trust_region(threads=1)),
         "gnvpro-lbfgs": run_gnvpro(lambda: gnvpro.GNvproConfig(
             descent=gnvpro.LBFGSTwoLoop(), inner_forcing=1e-2, threads=1)),
+        "gnvpro-hybrid": run_gnvpro(lambda: gnvpro.GNvproConfig(
+            descent=gnvpro.Hybrid(), inner_forcing=1e-2, threads=1)),
         "lbfgs-vpro": run_gnvpro(lambda: gnvpro.LBFGSVarProConfig(threads=1),
                                  gnvpro.LBFGSVarPro),
         "torch-lbfgs": run_torch_lbfgs,
@@ -538,14 +542,15 @@ def problem_target(res: dict[str, list[Result]], b: float) -> float:
 
 
 def problem_tables(name: str, p: Problem, res: dict[str, list[Result]], skipped: dict[str, str],
-                   budgets: list[float], clock: str) -> tuple[list[str], list[bool]]:
-    """Markdown for one problem and, per budget, whether GNvpro default <= the best peer."""
+                   budgets: list[float], clock: str) -> tuple[list[str], list[tuple]]:
+    """Markdown for one problem and, per budget, (budget, best peer, {gnvpro method: mean Φ /
+    the best peer's mean Φ})."""
     metric = "test rel. err" if p.kind == "least_squares" else "test acc."
     target = problem_target(res, budgets[-1])
     n_par = sum(v.numel() for v in p.model.parameters())
     lines = [f"### {name} ({p.kind}, n_train {len(p.x)}, {n_par} parameters, "
              f"α_W = α_θ = {p.alpha_w:g}; target Φ = {target:.4e})", ""]
-    wins: dict[str, list[bool]] = {m: [] for m in GNVPRO_METHODS if m in res}
+    cells = []
     for b in budgets:
         rows = cell_rows(res, b)
         lines += [f"Budget {b:g} {clock} s:", "",
@@ -564,10 +569,27 @@ def problem_tables(name: str, p: Problem, res: dict[str, list[Result]], skipped:
         peers = {m: v for m, v in means.items() if m not in GNVPRO_METHODS}
         best = min(peers, key=peers.get)
         ratio = means["gnvpro"] / peers[best]
-        for m in wins:
-            wins[m].append(means[m] <= peers[best])
+        cells.append((b, best, {m: means[m] / peers[best] for m in GNVPRO_METHODS
+                                if m in means}))
         lines += ["", f"Φ(gnvpro) / Φ(best peer: {best}) = {ratio:.3g}", ""]
-    return lines, wins
+    return lines, cells
+
+
+def ratio_table(summary: list[tuple]) -> list[str]:
+    """Every cell's Φ(method) / Φ(best peer) for the gnvpro methods, and per method the cells
+    where it is at most 1."""
+    ms = [m for m in GNVPRO_METHODS if any(m in r for *_, r in summary)]
+    lines = ["## Ratios to the best peer (mean Φ over the seeds)", "",
+             "| problem | budget | best peer | " + " | ".join(ms) + " |",
+             "|---|---|---|" + "---|" * len(ms)]
+    lines += [f"| {p} | {b:g} | {best} | " + " | ".join(
+        f"{r[m]:.4f}" if m in r else "" for m in ms) + " |" for p, b, best, r in summary]
+    lines.append("")
+    for m in ms:
+        wins = [r[m] <= 1 for *_, r in summary if m in r]
+        lines.append(f"cells where {'GNvpro default' if m == 'gnvpro' else m} <= best peer: "
+                     f"{sum(wins)} of {len(wins)}")
+    return lines
 
 
 def plot_problem(name: str, res: dict[str, list[Result]], budgets: list[float], clock: str,
@@ -635,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines, notes = header(args), []
-    wins: dict[str, list[bool]] = {}
+    summary: list[tuple] = []  # (problem, budget, best peer, ratios)
     if torchmin is None:
         print("note: pytorch-minimize (torchmin) is not installed: newton-cg and trust-krylov "
               "left out")
@@ -647,16 +669,13 @@ def main(argv: list[str] | None = None) -> None:
             notes.append(f"{name} skipped: {str(e).splitlines()[0][:160]}")
             continue
         notes += pnotes
-        tab, w = problem_tables(name, p, res, skipped, args.budgets, args.clock)
+        tab, cells = problem_tables(name, p, res, skipped, args.budgets, args.clock)
         notes += [f"{name}: {m} {why}" for m, why in skipped.items()]
         lines += tab
-        for m, ws in w.items():
-            wins.setdefault(m, []).extend(ws)
+        summary += [(name, *cell) for cell in cells]
         plot_problem(name, res, args.budgets, args.clock, out)
         (out / "peers.md").write_text("\n".join([*lines, *notes]) + "\n")
-    lines += ["## Notes", "", *(f"- {n}" for n in notes), "",
-              *(f"cells where {'GNvpro default' if m == 'gnvpro' else m} <= best peer: "
-                f"{sum(ws)} of {len(ws)}" for m, ws in wins.items())]
+    lines += ["## Notes", "", *(f"- {n}" for n in notes), "", *ratio_table(summary)]
     text = "\n".join(lines) + "\n"
     (out / "peers.md").write_text(text)
     print(text)

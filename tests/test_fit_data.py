@@ -89,6 +89,31 @@ def test_other_data_or_an_edited_batch_is_a_new_batch(tiny_regression):
     assert len(opt.state.pairs) == 1  # a new batch: the pairs were dropped, one new pair
 
 
+def test_weights_are_unchanged_until_someone_writes_or_replaces_one(tiny_regression):
+    """The fast path of the per-step model check (its NaN/Inf scan is skipped while the
+    weights are the ones the last step wrote): an in-place edit or a replaced parameter ends
+    it, and then the scan names a NaN."""
+    model, x, y = tiny_regression
+    opt = GNvpro(model, alpha_w=1e-6, alpha_theta=1e-6)
+    opt.step(x, y)
+    assert opt._batch.weights_unchanged()
+    first = next(model.parameters())
+    with torch.no_grad():
+        first[0, 0] = math.nan
+    assert not opt._batch.weights_unchanged()
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        opt.step(x, y)
+    with torch.no_grad():
+        first[0, 0] = 0.1
+    opt.step(x, y)
+    assert opt._batch.weights_unchanged()
+    head = model[-1]
+    head.bias = torch.nn.Parameter(torch.full_like(head.bias, math.nan))  # same version, new
+    assert not opt._batch.weights_unchanged()
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        opt.step(x, y)
+
+
 def test_carry_is_an_explicit_parameter(tiny_regression):
     model, x, y = tiny_regression
     a, b = fixed_batches(x, y, 2, seed=0)

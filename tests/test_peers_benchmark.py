@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("gnvpro", "gnvpro-tr", "gnvpro-lbfgs", "lbfgs-vpro", "torch-lbfgs", "adam (best: lr=",
-           "scipy-trf", "scipy-lm", "scipy-trf-lsmr", "newton-cg", "trust-krylov")
+METHODS = ("gnvpro", "gnvpro-tr", "gnvpro-lbfgs", "gnvpro-hybrid", "lbfgs-vpro", "torch-lbfgs",
+           "adam (best: lr=", "scipy-trf", "scipy-lm", "scipy-trf-lsmr", "newton-cg",
+           "trust-krylov")
 
 
 def test_peers_quick(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import gnvpro
 from gnvpro import (
     GNvpro,
     GNvproConfig,
+    Hybrid,
     JointGaussNewton,
     JointGNConfig,
     LanczosSubspace,
@@ -40,7 +41,8 @@ from gnvpro.validate import config_from_dict
 F64 = torch.float64
 PAIRS = [(LanczosSubspace(max_products=6), TrustRegion()), (Steihaug(max_products=6),
                                                             TrustRegion()),
-         (PreconditionedCG(max_products=6), StrongWolfe()), (LBFGSTwoLoop(), StrongWolfe())]
+         (PreconditionedCG(max_products=6), StrongWolfe()), (LBFGSTwoLoop(), StrongWolfe()),
+         (Hybrid(max_products=6, probe_after=1), StrongWolfe())]
 
 
 def _problem(loss: str, seed: int = 0):
@@ -108,7 +110,8 @@ def test_the_named_constructions_are_written_once():
     GNvproConfig(descent=Steihaug(rtol=0.1), search=TrustRegion(extrapolate=True)),
     LBFGSVarProConfig(descent=LBFGSTwoLoop(3), search=StrongWolfe(c2=0.5)),
     JointGNConfig(descent=PreconditionedCG(memory=0), search=StrongWolfe(), coupled=False),
-], ids=["tn", "tr", "steihaug", "lbfgs", "joint-tn"])
+    GNvproConfig(descent=Hybrid(probe_share=2.0), inner_forcing=1e-2),
+], ids=["tn", "tr", "steihaug", "lbfgs", "joint-tn", "hybrid"])
 def test_settings_round_trip_through_plain_dicts(cfg):
     d = cfg.to_dict()
     assert d["descent"]["kind"] == cfg.descent.kind and d["search"]["kind"] == cfg.search.kind
@@ -188,7 +191,8 @@ class _Wall:
         return lambda v: v
 
 
-@pytest.mark.parametrize("descent", [PreconditionedCG(), LBFGSTwoLoop()], ids=["cg", "lbfgs"])
+@pytest.mark.parametrize("descent", [PreconditionedCG(), LBFGSTwoLoop(), Hybrid()],
+                         ids=["cg", "lbfgs", "hybrid"])
 def test_a_failed_line_search_drops_the_pairs_then_stops(descent):
     theta0 = torch.ones(3, dtype=F64)
     problem, cfg = _Wall(theta0), SolverConfig(descent=descent, search=StrongWolfe(max_evals=4))

@@ -11,7 +11,7 @@ at every θ and a Gauss-Newton method runs on the remaining weights θ
 from . import checks
 from .batches import fixed_batches
 from .checkpoint import load_checkpoint, save_checkpoint
-from .descent import LanczosSubspace, LBFGSTwoLoop, PreconditionedCG, Steihaug
+from .descent import Hybrid, LanczosSubspace, LBFGSTwoLoop, PreconditionedCG, Steihaug
 from .head import HeadSplit, split_model
 from .loop import History, KeepBest, fit
 from .losses import CrossEntropyLoss, LeastSquaresLoss, LogisticLoss, Loss, make_loss
@@ -43,6 +43,7 @@ __all__ = [
     "GNvproConfig",
     "HeadSplit",
     "History",
+    "Hybrid",
     "JointGNConfig",
     "JointGaussNewton",
     "KeepBest",

@@ -14,6 +14,8 @@ For a line search (``direction``: d with gᵀd < 0 and the first trial step leng
     PreconditionedCG  d ≈ −H⁻¹g by CG preconditioned with the L-BFGS inverse M⁻¹ of the
                       curvature pairs (s, y = Δg) of the accepted steps (truncated Gauss-Newton)
     LBFGSTwoLoop      d = −M⁻¹g (the two-loop recursion; no products with H)
+    Hybrid            LBFGSTwoLoop or PreconditionedCG, whichever lowered Φ faster per second
+                      lately (measured; the other is probed at growing intervals)
 A direction that is not a descent direction in round-off falls back to −M⁻¹g, then to −g with
 the pairs dropped. ``max_products`` caps the products with H per iteration (2 work units each),
 ``rtol`` stops the Krylov iteration at a residual of rtol·‖g‖.
@@ -30,11 +32,11 @@ from torch import Tensor
 from .linalg import lanczos, newton_step_in_subspace, steihaug_cg, tr_step_in_subspace
 from .linalg.cg import pcg
 from .linalg.lbfgs import two_loop
-from .state import SolverState
-from .validate import in_range, validate_config
+from .state import SolverState, SwitchMemo
+from .validate import choices, in_range, validate_config
 
-__all__ = ["DESCENTS", "Direction", "LBFGSTwoLoop", "LanczosSubspace", "PreconditionedCG",
-           "Steihaug", "TrustStep"]
+__all__ = ["DESCENTS", "Direction", "Hybrid", "LBFGSTwoLoop", "LanczosSubspace",
+           "PreconditionedCG", "Steihaug", "TrustStep"]
 
 _PRODUCTS = in_range(low=1)
 _RTOL = in_range(low=0.0, high=1.0, high_inclusive=False)
@@ -56,7 +58,9 @@ class TrustStep:
 @dataclass
 class Direction:
     """A line-search direction: d (gᵀd = dg < 0), the pairs it leaves in use (() when it fell
-    back to −g), the first trial step length, products with H (2 work units each), relres."""
+    back to −g), the first trial step length, products with H (2 work units each), relres;
+    what the descent carries to the next iteration (``memo``, the state's) and the mode that
+    made d (``mode``: Hybrid's, for the step's record)."""
 
     d: Tensor
     dg: float
@@ -64,6 +68,8 @@ class Direction:
     alpha1: float = 1.0
     products: int = 0
     relres: float = 0.0
+    memo: SwitchMemo | None = None
+    mode: str = ""
 
 
 def _descending(d: Tensor, g: Tensor, pairs: tuple) -> tuple[Tensor, float, tuple]:
@@ -246,4 +252,131 @@ class LBFGSTwoLoop:
         return Direction(d, dg, pairs, alpha1)
 
 
-DESCENTS = (LanczosSubspace, Steihaug, PreconditionedCG, LBFGSTwoLoop)
+def _agree(problem: Any, flag: bool) -> bool:
+    """``flag`` on every process (the problem's reducer; one process: flag): a decision from
+    local clocks must be the same on all ranks of a data-parallel run."""
+    reducer = getattr(problem, "reducer", None)
+    return reducer.all(flag) if reducer is not None else bool(flag)
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """Truncated Gauss-Newton or the L-BFGS direction, whichever lowers Φ faster per second.
+
+    Parameters
+    ----------
+    max_products, rtol, memory : int, float, int
+        PreconditionedCG's settings in its mode (defaults 10, 1e-2, 10); the ``memory`` pairs
+        are shared by both modes (the L-BFGS memory and the CG preconditioner).
+    start : {"auto", "cg", "lbfgs"}
+        The first mode; "auto" (default): truncated Gauss-Newton ("cg") where W* has a closed
+        form (least squares), the L-BFGS direction where it takes Newton's method
+        (cross-entropy, logistic: a Gauss-Newton iteration there also factors H_W at every
+        point, and costs several L-BFGS ones).
+    probe_after : int
+        Iterations in the mode before it probes the other (default 2; doubled after each probe
+        that loses, up to ``max_gap``, default 64).
+    probe_share : float
+        A probe is also due only once the mode has run probe_share times as many seconds as
+        the last probe took (default 4: probes of a slow mode take ≤ 1/5 of the time).
+
+    Notes
+    -----
+    The rate of a stretch of iterations is r = (Φ_start − Φ_end) / seconds on the solver's
+    clock (direction, line search, inner solves). A probe is one iteration of the other mode;
+    after it the mode runs until as many seconds have passed, and the probe's rate is compared
+    with the mode's around it, √(r_before·r_after) (r_before over the mode's last ≤ 4
+    iterations; rates fall about geometrically). Higher: the probed mode becomes the mode
+    (gap = probe_after); lower: the gap doubles. A mode whose last iteration did not lower Φ
+    probes at once. A data-parallel run switches only where every rank's clock says so (the
+    reducer's ``all``). The choices follow the machine's timing, so two runs can take different
+    iterations (PreconditionedCG or LBFGSTwoLoop alone are deterministic); the memo
+    (gnvpro.state.SwitchMemo) is in the state dict, so a resumed run goes on from the same
+    choice. Measured against both modes alone: docs/results.md, "A hybrid of truncated GN and
+    the L-BFGS direction".
+    """
+
+    kind: ClassVar[str] = "hybrid"
+    max_products: int = field(default=10, metadata=_PRODUCTS)
+    rtol: float = field(default=1e-2, metadata=_RTOL)
+    memory: int = 10  # curvature pairs, shared by both modes
+    probe_after: int = field(default=2, metadata=in_range(low=1))
+    max_gap: int = field(default=64, metadata=in_range(low=1))
+    probe_share: float = field(default=4.0, metadata=in_range(low=0.0))
+    start: str = field(default="auto", metadata=choices("auto", "cg", "lbfgs"))
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+
+    def _first(self, problem: Any) -> str:
+        """``start``; "auto": "cg" where W* has a closed form (a quadratic loss), else "lbfgs"
+        (a Newton solve per trial point and a factored H_W per point make a Gauss-Newton
+        iteration several L-BFGS ones)."""
+        if self.start != "auto":
+            return self.start
+        quadratic = getattr(getattr(problem, "loss", None), "is_quadratic", True)
+        return "cg" if quadratic else "lbfgs"
+
+    def _next(self, problem: Any, state: SolverState) -> SwitchMemo:
+        """The memo of this iteration: its mode (``memo.mode``, or the other one in the
+        "probe" phase), phase and marks, from the last iteration's memo and where it ended."""
+        now = (float(state.pt.value), float(state.seconds))
+        memo = state.memo
+        if memo is None:
+            return SwitchMemo(self._first(problem), "run", (now,), math.nan, math.nan,
+                              math.nan, 0, self.probe_after, now[1])
+        first, last = memo.marks[0], memo.marks[-1]
+        if memo.phase == "probe":  # then the mode again, until as many seconds have passed
+            dt = now[1] - first[1]
+            return replace(memo, phase="after", marks=(now,), probe_seconds=dt,
+                           probe_rate=_rate(first, now), started=now[1])
+        if memo.phase == "after":
+            if now[1] - first[1] < memo.probe_seconds and len(memo.marks) < SwitchMemo.KEEP:
+                return replace(memo, marks=(*memo.marks, now))
+            here = _middle(memo.before_rate, _rate(first, now))
+            if _agree(problem, memo.probe_rate > here):
+                mode, gap = _other(memo.mode), self.probe_after
+            else:
+                mode, gap = memo.mode, min(2 * memo.gap, self.max_gap)
+            return replace(memo, mode=mode, phase="run", marks=(now,), since=0, gap=gap,
+                           started=now[1])
+        since = memo.since + 1  # the mode's iterations since the last probe
+        probe_seconds = memo.probe_seconds if memo.probe_seconds > 0 else 0.0
+        due = since >= memo.gap and now[1] - memo.started >= self.probe_share * probe_seconds
+        if due or not _rate(last, now) > 0:
+            # the mode's rate over its last ≤ 4 iterations
+            return replace(memo, phase="probe", marks=(now,), since=since, started=now[1],
+                           before_rate=_rate(memo.marks[-4:][0], now))
+        return replace(memo, marks=(*memo.marks, now)[-4:], since=since)
+
+    def direction(self, problem: Any, state: SolverState) -> Direction:
+        memo = self._next(problem, state)
+        run = _other(memo.mode) if memo.phase == "probe" else memo.mode
+        if run == "cg":
+            dr = PreconditionedCG(self.max_products, self.rtol, self.memory).direction(problem,
+                                                                                      state)
+        else:
+            dr = LBFGSTwoLoop(self.memory).direction(problem, state)
+        return replace(dr, memo=memo, mode=run)
+
+
+def _other(mode: str) -> str:
+    return "cg" if mode == "lbfgs" else "lbfgs"
+
+
+def _rate(start: tuple[float, float], end: tuple[float, float]) -> float:
+    """−ΔΦ/Δt between two (Φ, seconds) marks (nan where no time passed)."""
+    dt = end[1] - start[1]
+    return (start[0] - end[0]) / dt if dt > 0 else math.nan
+
+
+def _middle(before: float, after: float) -> float:
+    """The rate in the middle of two measured around a probe: √(before·after) (rates decay
+    about geometrically), their mean where one is ≤ 0 or unknown."""
+    if before > 0 and after > 0:
+        return math.sqrt(before * after)
+    known = [r for r in (before, after) if math.isfinite(r)]
+    return sum(known) / len(known) if known else math.nan
+
+
+DESCENTS = (LanczosSubspace, Steihaug, PreconditionedCG, LBFGSTwoLoop, Hybrid)

@@ -205,13 +205,13 @@ class StrongWolfe:
         ls, trial, work = ls_step.search, ls_step.point, work + ls_step.work
         inner_seconds = state.inner_seconds + ls_step.inner_seconds
         if trial is None:  # no decrease: drop the curvature pairs; stop if there were none
-            new = replace(state, work=work, pairs=(), stalled=not state.pairs)
+            new = replace(state, work=work, pairs=(), stalled=not state.pairs, memo=dr.memo)
             alpha, step_norm, outcome = 0.0, 0.0, "rejected (line search failed)"
         else:
             s = trial.theta - pt.theta
             pairs = newest(dr.pairs, curvature_pair(s, ls_step.gradient - g), descent.memory)
             new = replace(state, pt=trial, g=ls_step.gradient, work=work, pairs=pairs,
-                          stalled=False)
+                          stalled=False, memo=dr.memo)
             alpha, step_norm, outcome = float(ls.alpha), float(s.norm()), "accepted (line search)"
         new = replace(new, iteration=state.iteration + 1, inner_seconds=inner_seconds,
                       seconds=state.seconds + time.perf_counter() - t0)
@@ -221,7 +221,8 @@ class StrongWolfe:
             step_norm=step_norm, krylov_iters=dr.products, krylov_relres=dr.relres,
             work_units=new.work, seconds=new.seconds, inner_seconds=inner_seconds,
             step_length=alpha, line_search_evals=ls.evals, status=inner_status(state, trial),
-            extra={"wolfe": ls.wolfe, "line_search": ls.message}, **_inner_fields(trial),
+            extra={"wolfe": ls.wolfe, "line_search": ls.message,
+                   **({"descent": dr.mode} if dr.mode else {})}, **_inner_fields(trial),
         )
         return new, info
 

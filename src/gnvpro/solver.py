@@ -23,7 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .descent import DESCENTS, LanczosSubspace, LBFGSTwoLoop, PreconditionedCG, Steihaug
+from .descent import (
+    DESCENTS,
+    Hybrid,
+    LanczosSubspace,
+    LBFGSTwoLoop,
+    PreconditionedCG,
+    Steihaug,
+)
 from .search import LineStep, StrongWolfe, TrustRegion, wolfe_line_step
 from .state import (
     Problem,
@@ -39,7 +46,7 @@ __all__ = ["LineStep", "Problem", "SavedPoint", "SolverConfig", "SolverState", "
            "Termination", "check_termination", "initial_state", "outer_step", "paper_trust_region",
            "truncated_gauss_newton", "upgrade_settings", "wolfe_line_step"]
 
-Descent = LanczosSubspace | Steihaug | PreconditionedCG | LBFGSTwoLoop
+Descent = LanczosSubspace | Steihaug | PreconditionedCG | LBFGSTwoLoop | Hybrid
 Search = TrustRegion | StrongWolfe
 
 
@@ -60,13 +67,13 @@ class SolverConfig:
 
     Parameters
     ----------
-    descent : LanczosSubspace, Steihaug, PreconditionedCG or LBFGSTwoLoop
+    descent : LanczosSubspace, Steihaug, PreconditionedCG, LBFGSTwoLoop or Hybrid
         How the step (trust region) or direction (line search) is computed from g and H_GN
-        (gnvpro.descent). A dict with ``kind`` ("lanczos", "steihaug", "cg", "lbfgs") and the
-        fields is read as that descent.
+        (gnvpro.descent). A dict with ``kind`` ("lanczos", "steihaug", "cg", "lbfgs",
+        "hybrid") and the fields is read as that descent.
     search : TrustRegion or StrongWolfe
         How far to go (gnvpro.search); "trust_region" takes lanczos / steihaug, "strong_wolfe"
-        takes cg / lbfgs.
+        takes cg / lbfgs / hybrid.
     grad_rtol, grad_atol : float
         Stop when ‖g‖/‖g0‖ ≤ grad_rtol or ‖g‖ ≤ grad_atol.
 

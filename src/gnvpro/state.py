@@ -20,8 +20,8 @@ from torch import Tensor
 
 from .linalg import KrylovBasis
 
-__all__ = ["Problem", "SavedPoint", "SolverState", "StepInfo", "Termination", "initial_state",
-           "inner_status"]
+__all__ = ["Problem", "SavedPoint", "SolverState", "StepInfo", "SwitchMemo", "Termination",
+           "initial_state", "inner_status"]
 
 
 class Problem(Protocol):
@@ -73,6 +73,62 @@ class _SavedInner:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class SwitchMemo:
+    """What gnvpro.descent.Hybrid carries from one iteration to the next: the mode it runs
+    (``mode``: "lbfgs" or "cg"), the ``phase`` ("run": in the mode, "probe": one iteration of
+    the other mode, "after": the mode's iterations after a probe), the (Φ, seconds) at the start
+    of each iteration of the phase so far (``marks``, the newest last, at most 8), the probe's
+    rate −ΔΦ/Δt and seconds, the mode's rate before the probe, the iterations since the last
+    probe, the current gap between probes and the seconds where the phase started (nan: not
+    measured)."""
+
+    mode: str
+    phase: str
+    marks: tuple
+    probe_rate: float
+    probe_seconds: float
+    before_rate: float
+    since: int
+    gap: int
+    started: float
+
+    MODES = ("lbfgs", "cg")
+    PHASES = ("run", "probe", "after")
+    KEEP = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "marks": [list(m) for m in self.marks]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SwitchMemo:
+        """The memo of ``to_dict()``'s dict, checked (ValueError / TypeError naming the
+        entry)."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(d, dict) or sorted(d) != sorted(names):
+            raise ValueError(f"state_dict['memo'] must be None or a dict with the keys "
+                             f"{', '.join(names)} (gnvpro.state.SwitchMemo), got {d!r:.200}")
+        for k, allowed in (("mode", cls.MODES), ("phase", cls.PHASES)):
+            if d[k] not in allowed:
+                raise ValueError(f"state_dict['memo'][{k!r}] must be one of {allowed}, got "
+                                 f"{d[k]!r:.50}")
+        for k in ("since", "gap"):
+            if isinstance(d[k], bool) or not isinstance(d[k], int) or d[k] < 0:
+                raise TypeError(f"state_dict['memo'][{k!r}] must be an int >= 0, got "
+                                f"{d[k]!r:.50}")
+        reals = [d["probe_rate"], d["probe_seconds"], d["before_rate"], d["started"]]
+        marks = d["marks"]
+        if not (isinstance(marks, list | tuple) and 1 <= len(marks) <= cls.KEEP
+                and all(isinstance(m, list | tuple) and len(m) == 2 for m in marks)):
+            raise ValueError(f"state_dict['memo']['marks'] must be 1 to {cls.KEEP} pairs "
+                             f"[Φ, seconds], got {marks!r:.100}")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool)
+                   for v in reals + [v for m in marks for v in m]):
+            raise TypeError("state_dict['memo']: probe_rate, probe_seconds, before_rate, "
+                            "started and the marks must be real numbers")
+        return cls(**{**d, "marks": tuple((float(a), float(b)) for a, b in marks)})
+
+
 @dataclass
 class SolverState:
     """The outer solver's state. ``pt`` is the evaluated point at θ (on the current problem;
@@ -91,6 +147,7 @@ class SolverState:
     seconds: float = 0.0
     pairs: tuple = ()  # line search: L-BFGS pairs (s, y, 1/sᵀy) of the accepted steps
     stalled: bool = False  # line search: the last one found no decrease and had no pairs
+    memo: SwitchMemo | None = None  # line search: what a Hybrid descent carries over
 
     @property
     def grad_norm(self) -> float:
@@ -98,10 +155,10 @@ class SolverState:
 
     def to_dict(self) -> dict[str, Any]:
         """θ, W, value and factor of the point, g, grad_norm0, radius, basis (its fields),
-        pairs ([s, y, ρ] lists), stalled and the counters. Tensors are the state's own (a
-        step replaces them, never changes them in place); the point's factor is what its next
-        inner solve would be preconditioned with (InnerSolution.factor; formed here if the solve
-        kept none)."""
+        pairs ([s, y, ρ] lists), stalled, memo (a dict or None) and the counters. Tensors are
+        the state's own (a step replaces them, never changes them in place); the point's factor
+        is what its next inner solve would be preconditioned with (InnerSolution.factor; formed
+        here if the solve kept none)."""
         pt = self.pt
         factor = getattr(getattr(pt, "inner", None), "factor", None)
         factor = factor() if callable(factor) else factor
@@ -113,6 +170,7 @@ class SolverState:
             "basis": None if self.basis is None else {  # its fields (asdict would copy V)
                 f.name: getattr(self.basis, f.name) for f in fields(self.basis)},
             "pairs": [[s, y, float(r)] for s, y, r in self.pairs], "stalled": self.stalled,
+            "memo": None if self.memo is None else self.memo.to_dict(),
             "iteration": self.iteration, **counters,
         }
 
@@ -124,7 +182,8 @@ class SolverState:
         basis = None if d.get("basis") is None else KrylovBasis(**d["basis"])
         return cls(pt, d.get("g"), d.get("grad_norm0", math.nan), d["radius"], basis,
                    d["work"], d["iteration"], d["inner_seconds"], d["seconds"],
-                   tuple((s, y, float(r)) for s, y, r in d["pairs"]), bool(d.get("stalled")))
+                   tuple((s, y, float(r)) for s, y, r in d["pairs"]), bool(d.get("stalled")),
+                   None if d.get("memo") is None else SwitchMemo.from_dict(d["memo"]))
 
 
 @dataclass

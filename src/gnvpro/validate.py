@@ -248,10 +248,11 @@ def config_from_dict(cls: type, d: Any, name: str = "config") -> Any:
 _RANDOM_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
-def check_model(split: HeadSplit) -> None:
+def check_model(split: HeadSplit, finite: bool = False) -> None:
     """A model GNvpro can train: materialised, one device and dtype, finite weights, its own
     head weights (not tied to another layer), deterministic (no dropout / batch norm in
-    training mode)."""
+    training mode). finite=True: the caller knows the weights are finite (the method's own,
+    unchanged since it wrote them), and the scan over every weight is skipped."""
     model, head = split.model, split.head
     named = list(model.named_parameters(remove_duplicate=False))
     for k, p in named:
@@ -273,7 +274,8 @@ def check_model(split: HeadSplit) -> None:
         if not p.is_floating_point():
             raise TypeError(f"model parameter {k!r} has dtype {p.dtype}; GNvpro trains "
                             "floating-point parameters only")
-    if named and bool(torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).all()):
+    if finite or named and bool(torch.stack([torch.isfinite(p.detach()).all()
+                                             for _, p in named]).all()):
         named_bad: list = []  # one device sync for the whole model (this runs every step)
     else:
         named_bad = named

@@ -108,7 +108,7 @@ class BatchIdentity:
         self.model = model
         self._batch: tuple[Tensor, Tensor] | None = None
         self._versions: tuple[int | None, ...] = ()
-        self._params: tuple[int | None, ...] = ()
+        self._params: tuple = ()  # (id, version) of each parameter after the last write
 
     def remember(self, x: Tensor, y: Tensor) -> None:
         self._batch, self._versions = (x, y), (_version(x), _version(y))
@@ -116,7 +116,15 @@ class BatchIdentity:
 
     def weights_written(self) -> None:
         """Call after the method wrote its weights into the model."""
-        self._params = tuple(_version(p) for p in self.model.parameters())
+        self._params = self._param_versions()
+
+    def _param_versions(self) -> tuple:
+        return tuple((id(p), _version(p)) for p in self.model.parameters())
+
+    def weights_unchanged(self) -> bool:
+        """Whether the model's parameters are the tensors the method last wrote, unchanged
+        since (no in-place edit, none replaced): then they are finite (the method's point)."""
+        return bool(self._params) and self._params == self._param_versions()
 
     def forget(self) -> None:
         self._batch = None
@@ -125,7 +133,7 @@ class BatchIdentity:
         """The fast path: the remembered tensors themselves; else a bitwise comparison."""
         b = self._batch
         if (b is None or self._versions != (_version(b[0]), _version(b[1]))
-                or self._params != tuple(_version(p) for p in self.model.parameters())):
+                or self._params != self._param_versions()):
             return False
         return (b[0] is x and b[1] is y) or (same_data(b[0], x) and same_data(b[1], y))
 

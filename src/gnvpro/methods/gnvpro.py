@@ -40,9 +40,13 @@ class GNvproConfig(SolverConfig, InnerSettings):
     cross-entropy MLPs, where the inner solve is most of an iteration,
     ``descent=LBFGSTwoLoop(), inner_forcing=1e-2`` is faster: ahead of every peer in 16 of the
     benchmark's 21 cells (the default: 12), first to the target on synth20 and breast-cancer.
-    The trust region wins on DCR. ``GNvproConfig.trust_region()`` gives the paper's (and the
-    reference code's) trust region: ``LanczosSubspace()`` (≤ 20 vectors, tolerance 1e-2) and
-    ``TrustRegion()``.
+    ``descent=Hybrid(), inner_forcing=1e-2`` (truncated GN or the L-BFGS direction by measured
+    rate; its choices follow the clock, so runs are not bit-reproducible) is ahead of every
+    peer in all 12 least-squares cells and trails the L-BFGS direction on small cross-entropy
+    MLPs by the cost of its probes (docs/results.md, "A hybrid of truncated GN and the L-BFGS
+    direction"). The trust region wins on DCR. ``GNvproConfig.trust_region()`` gives the
+    paper's (and the reference code's) trust region: ``LanczosSubspace()`` (≤ 20 vectors,
+    tolerance 1e-2) and ``TrustRegion()``.
     """
 
     descent: Descent = field(default_factory=PreconditionedCG)

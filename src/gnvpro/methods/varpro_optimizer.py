@@ -47,7 +47,9 @@ class VarProOptimizer(SolverMethod):
     def set_batch(self, x: Tensor, y: Tensor) -> None:
         """Evaluate Φ_red, W* and ∇Φ_red at the current θ on (x, y) (2 work units; nothing
         if (x, y) is already the batch)."""
-        check_model(self.split)  # cheap; the model may have changed since the last call
+        # the model may have changed since the last call; its weights did not if they are
+        # still the ones the last step wrote (then the scan for NaN/Inf is skipped)
+        check_model(self.split, finite=self._batch.weights_unchanged())
         if self._batch.same(x, y):
             return
         options = self._objective_options()
