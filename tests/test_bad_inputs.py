@@ -288,8 +288,8 @@ API_CASES: list[tuple] = [
     ("cfg-memory-negative", lambda e: LBFGSTwoLoop(memory=-1), ValueError,
      r"LBFGSTwoLoop\.memory must be >= 0"),
     ("cfg-descent-kind", lambda e: GNvproConfig(descent={"kind": "newton"}), ValueError,
-     r"GNvproConfig\.descent\.kind must be one of 'lanczos', 'steihaug', 'cg', 'lbfgs', got "
-     r"'newton'"),
+     r"GNvproConfig\.descent\.kind must be one of 'lanczos', 'steihaug', 'cg', 'lbfgs', "
+     r"'hybrid', got 'newton'"),
     ("cfg-descent-none", lambda e: GNvproConfig(descent=None), TypeError,
      r"GNvproConfig\.descent must be one of LanczosSubspace, Steihaug, PreconditionedCG"),
     ("cfg-descent-unknown-key", lambda e: GNvproConfig(descent={"max_krylov": 5}), ValueError,
