@@ -35,7 +35,6 @@ from ..solver import (
     initial_state,
     outer_step,
 )
-from ..state import SwitchMemo
 from ..threads import auto_threads, intra_op_threads
 from ..validate import check_real, describe
 from .base import Iterate, ModelMethod
@@ -229,9 +228,7 @@ class SolverMethod(ModelMethod):
             raise TypeError(f"state_dict['stalled'] must be a bool, got "
                             f"{describe(sd['stalled'])}")
         d["stalled"] = sd.get("stalled", False)
-        d["memo"] = sd.get("memo")
-        if d["memo"] is not None:
-            SwitchMemo.from_dict(d["memo"])  # checked here: a refused dict changes nothing
+        d["memo"] = sd.get("memo")  # checked by SwitchMemo.from_dict below
         return SolverState.from_dict(d)
 
     def _new_state(self, problem: Any, start: Callable[[SolverState | None], tuple[Tensor, Any]]
