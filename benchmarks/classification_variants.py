@@ -37,8 +37,8 @@ PROBLEMS = ["wine", "breast-cancer", "synth20"]
 PEERS = ("torch-lbfgs", "newton-cg", "adam lr=0.03")
 
 
-def G(**kw):
-    return peers.run_gnvpro(lambda: gnvpro.GNvproConfig(threads=1, **kw))
+def G(**kw):  # "default": truncated GN, the default before the hybrid
+    return peers.run_gnvpro(lambda: gnvpro.GNvproConfig.truncated_gauss_newton(threads=1, **kw))
 
 
 PCG, LB = gnvpro.PreconditionedCG, gnvpro.LBFGSTwoLoop
@@ -108,7 +108,7 @@ def cmd_breakdown(a):
         import copy
         model = copy.deepcopy(p.model)
         opt = gnvpro.GNvpro(model, loss=p.kind, alpha_w=p.alpha_w, alpha_theta=p.alpha_theta,
-                            config=gnvpro.GNvproConfig(threads=1, **kw))
+                            config=gnvpro.GNvproConfig.truncated_gauss_newton(threads=1, **kw))
         opt.step(p.x, p.y)  # warm-up step (not counted)
         prev = None
         per = []

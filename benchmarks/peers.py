@@ -23,11 +23,12 @@ budget). Stopping tests are off (tolerances 0 or 1e-15): every method runs until
 largest budget (a forward pre-hook); a LAPACK call in progress (scipy's dense SVD/QR) is not
 interrupted.
 
-Methods: gnvpro (GNvpro default: truncated Gauss-Newton), gnvpro-tr
-(GNvproConfig.trust_region()), gnvpro-lbfgs (GNvproConfig(descent=LBFGSTwoLoop(),
-inner_forcing=1e-2): the L-BFGS direction with inexact inner solves), gnvpro-hybrid
-(GNvproConfig(descent=Hybrid(), inner_forcing=1e-2): the L-BFGS direction or truncated GN,
-whichever lowered Φ faster per second lately), lbfgs-vpro
+Methods: gnvpro (GNvpro's default, GNvproConfig(): Hybrid(), the L-BFGS direction or
+truncated GN, whichever lowered Φ more per work unit lately, with inexact inner solves,
+inner_forcing=1e-2), gnvpro-tn (GNvproConfig.truncated_gauss_newton(): truncated Gauss-Newton
+with exact inner solves, the default before issue 22), gnvpro-tr
+(GNvproConfig.trust_region()), gnvpro-lbfgs (GNvproConfig(descent=LBFGSTwoLoop()): the L-BFGS
+direction, inner_forcing=1e-2), lbfgs-vpro
 (LBFGSVarPro), torch-lbfgs (torch.optim.LBFGS,
 line_search_fn="strong_wolfe", one iteration per step(), full batch), adam (full batch, lr grid
 1e-3, 3e-3, 1e-2, 3e-2; the table shows the lr with the lowest mean Φ per cell, chosen after
@@ -81,7 +82,7 @@ try:
 except ImportError:  # pragma: no cover - printed as a note
     torchmin = None
 
-GNVPRO_METHODS = ("gnvpro", "gnvpro-tr", "gnvpro-lbfgs", "gnvpro-hybrid", "lbfgs-vpro")
+GNVPRO_METHODS = ("gnvpro", "gnvpro-tn", "gnvpro-tr", "gnvpro-lbfgs", "lbfgs-vpro")
 ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 
 
@@ -412,11 +413,10 @@ def methods_for(p: Problem, jac_mb: float) -> tuple[dict[str, Callable], dict[st
     """The methods that run on ``p`` and, by name, why the others do not."""
     ms: dict[str, Callable] = {
         "gnvpro": run_gnvpro(lambda: gnvpro.GNvproConfig(threads=1)),
+        "gnvpro-tn": run_gnvpro(lambda: gnvpro.GNvproConfig.truncated_gauss_newton(threads=1)),
         "gnvpro-tr": run_gnvpro(lambda: gnvpro.GNvproConfig.trust_region(threads=1)),
         "gnvpro-lbfgs": run_gnvpro(lambda: gnvpro.GNvproConfig(
             descent=gnvpro.LBFGSTwoLoop(), inner_forcing=1e-2, threads=1)),
-        "gnvpro-hybrid": run_gnvpro(lambda: gnvpro.GNvproConfig(
-            descent=gnvpro.Hybrid(), inner_forcing=1e-2, threads=1)),
         "lbfgs-vpro": run_gnvpro(lambda: gnvpro.LBFGSVarProConfig(threads=1),
                                  gnvpro.LBFGSVarPro),
         "torch-lbfgs": run_torch_lbfgs,

@@ -55,11 +55,11 @@ def train_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
 
 VARIANTS = {"lanczos": gnvpro.GNvproConfig.trust_region(),
             "steihaug": gnvpro.GNvproConfig.trust_region(descent=gnvpro.Steihaug()),
-            "tn": gnvpro.GNvproConfig()}
+            "tn": gnvpro.GNvproConfig.truncated_gauss_newton()}
 
 
 def run_gnvpro(model, x, y, seconds: float, subproblem: str | None) -> int:
-    cfg = gnvpro.GNvproConfig() if subproblem is None else VARIANTS[subproblem]
+    cfg = VARIANTS["tn" if subproblem is None else subproblem]
     opt = gnvpro.GNvpro(model, loss="least_squares", alpha_w=1e-10, alpha_theta=1e-10,
                         config=cfg)
     steps, t0 = 0, time.perf_counter()

@@ -1,6 +1,6 @@
 """gnvpro.descent.Hybrid: its choice between the L-BFGS direction and truncated Gauss-Newton
-from measured rates −ΔΦ/Δt (the state machine on given values and clocks), its memo in the
-state dict, and training with it."""
+from measured rates −ΔΦ/Δwork (the state machine on given values and work counts), its memo
+in the state dict, and training with it (reproducibly)."""
 
 import math
 from types import SimpleNamespace
@@ -26,11 +26,11 @@ class _Reducer:
 
 
 def _walk(descent: Hybrid, path: list[tuple[float, float]], reducer=None) -> list[SwitchMemo]:
-    """The memos of the iterations that start at the (Φ, seconds) of ``path`` in turn."""
+    """The memos of the iterations that start at the (Φ, work units) of ``path`` in turn."""
     problem = SimpleNamespace(reducer=reducer or _Reducer())
     memo, out = None, []
-    for value, seconds in path:
-        state = SolverState(SimpleNamespace(value=value), torch.zeros(1), 1.0, seconds=seconds,
+    for value, work in path:
+        state = SolverState(SimpleNamespace(value=value), torch.zeros(1), 1.0, work=work,
                             memo=memo)
         memo = descent._next(problem, state)
         out.append(memo)
@@ -44,14 +44,14 @@ def _runs(memos: list[SwitchMemo]) -> str:
 
 
 def test_a_faster_probe_switches_the_mode():
-    # cg at rate 1 for two iterations, an L-BFGS probe at rate 4 (0.25 s), the cg iterations
-    # after it until 0.25 s have passed (rate 2/3), then L-BFGS is the mode
+    # cg at rate 1 for two iterations, an L-BFGS probe at rate 4 (0.25 units), the cg
+    # iterations after it until 0.25 units have been spent (rate 2/3), then L-BFGS is the mode
     path = [(10, 0), (9, 1), (8, 2), (7, 2.25), (6.9, 2.35), (6.8, 2.55), (6.0, 2.6)]
     memos = _walk(Hybrid(probe_after=2, probe_share=0.0), path)
     assert _runs(memos) == "cclccll"
     probe, after, decided = memos[3], memos[4], memos[5]
     assert probe.phase == "after" and probe.probe_rate == pytest.approx(4.0)
-    assert probe.probe_seconds == pytest.approx(0.25) and probe.before_rate == pytest.approx(1.0)
+    assert probe.probe_work == pytest.approx(0.25) and probe.before_rate == pytest.approx(1.0)
     assert after.phase == "after" and len(after.marks) == 2
     assert decided.mode == "lbfgs" and decided.phase == "run" and decided.gap == 2
     assert decided.since == 0
@@ -69,15 +69,17 @@ def test_a_slower_probe_doubles_the_gap_and_no_decrease_probes_at_once():
     assert _runs(memos) == "cl"
 
 
-def test_probes_of_a_slow_mode_wait_for_a_multiple_of_its_seconds():
-    d = Hybrid(probe_after=1, probe_share=4.0, start="lbfgs")
-    # the cg probe takes 1 s and loses (L-BFGS stays, gap 2 from 2.2 s); two more L-BFGS
-    # iterations are not enough: the next probe is due once 4 s have passed in the mode
-    path = [(10, 0), (9, 0.1), (8.9, 1.1), (8, 1.2), (7, 1.3), (6, 2.2), (5, 4.0), (4, 5.3),
-            (3, 6.3)]
+def test_probes_of_a_dear_mode_wait_for_a_multiple_of_its_work():
+    d = Hybrid(probe_after=1, probe_share=4.0, start="lbfgs", max_products=2)
+    # before any probe, a truncated-GN probe is taken to cost 2·2 + 3 = 7 units: the first is
+    # due after 28; it costs 10 and loses (L-BFGS stays, gap 2 from 50), and the next is due
+    # once 40 more units have been spent in the mode
+    path = [(10, 0), (9, 10), (8, 20), (7, 30), (6.9, 40), (5.9, 50), (4.9, 60), (3.9, 70),
+            (2.9, 80), (1.9, 90)]
     memos = _walk(d, path)
-    assert _runs(memos) == "lcllllllc"
-    assert memos[5].gap == 2 and memos[7].phase == "run" and memos[8].phase == "probe"
+    assert _runs(memos) == "lllclllllc"
+    assert memos[4].probe_work == 10 and memos[5].gap == 2 and memos[5].mode == "lbfgs"
+    assert memos[8].phase == "run" and memos[9].phase == "probe"
 
 
 def test_the_switch_needs_every_rank():
@@ -88,7 +90,7 @@ def test_the_switch_needs_every_rank():
 
 
 def test_the_memo_round_trips_and_a_bad_one_is_named():
-    memo = SwitchMemo("cg", "after", ((1.0, 2.0), (0.5, 3.0)), 0.1, 0.2, math.nan, 3, 4, 1.5)
+    memo = SwitchMemo("cg", "after", ((1.0, 2.0), (0.5, 3.0)), 0.1, 2.0, math.nan, 3, 4, 1.5)
     d = memo.to_dict()
     back = SwitchMemo.from_dict(d)
     assert back.marks == memo.marks and back.mode == "cg" and math.isnan(back.before_rate)
@@ -112,12 +114,16 @@ def _problem(seed: int = 0):
 
 def test_gnvpro_trains_with_it_and_its_state_dict_carries_the_memo():
     model, x, y = _problem()
-    cfg = GNvproConfig(descent=Hybrid(probe_after=1), search=StrongWolfe())
+    cfg = GNvproConfig(descent=Hybrid(probe_after=1, probe_share=0.0), search=StrongWolfe())
     opt = GNvpro(model, "cross_entropy", alpha_w=1e-3, config=cfg)
     hist = opt.run(x, y, max_iter=12)
     values = [r.loss for r in hist.records]
     assert values[-1] < 0.8 * values[0]
     assert {r.extra["descent"] for r in hist.records[1:]} == {"cg", "lbfgs"}  # both ran
+    again = GNvpro(_problem()[0], "cross_entropy", alpha_w=1e-3, config=cfg)
+    twin = again.run(x, y, max_iter=12)  # the choices follow Φ and work counts: the same run
+    assert [(r.loss, r.extra["descent"]) for r in twin.records[1:]] == [
+        (r.loss, r.extra["descent"]) for r in hist.records[1:]]
     sd = opt.state_dict()
     assert sd["memo"] == opt.state.memo.to_dict()
     other = GNvpro(_problem()[0], "cross_entropy", alpha_w=1e-3, config=cfg)

@@ -1,5 +1,5 @@
 """Inexact inner solves (InnerOptions.forcing κ, GNvproConfig.inner_forcing): W̃ with
-‖∇_W Φ(θ, W̃)‖ ≤ τ = κ‖g‖ instead of W*(θ).
+‖∇_W Φ(θ, W̃)‖ ≤ τ = κ·min(‖g‖, α_W‖W0‖) instead of W*(θ) (W0 the warm start).
 
 Float64, the tiny cross-entropy model of test_classification (3 classes). Φ is strongly convex in
 W (μ ≥ α_W), so ‖W̃ − W*‖ ≤ τ/μ, the value error is at most τ²/(2μ) and the reduced gradient
@@ -44,6 +44,22 @@ def test_the_inner_solve_stops_at_the_forced_tolerance_and_the_gradient_error_is
     # ‖ĝ − g‖ / ‖∇_W Φ(W̃)‖ ≤ ‖∂²_θW Φ‖/μ, one constant at both τ (measured 3.87 and 3.93)
     assert max(errors) < 10.0 and max(errors) / min(errors) < 2.0, errors
     assert obj.evaluate(th).inner.grad_norm <= 1e-13  # no outer gradient norm: exact
+
+
+def test_with_a_small_alpha_w_the_tolerance_keeps_w_relatively_accurate():
+    """τ = κ·min(‖g‖, α_W‖W0‖) from a warm start W0: with μ ≥ α_W, ‖W̃ − W*‖ ≤ κ‖W0‖ however
+    small α_W is (κ‖g‖/α_W alone would allow any error there)."""
+    alpha, kappa = 1e-6, 0.1
+    exact, th = _objective(LOSS, C, alpha)
+    p0 = exact.evaluate(th)
+    th1 = th + 1e-2 * _direction(th, 1)
+    w_star = exact.evaluate(th1, prev=p0).W
+    obj, _ = _objective(LOSS, C, alpha, inner=InnerOptions(rtol=1e-13, atol=1e-13,
+                                                            forcing=kappa))
+    pt = obj.evaluate(th1, prev=p0, outer_grad_norm=1e3)  # a large ‖g‖: α_W‖W0‖ decides
+    w0 = float(p0.W.norm())
+    assert pt.inner.converged and pt.inner.grad_norm <= kappa * alpha * w0
+    assert float((pt.W - w_star).norm()) <= kappa * w0
 
 
 @pytest.mark.parametrize("kappa", [1e-3, 1e-2])

@@ -313,7 +313,8 @@ def test_repr_states_the_settings():
     m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
     r = repr(GNvpro(m, loss="logistic", alpha_w=1e-4, config=GNvproConfig.trust_region()))
     assert r == ("GNvpro(loss='logistic', alpha_w=0.0001, alpha_theta=1e-10, head='2', "
-                 "config=GNvproConfig(descent=LanczosSubspace(max_products=20, rtol=0.01), "
+                 "config=GNvproConfig(inner_forcing=0.0, "
+                 "descent=LanczosSubspace(max_products=20, rtol=0.01), "
                  "search=TrustRegion(rule=RadiusRule(eta_reject=0.0001, eta_shrink=0.1, "
                  "eta_expand=0.75, shrink=0.5, expand=1.5, max_radius_per_grad=10000.0), "
                  "min_radius=1e-14, extrapolate=False)))"), r

@@ -36,7 +36,7 @@ def test_options_train(tiny_regression, option):
 
 def test_max_work_budget(tiny_regression):
     model, x, y = tiny_regression
-    opt = GNvpro(model, config=GNvproConfig(descent={"max_products": 5}))
+    opt = GNvpro(model, config=GNvproConfig(descent={"kind": "cg", "max_products": 5}))
     hist = opt.run(x, y, max_work=30)
     assert 30 <= hist.final.work_units <= 30 + 2 * 5 + 2
     assert hist.termination.name == "MAX_WORK"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("gnvpro", "gnvpro-tr", "gnvpro-lbfgs", "gnvpro-hybrid", "lbfgs-vpro", "torch-lbfgs",
+METHODS = ("gnvpro", "gnvpro-tn", "gnvpro-tr", "gnvpro-lbfgs", "lbfgs-vpro", "torch-lbfgs",
            "adam (best: lr=", "scipy-trf", "scipy-lm", "scipy-trf-lsmr", "newton-cg",
            "trust-krylov")
 

@@ -98,9 +98,14 @@ def test_the_named_constructions_are_written_once():
                   "search": TrustRegion(rule=RadiusRule(), min_radius=1e-14, extrapolate=False)}
     assert tn == {"descent": PreconditionedCG(max_products=10, rtol=1e-2, memory=10),
                   "search": StrongWolfe(c1=1e-4, c2=0.9, max_evals=25)}
-    assert (GNvproConfig().descent, GNvproConfig().search) == (tn["descent"], tn["search"])
+    default = GNvproConfig()
+    assert (default.descent, default.search, default.inner_forcing) == (
+        Hybrid(), tn["search"], 1e-2)
     t = GNvproConfig.trust_region()
-    assert (t.descent, t.search) == (tr["descent"], tr["search"])
+    assert (t.descent, t.search, t.inner_forcing) == (tr["descent"], tr["search"], 0.0)
+    t = GNvproConfig.truncated_gauss_newton(jacobian="kaufman")
+    assert (t.descent, t.search, t.inner_forcing, t.jacobian) == (
+        tn["descent"], tn["search"], 0.0, "kaufman")
     assert (JointGNConfig().descent, JointGNConfig().search) == (tr["descent"], tr["search"])
     assert (SolverConfig().descent, SolverConfig().search) == (tr["descent"], tr["search"])
 
@@ -129,16 +134,17 @@ OLD_TN = {"max_krylov": 10, "krylov_rtol": 0.01, "subproblem": "tn",
 
 
 @pytest.mark.parametrize("cls, old, new", [
-    (GNvproConfig, OLD_TN, GNvproConfig()),
+    (GNvproConfig, OLD_TN, GNvproConfig(**truncated_gauss_newton(), inner_forcing=0.0)),
     (GNvproConfig, {**OLD_TN, "subproblem": "lanczos", "max_krylov": 20, "tn_memory": 3,
                     "radius_rule": {"eta_expand": 0.8}, "min_radius": 1e-9},
      GNvproConfig.trust_region(search=TrustRegion(rule=RadiusRule(eta_expand=0.8),
                                                   min_radius=1e-9))),
     (GNvproConfig, {"subproblem": "steihaug", "max_krylov": 7, "extrapolate": True},
-     GNvproConfig(descent=Steihaug(max_products=7), search=TrustRegion(extrapolate=True))),
+     GNvproConfig(descent=Steihaug(max_products=7), search=TrustRegion(extrapolate=True),
+                  inner_forcing=0.0)),
     (GNvproConfig, {"max_krylov": 5, "tn_memory": 0, "max_line_search": 9},  # the default: tn
      GNvproConfig(descent=PreconditionedCG(max_products=5, memory=0),
-                  search=StrongWolfe(max_evals=9))),
+                  search=StrongWolfe(max_evals=9), inner_forcing=0.0)),
     (LBFGSVarProConfig, {"memory": 5, "max_line_search": 30, "grad_rtol": 1e-9},
      LBFGSVarProConfig(descent=LBFGSTwoLoop(5), search=StrongWolfe(max_evals=30),
                        grad_rtol=1e-9)),
@@ -148,6 +154,15 @@ OLD_TN = {"max_krylov": 10, "krylov_rtol": 0.01, "subproblem": "tn",
 def test_flat_settings_of_earlier_versions_load(cls, old, new):
     assert config_from_dict(cls, old) == new
     assert upgrade_settings(new.to_dict(), cls) == new.to_dict()  # today's form: unchanged
+
+
+def test_settings_saved_before_inner_forcing_solve_w_exactly():
+    # a full dict of a version with descent and search but no inner_forcing: W* was exact
+    saved = {k: v for k, v in GNvproConfig.truncated_gauss_newton().to_dict().items()
+             if k != "inner_forcing"}
+    assert config_from_dict(GNvproConfig, saved).inner_forcing == 0.0
+    # a partial dict written by hand: today's default
+    assert config_from_dict(GNvproConfig, {"jacobian": "kaufman"}).inner_forcing == 1e-2
 
 
 def test_an_old_state_dict_loads_and_continues():

@@ -16,6 +16,7 @@ from gnvpro import (
     FirstOrderConfig,
     GNvpro,
     GNvproConfig,
+    Hybrid,
     JointGaussNewton,
     JointGNConfig,
     LanczosSubspace,
@@ -31,7 +32,7 @@ from gnvpro import (
 )
 from gnvpro.solver import SavedPoint, SolverState
 
-KINDS = ["tn", "lanczos", "steihaug", "lbfgs", "joint", "adam", "sgd"]
+KINDS = ["tn", "hybrid", "lanczos", "steihaug", "lbfgs", "joint", "adam", "sgd"]
 LOSSES = ["least_squares", "cross_entropy"]
 DTYPES = [torch.float32, torch.float64]
 BATCH_OF_STEP = [0, 0, 0, 1, 1, 0, 0, 1]  # two batches; killed after step 3: next on the other
@@ -59,6 +60,9 @@ def _model(loss: str, dtype: torch.dtype, seed: int = 1) -> nn.Sequential:
 
 def _method(kind: str, model: nn.Module, loss: str):
     a = {"alpha_w": 1e-3 if loss == "cross_entropy" else 1e-8, "alpha_theta": 1e-6}
+    if kind == "hybrid":  # probing at every chance: both modes and every phase in 8 steps
+        hybrid = Hybrid(max_products=5, probe_after=1, probe_share=0.0)
+        return GNvpro(model, loss, config=GNvproConfig(descent=hybrid), **a)
     if kind in ("tn", "lanczos", "steihaug"):
         descent = {"tn": PreconditionedCG, "lanczos": LanczosSubspace, "steihaug": Steihaug}[kind]
         config = (GNvproConfig if kind == "tn" else GNvproConfig.trust_region)(

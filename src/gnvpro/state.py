@@ -77,17 +77,17 @@ class _SavedInner:
 class SwitchMemo:
     """What gnvpro.descent.Hybrid carries from one iteration to the next: the mode it runs
     (``mode``: "lbfgs" or "cg"), the ``phase`` ("run": in the mode, "probe": one iteration of
-    the other mode, "after": the mode's iterations after a probe), the (Φ, seconds) at the start
-    of each iteration of the phase so far (``marks``, the newest last, at most 8), the probe's
-    rate −ΔΦ/Δt and seconds, the mode's rate before the probe, the iterations since the last
-    probe, the current gap between probes and the seconds where the phase started (nan: not
+    the other mode, "after": the mode's iterations after a probe), the (Φ, work units) at the
+    start of each iteration of the phase so far (``marks``, the newest last, at most 8), the
+    probe's rate −ΔΦ/Δwork and work, the mode's rate before the probe, the iterations since the
+    last probe, the current gap between probes and the work where the phase started (nan: not
     measured)."""
 
     mode: str
     phase: str
     marks: tuple
     probe_rate: float
-    probe_seconds: float
+    probe_work: float
     before_rate: float
     since: int
     gap: int
@@ -116,15 +116,15 @@ class SwitchMemo:
             if isinstance(d[k], bool) or not isinstance(d[k], int) or d[k] < 0:
                 raise TypeError(f"state_dict['memo'][{k!r}] must be an int >= 0, got "
                                 f"{d[k]!r:.50}")
-        reals = [d["probe_rate"], d["probe_seconds"], d["before_rate"], d["started"]]
+        reals = [d["probe_rate"], d["probe_work"], d["before_rate"], d["started"]]
         marks = d["marks"]
         if not (isinstance(marks, list | tuple) and 1 <= len(marks) <= cls.KEEP
                 and all(isinstance(m, list | tuple) and len(m) == 2 for m in marks)):
             raise ValueError(f"state_dict['memo']['marks'] must be 1 to {cls.KEEP} pairs "
-                             f"[Φ, seconds], got {marks!r:.100}")
+                             f"[Φ, work], got {marks!r:.100}")
         if not all(isinstance(v, int | float) and not isinstance(v, bool)
                    for v in reals + [v for m in marks for v in m]):
-            raise TypeError("state_dict['memo']: probe_rate, probe_seconds, before_rate, "
+            raise TypeError("state_dict['memo']: probe_rate, probe_work, before_rate, "
                             "started and the marks must be real numbers")
         return cls(**{**d, "marks": tuple((float(a), float(b)) for a, b in marks)})
 

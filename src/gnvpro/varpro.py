@@ -22,6 +22,7 @@ The W-side algebra runs in float64 whatever the network dtype. Reference: docs/m
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,8 +94,9 @@ class WarmStart:
 
 @dataclass(frozen=True)
 class InnerOptions:
-    """The inner stopping test ‖∇_W Φ‖ ≤ max(atol, rtol·‖∇_W Φ(0)‖, forcing·‖g‖), g the reduced
-    gradient where the outer step starts (evaluate's outer_grad_norm; forcing 0: exact)."""
+    """The inner stopping test ‖∇_W Φ‖ ≤ max(atol, rtol·‖∇_W Φ(0)‖, forcing·min(‖g‖, α_W‖W0‖)),
+    g the reduced gradient where the outer step starts (evaluate's outer_grad_norm), W0 the warm
+    start (forcing 0: exact)."""
 
     rtol: float = 1e-10
     atol: float = 1e-10
@@ -233,9 +235,16 @@ class ReducedObjective:
                     outer_grad_norm: float | None = None) -> InnerSolution:
         """W*(Ẑ) (finite=True: Ẑ is known to be finite; C always is, batch_targets checked it;
         factor0: the Cholesky factor of a nearby H_W, the Newton solve's preconditioner), to
-        ‖∇_W Φ‖ ≤ max(atol, rtol·‖∇_W Φ(0)‖, forcing·outer_grad_norm) (InnerOptions)."""
+        ‖∇_W Φ‖ ≤ max(atol, rtol·‖∇_W Φ(0)‖, forcing·min(outer_grad_norm, α_W‖W0‖))
+        (InnerOptions). Φ is α_W-strongly convex in W, so the second bound keeps
+        ‖W̃ − W*‖ ≤ forcing·‖W0‖ where α_W is small (nearly separable classes)."""
         o, gn = self.inner_options, outer_grad_norm
-        atol = max(o.atol, o.forcing * gn) if o.forcing > 0 and gn is not None else o.atol
+        if o.forcing > 0 and gn is not None:
+            if W0 is not None and math.isfinite(gn):
+                gn = min(gn, self.alpha_w * float(W0.norm()))
+            atol = max(o.atol, o.forcing * gn)
+        else:
+            atol = o.atol
         return solve_inner(self.loss, Zh, self.C, self.alpha_w, self.reducer, W0, finite=finite,
                            factor0=factor0, rtol=o.rtol, atol=atol, max_iter=o.max_iter)
 

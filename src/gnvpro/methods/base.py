@@ -152,8 +152,9 @@ class InnerSettings:
     inner_rtol: float = field(default=1e-10, metadata=in_range(low=0.0))
     inner_atol: float = field(default=1e-10, metadata=in_range(low=0.0))
     inner_max_iter: int = field(default=100, metadata=in_range(low=1))
-    # inexact inner solves: also stop at ‖∇_W Φ‖ ≤ inner_forcing·‖g‖, g the reduced gradient at
-    # the outer iterate (gnvpro.varpro.InnerOptions); 0: exact to inner_atol / inner_rtol
+    # inexact inner solves: also stop at ‖∇_W Φ‖ ≤ inner_forcing·min(‖g‖, α_W‖W0‖), g the
+    # reduced gradient at the outer iterate, W0 the warm start (gnvpro.varpro.InnerOptions);
+    # 0: exact to inner_atol / inner_rtol
     inner_forcing: float = field(default=0.0, metadata=in_range(low=0.0))
     # the objective's passes over the rows (gnvpro.varpro.ReducedObjective): row blocks, and
     # whether a point keeps each block's linearisation ("keep") or recomputes it per product
