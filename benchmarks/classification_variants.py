@@ -95,7 +95,8 @@ def cmd_run(a):
 
 
 def cmd_breakdown(a):
-    """synth20, seed 0, default config: per-iteration CPU time and inner-solve share."""
+    """synth20, seed 0, truncated GN with each setting and the library default (the hybrid):
+    per-iteration CPU time and inner-solve share."""
     torch.set_num_threads(1)
     p = peers.make_problem("synth20", 0)
     rows = []
@@ -104,11 +105,16 @@ def cmd_breakdown(a):
                       ("cg5", {"descent": PCG(max_products=5)}),
                       ("lbfgs-dir m10", {"descent": LB(memory=10)}),
                       ("lbfgs-dir m10 forcing 1e-3", {"descent": LB(memory=10),
-                                                      "inner_forcing": 1e-3})):
+                                                      "inner_forcing": 1e-3}),
+                      ("lbfgs-dir m10 forcing 1e-2", {"descent": LB(memory=10),
+                                                      "inner_forcing": 1e-2}),
+                      ("library default (hybrid)", None)):
         import copy
         model = copy.deepcopy(p.model)
+        config = (gnvpro.GNvproConfig(threads=1) if kw is None else
+                  gnvpro.GNvproConfig.truncated_gauss_newton(threads=1, **kw))
         opt = gnvpro.GNvpro(model, loss=p.kind, alpha_w=p.alpha_w, alpha_theta=p.alpha_theta,
-                            config=gnvpro.GNvproConfig.truncated_gauss_newton(threads=1, **kw))
+                            config=config)
         opt.step(p.x, p.y)  # warm-up step (not counted)
         prev = None
         per = []

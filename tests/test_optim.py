@@ -144,3 +144,19 @@ def test_max_seconds_budget(tiny_regression):
     model, x, y = tiny_regression
     hist = GNvpro(model).run(x, y, max_seconds=1e-9, max_iter=50)
     assert len(hist.records) == 1 and hist.termination.name == "MAX_SECONDS"
+
+
+def test_a_collapsed_trust_region_ends_the_steps_without_an_error(tiny_regression):
+    """Stepping on after convergence (the torch.optim habit): once rejections have shrunk Δ
+    below min_radius, step() returns None and changes nothing (it went on shrinking Δ until
+    the subproblem's secular equation underflowed, a ZeroDivisionError at Δ ~ 1e-156 on the
+    peer benchmark's wine problem)."""
+    from dataclasses import replace
+
+    model, x, y = tiny_regression
+    opt = GNvpro(model, alpha_w=1e-6, alpha_theta=1e-6, config=GNvproConfig.trust_region())
+    assert opt.step(x, y) is not None
+    opt.state = replace(opt.state, radius=1e-120)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert opt.step(x, y) is None and opt.termination().name == "RADIUS"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -153,7 +153,8 @@ def solve_tr_subproblem(
             break
         # Newton: phi'(μ) = Σ c_i²/den_i³ / n³
         nz = c != 0.0
-        dphi = float((c[nz] ** 2 / den[nz] ** 3).sum()) / n**3 if n > 0.0 else 0.0
+        n3 = n**3  # underflows to 0 for ‖w‖ < 1e-103 (a collapsed radius): bisect then
+        dphi = float((c[nz] ** 2 / den[nz] ** 3).sum()) / n3 if n3 > 0.0 else 0.0
         mu_new = mu - phi / dphi if dphi > 0.0 and math.isfinite(phi) else -1.0
         mu = mu_new if lo < mu_new < hi else 0.5 * (lo + hi)
     w = w_of(mu)

@@ -129,11 +129,14 @@ class SolverMethod(ModelMethod):
     def step(self, x: Tensor | Callable | None = None, y: Tensor | None = None
              ) -> StepInfo | None:
         """One outer iteration on the batch (x, y); the model holds the result (None: no step
-        was possible here, termination() says why)."""
+        was possible here, termination() says why: the trust region has collapsed below
+        min_radius, no step can lower Φ in float64)."""
         self._check_step(x, y)
         with intra_op_threads(self._threads(x)):
             self.set_batch(x, y)
             assert self.state is not None
+            if self.termination() is Termination.RADIUS:
+                return None
             try:
                 state, info = self._outer_step(self.state)
             except (torch.linalg.LinAlgError, ArithmeticError) as e:
