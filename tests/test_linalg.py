@@ -411,3 +411,15 @@ def test_float32_smoke():
     res = steihaug_cg(lambda v: H @ v, g, radius=100.0, max_iter=50, rtol=1e-5)
     assert res.s.dtype == torch.float32 and res.relres < 1e-4
     assert res.pred == pytest.approx(-float(g @ res.s + 0.5 * res.s @ H @ res.s), rel=1e-4)
+
+
+def test_tr_subproblem_at_an_underflowing_radius():
+    """The Lanczos T, g and Δ ≈ 1e-156 of a trust region that had kept shrinking after
+    convergence (the peer benchmark's wine problem, seed 2): ‖w‖³ underflows to 0 in the
+    secular equation's Newton update, which raised a ZeroDivisionError; it bisects instead."""
+    from pathlib import Path
+
+    case = torch.load(Path(__file__).parent / "data" / "tr_subproblem_underflow.pt")
+    sol = solve_tr_subproblem(case["T"], case["g"], case["radius"])
+    assert bool(torch.isfinite(sol.z).all()) and sol.on_boundary
+    assert float(torch.linalg.vector_norm(sol.z)) == pytest.approx(case["radius"], rel=1e-10)
