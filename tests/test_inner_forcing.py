@@ -134,3 +134,26 @@ def test_a_forced_run_resumes_from_its_state_dict_bit_for_bit():
     for _ in range(3):
         ra, rb = a.step(x, y), b.step(x, y)
         assert (ra.loss, ra.grad_norm, ra.work_units) == (rb.loss, rb.grad_norm, rb.work_units)
+
+
+@pytest.mark.parametrize("shift", [0.05, 0.2])
+def test_the_tolerance_holds_on_separable_classes_from_a_warm_start(shift):
+    """Linearly separable features, α_W = 1e-8 (W* large, Newton slow), warm-started from W*
+    of slightly different features: the rule still leaves ‖W̃ − W*‖ ≤ κ‖W0‖ (μ ≥ α_W). A rule
+    that stopped on Newton's steps instead (a first step ‖ΔW‖ ≤ √κ‖W‖, later ones by their
+    contraction; docs/results.md, tried and not kept) failed this test at shift 0.2."""
+    alpha, kappa = 1e-8, 1e-2
+    exact, _ = _objective(LOSS, C, alpha)
+    obj, _ = _objective(LOSS, C, alpha, inner=InnerOptions(rtol=1e-13, atol=1e-13,
+                                                            forcing=kappa))
+    g = torch.Generator().manual_seed(3)
+    n = exact.C.shape[0]
+    Zh = torch.cat([3.0 * exact.C + 0.1 * torch.randn(n, C, generator=g, dtype=DT),
+                    torch.randn(n, 1, generator=g, dtype=DT), torch.ones(n, 1, dtype=DT)], 1)
+    W0 = exact.solve_inner(Zh).W
+    Zh2 = Zh + torch.cat([shift * torch.randn(n, 4, generator=g, dtype=DT),
+                          torch.zeros(n, 1, dtype=DT)], 1)
+    w_star = exact.solve_inner(Zh2, W0).W
+    w = obj.solve_inner(Zh2, W0, outer_grad_norm=1e3)
+    assert w.converged and float((W0 - w_star).norm()) > kappa * float(W0.norm())
+    assert float((w.W - w_star).norm()) <= kappa * float(W0.norm())
