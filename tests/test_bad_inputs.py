@@ -293,8 +293,8 @@ API_CASES: list[tuple] = [
     ("cfg-descent-none", lambda e: GNvproConfig(descent=None), TypeError,
      r"GNvproConfig\.descent must be one of LanczosSubspace, Steihaug, PreconditionedCG"),
     ("cfg-descent-unknown-key", lambda e: GNvproConfig(descent={"max_krylov": 5}), ValueError,
-     r"descent has unknown setting\(s\) max_krylov; known: max_gap, max_products, memory, "
-     r"probe_after, probe_share, rtol, start"),
+     r"descent has unknown setting\(s\) max_krylov; known: cg_price, max_gap, max_products, "
+     r"memory, probe_after, probe_share, rtol, start"),
     ("cfg-descent-search-mismatch", lambda e: GNvproConfig(descent=LanczosSubspace()),
      ValueError, r"the descent LanczosSubspace.* does not fit the search StrongWolfe; use one "
      r"of PreconditionedCG, LBFGSTwoLoop"),

@@ -1,6 +1,7 @@
 """gnvpro.descent.Hybrid: its choice between the L-BFGS direction and truncated Gauss-Newton
-from measured rates −ΔΦ/Δwork (the state machine on given values and work counts), its memo
-in the state dict, and training with it (reproducibly)."""
+from measured rates −ΔΦ/Δcost (the state machine on given values and work counts, the
+truncated-GN units priced at cg_price), its memo in the state dict, and training with it
+(reproducibly)."""
 
 import math
 from types import SimpleNamespace
@@ -47,7 +48,7 @@ def test_a_faster_probe_switches_the_mode():
     # cg at rate 1 for two iterations, an L-BFGS probe at rate 4 (0.25 units), the cg
     # iterations after it until 0.25 units have been spent (rate 2/3), then L-BFGS is the mode
     path = [(10, 0), (9, 1), (8, 2), (7, 2.25), (6.9, 2.35), (6.8, 2.55), (6.0, 2.6)]
-    memos = _walk(Hybrid(probe_after=2, probe_share=0.0), path)
+    memos = _walk(Hybrid(probe_after=2, probe_share=0.0, cg_price=1.0), path)
     assert _runs(memos) == "cclccll"
     probe, after, decided = memos[3], memos[4], memos[5]
     assert probe.phase == "after" and probe.probe_rate == pytest.approx(4.0)
@@ -58,7 +59,7 @@ def test_a_faster_probe_switches_the_mode():
 
 
 def test_a_slower_probe_doubles_the_gap_and_no_decrease_probes_at_once():
-    d = Hybrid(probe_after=2, probe_share=0.0, max_gap=3)
+    d = Hybrid(probe_after=2, probe_share=0.0, max_gap=3, cg_price=1.0)
     # the probe at rate 0.1 loses against √(1·1): cg stays, the gap doubles (capped at 3)
     path = [(10, 0), (9, 1), (8, 2), (7.9, 3), (6.9, 4), (5.9, 5), (4.9, 6), (3.9, 7)]
     memos = _walk(d, path)
@@ -69,23 +70,41 @@ def test_a_slower_probe_doubles_the_gap_and_no_decrease_probes_at_once():
     assert _runs(memos) == "cl"
 
 
+# L-BFGS at 0.1 per unit; a truncated-GN probe of 10 units at 0.05 per unit loses
+DEAR = [(10, 0), (9, 10), (8.5, 20), (7.5, 30), (6.5, 40), (5.5, 50), (4.5, 60), (3.5, 70)]
+
+
 def test_probes_of_a_dear_mode_wait_for_a_multiple_of_its_work():
+    d = Hybrid(probe_after=1, probe_share=4.0, start="lbfgs", max_products=2, cg_price=1.0)
+    # the first probe comes after probe_after iterations; it costs 10 units and loses (L-BFGS
+    # stays, gap 2 from 30), and the next is due once 4·10 more units have been spent
+    memos = _walk(d, DEAR)
+    assert _runs(memos) == "lclllllc"
+    assert memos[2].probe_work == 10 and memos[3].gap == 2 and memos[3].mode == "lbfgs"
+    assert memos[6].phase == "run" and memos[7].phase == "probe"
+
+
+def test_truncated_gn_units_are_priced_at_cg_price():
+    # cg at 1 per unit, then an L-BFGS probe at 1.2 per unit: ahead per unit (price 1: the
+    # switch), behind per cost when a cg unit costs 2/3 of an L-BFGS one (1.2 < 1/(2/3) = 1.5);
+    # the cg iterations after the probe then run until 1 L-BFGS unit's cost, 1.5 cg units
+    path = [(10, 0), (9, 1), (8, 2), (6.8, 3), (5.8, 4), (4.8, 5)]
+    assert _runs(_walk(Hybrid(probe_after=2, probe_share=0.0, cg_price=1.0), path)) == "cclcll"
+    memos = _walk(Hybrid(probe_after=2, probe_share=0.0), path)
+    assert _runs(memos) == "cclccc"
+    assert memos[4].phase == "after" and memos[5].mode == "cg" and memos[5].gap == 4
+    # the next truncated-GN probe after one of 10 units: due after 4·10·(2/3) ≈ 26.7 L-BFGS
+    # units, not 40 (test_probes_of_a_dear_mode_wait_for_a_multiple_of_its_work)
     d = Hybrid(probe_after=1, probe_share=4.0, start="lbfgs", max_products=2)
-    # before any probe, a truncated-GN probe is taken to cost 2·2 + 3 = 7 units: the first is
-    # due after 28; it costs 10 and loses (L-BFGS stays, gap 2 from 50), and the next is due
-    # once 40 more units have been spent in the mode
-    path = [(10, 0), (9, 10), (8, 20), (7, 30), (6.9, 40), (5.9, 50), (4.9, 60), (3.9, 70),
-            (2.9, 80), (1.9, 90)]
-    memos = _walk(d, path)
-    assert _runs(memos) == "lllclllllc"
-    assert memos[4].probe_work == 10 and memos[5].gap == 2 and memos[5].mode == "lbfgs"
-    assert memos[8].phase == "run" and memos[9].phase == "probe"
+    assert _runs(_walk(d, DEAR)) == "lcllllcl"
+    with pytest.raises(ValueError, match="cg_price"):
+        Hybrid(cg_price=0.0)
 
 
 def test_the_switch_needs_every_rank():
     path = [(10, 0), (9, 1), (8, 2), (7, 2.25), (6.8, 2.55)]
     reducer = _Reducer(agree=False)
-    memos = _walk(Hybrid(probe_after=2, probe_share=0.0), path, reducer)
+    memos = _walk(Hybrid(probe_after=2, probe_share=0.0, cg_price=1.0), path, reducer)
     assert reducer.asked == [True] and memos[-1].mode == "cg" and memos[-1].gap == 4
 
 

@@ -165,6 +165,15 @@ def test_settings_saved_before_inner_forcing_solve_w_exactly():
     assert config_from_dict(GNvproConfig, {"jacobian": "kaufman"}).inner_forcing == 1e-2
 
 
+def test_a_hybrid_saved_before_cg_price_priced_its_units_alike():
+    saved = GNvproConfig().to_dict()
+    del saved["descent"]["cg_price"]
+    assert config_from_dict(GNvproConfig, saved).descent == Hybrid(cg_price=1.0)
+    # a partial dict written by hand: today's default
+    partial = {"descent": {"kind": "hybrid", "max_products": 4}}
+    assert config_from_dict(GNvproConfig, partial).descent == Hybrid(max_products=4)
+
+
 def test_an_old_state_dict_loads_and_continues():
     model, x, y = _problem("least_squares")
     opt = GNvpro(model, alpha_w=1e-6, alpha_theta=1e-6,

@@ -262,7 +262,7 @@ def _agree(problem: Any, flag: bool) -> bool:
 
 @dataclass(frozen=True)
 class Hybrid:
-    """Truncated Gauss-Newton or the L-BFGS direction, whichever lowers Φ more per work unit.
+    """Truncated Gauss-Newton or the L-BFGS direction, whichever lowers Φ more per unit of cost.
 
     Parameters
     ----------
@@ -278,15 +278,21 @@ class Hybrid:
         Iterations in the mode before it probes the other (default 2; doubled after each probe
         that loses, up to ``max_gap``, default 64).
     probe_share : float
-        A probe is also due only once the mode has run probe_share times the work of the last
-        probe (before the first: 2·max_products + 3 units for a truncated-GN probe, 3 for an
-        L-BFGS one; default 4: probes take ≤ 1/5 of the work).
+        After the first probe (which comes after probe_after iterations), a probe is also
+        due only once the mode has run probe_share times the cost of the last probe
+        (default 4: probes take ≤ 1/5 of the cost).
+    cg_price : float
+        The cost of a truncated-GN work unit in L-BFGS units (default 2/3). Work units count a
+        Gauss-Newton product as 2 passes and no inner Newton solve; measured per second of one
+        thread, a truncated-GN unit cost 0.49–0.90 of an L-BFGS unit on the peer problems and
+        0.62–0.80 on Indian Pines (benchmarks/unit_cost.py). 1: price the units alike.
 
     Notes
     -----
-    The rate of a stretch of iterations is r = (Φ_start − Φ_end) / (work units spent: passes
-    over the data, as in the records' work_units). A probe is one iteration of the other mode;
-    after it the mode runs until as much work has been spent, and the probe's rate is compared
+    The rate of a stretch of iterations is r = (Φ_start − Φ_end) / (its cost: the work units
+    spent, passes over the data as in the records' work_units, times the mode's price: cg_price
+    for truncated GN, 1 for L-BFGS). A probe is one iteration of the other mode;
+    after it the mode runs until as much cost has been spent, and the probe's rate is compared
     with the mode's around it, √(r_before·r_after) (r_before over the mode's last ≤ 4
     iterations; rates fall about geometrically). Higher: the probed mode becomes the mode
     (gap = probe_after); lower: the gap doubles. A mode whose last iteration did not lower Φ
@@ -294,11 +300,11 @@ class Hybrid:
     reproducible and every rank of a data-parallel run chooses alike (checked by the
     reducer's ``all``); the memo (gnvpro.state.SwitchMemo) is in the state dict, so a resumed
     run takes the iterations of an uninterrupted one. Work units are not seconds: they do not
-    count inner Newton iterations, and a Gauss-Newton product can cost less than a pass. On
-    Indian Pines the hybrid switches to truncated GN after 45–100 L-BFGS iterations (10.4 s to
-    the validation target against 6.9 s for truncated GN alone);
-    timing the iterations instead made the choices differ from run to run. Measured against
-    both modes alone and the peer optimisers: docs/results.md, "The default since issue 22".
+    count inner Newton iterations, and a Gauss-Newton product through a kept linearisation
+    costs less than two passes; cg_price corrects for both on average (timing the iterations
+    instead made the choices differ from run to run). Measured against both modes alone and
+    the peer optimisers: docs/results.md, "The default since issue 22" and "Pricing the
+    hybrid's units".
     """
 
     kind: ClassVar[str] = "hybrid"
@@ -309,6 +315,7 @@ class Hybrid:
     max_gap: int = field(default=64, metadata=in_range(low=1))
     probe_share: float = field(default=4.0, metadata=in_range(low=0.0))
     start: str = field(default="auto", metadata=choices("auto", "cg", "lbfgs"))
+    cg_price: float = field(default=2 / 3, metadata=in_range(low=0.0, low_inclusive=False))
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -322,10 +329,9 @@ class Hybrid:
         quadratic = getattr(getattr(problem, "loss", None), "is_quadratic", True)
         return "cg" if quadratic else "lbfgs"
 
-    def _probe_work(self, mode: str) -> float:
-        """The work of a probe from ``mode`` before one was measured: 2·max_products products
-        and ~3 values and gradients for a truncated-GN probe, 3 for an L-BFGS one."""
-        return 3.0 if mode == "cg" else 2.0 * self.max_products + 3.0
+    def _price(self, mode: str) -> float:
+        """The cost of one of ``mode``'s work units in L-BFGS units."""
+        return self.cg_price if mode == "cg" else 1.0
 
     def _next(self, problem: Any, state: SolverState) -> SwitchMemo:
         """The memo of this iteration: its mode (``memo.mode``, or the other one in the
@@ -336,22 +342,25 @@ class Hybrid:
             return SwitchMemo(self._first(problem), "run", (now,), math.nan, math.nan,
                               math.nan, 0, self.probe_after, now[1])
         first, last = memo.marks[0], memo.marks[-1]
-        if memo.phase == "probe":  # then the mode again, until as much work has been spent
+        own, other = self._price(memo.mode), self._price(_other(memo.mode))
+        if memo.phase == "probe":  # then the mode again, until as much cost has been spent
             return replace(memo, phase="after", marks=(now,), probe_work=now[1] - first[1],
                            probe_rate=_rate(first, now), started=now[1])
         if memo.phase == "after":
-            if now[1] - first[1] < memo.probe_work and len(memo.marks) < SwitchMemo.KEEP:
+            spent = (now[1] - first[1]) * own
+            if spent < memo.probe_work * other and len(memo.marks) < SwitchMemo.KEEP:
                 return replace(memo, marks=(*memo.marks, now))
-            here = _middle(memo.before_rate, _rate(first, now))
-            if _agree(problem, memo.probe_rate > here):
+            here = _middle(memo.before_rate, _rate(first, now)) / own
+            if _agree(problem, memo.probe_rate / other > here):
                 mode, gap = _other(memo.mode), self.probe_after
             else:
                 mode, gap = memo.mode, min(2 * memo.gap, self.max_gap)
             return replace(memo, mode=mode, phase="run", marks=(now,), since=0, gap=gap,
                            started=now[1])
         since = memo.since + 1  # the mode's iterations since the last probe
-        work = memo.probe_work if memo.probe_work > 0 else self._probe_work(memo.mode)
-        due = since >= memo.gap and now[1] - memo.started >= self.probe_share * work
+        work = memo.probe_work if memo.probe_work > 0 else 0.0  # the first: after probe_after
+        spent = (now[1] - memo.started) * own
+        due = since >= memo.gap and spent >= self.probe_share * work * other
         if due or not _rate(last, now) > 0:
             # the mode's rate over its last ≤ 4 iterations
             return replace(memo, phase="probe", marks=(now,), since=since, started=now[1],

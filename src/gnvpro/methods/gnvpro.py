@@ -34,6 +34,10 @@ from ..varpro import JACOBIANS
 from .base import InnerSettings
 from .varpro_optimizer import VarProOptimizer
 
+# the fields a Hybrid dict had before cg_price (GNvproConfig.upgrade)
+EARLIER_HYBRID = {"kind", "max_products", "rtol", "memory", "probe_after", "max_gap",
+                  "probe_share", "start"}
+
 __all__ = ["GNvpro", "GNvproConfig"]
 
 
@@ -45,14 +49,16 @@ class GNvproConfig(SolverConfig, InnerSettings):
     The defaults are ``Hybrid()`` with ``StrongWolfe()`` and inexact inner solves
     (``inner_forcing=1e-2``): truncated Gauss-Newton (≤ 10 CG products on H_GN d = −∇Φ_red
     preconditioned by L-BFGS(10) from the accepted steps) or the L-BFGS direction, whichever
-    lowered Φ more per work unit lately (truncated GN first for least squares, the L-BFGS
-    direction first where W* takes Newton's method); the choices follow Φ and the work counts,
-    so a run repeats bit for bit. On the peer benchmark (docs/results.md, "The default since
-    issue 22") it is at or below the best of torch.optim.LBFGS, Adam, scipy least_squares and
-    pytorch-minimize in 16 of 21 (problem, budget) cells (truncated GN alone: 13) and first to
-    the target on all three cross-entropy problems; on Indian Pines it reaches the validation
-    target later than truncated GN alone (10.4 s against 6.9 s) with the same test accuracy at
-    equal time. ``GNvproConfig.truncated_gauss_newton()`` is truncated GN alone
+    lowered Φ more per unit of cost lately (work units, a truncated-GN unit priced at 2/3 of
+    an L-BFGS one; truncated GN first for least squares, the L-BFGS direction first where W*
+    takes Newton's method, each probing the other after 2 iterations); the choices follow Φ
+    and the work counts, so a run repeats bit for bit. On the peer benchmark (docs/results.md,
+    "Pricing the hybrid's units") it is at or below the best of torch.optim.LBFGS, Adam, scipy
+    least_squares and pytorch-minimize in 18 of 21 (problem, budget) cells (truncated GN
+    alone: 13; wine's three by a lower local minimum on one seed) and first to the target on
+    two of the three cross-entropy problems (synth20: torch.optim.LBFGS, by 0.27 s of 3.5 s);
+    on Indian Pines it reaches the validation target as fast as truncated GN alone (7.76 s
+    against 7.84 s). ``GNvproConfig.truncated_gauss_newton()`` is truncated GN alone
     with W* exact (the default of earlier versions; the experiments' ``gnvpro-tn``).
     ``GNvproConfig.trust_region()`` gives the paper's (and the reference code's) trust region:
     ``LanczosSubspace()`` (≤ 20 vectors, tolerance 1e-2) and ``TrustRegion()``, W* exact; it
@@ -73,14 +79,22 @@ class GNvproConfig(SolverConfig, InnerSettings):
     def upgrade(cls, d: Mapping[str, Any]) -> dict[str, Any]:
         """A settings dict of an earlier version in today's form: flat solver keys as
         ``descent`` / ``search`` (gnvpro.solver.upgrade_settings; without ``subproblem`` they
-        meant truncated GN, the default then), and exact inner solves (inner_forcing = 0) where
-        the dict predates ``inner_forcing`` (flat keys, or ``inner_rtol`` without it)."""
+        meant truncated GN, the default then), exact inner solves (inner_forcing = 0) where
+        the dict predates ``inner_forcing`` (flat keys, or ``inner_rtol`` without it), and
+        alike-priced units (cg_price = 1) for a Hybrid dict with every other field and no
+        ``cg_price`` (an earlier version's to_dict; a partial dict gets today's default; a
+        first probe still to come follows today's rule, after ``probe_after`` iterations)."""
         if not isinstance(d, Mapping):
             return d
         d = dict(d)
         if "inner_forcing" not in d and ("inner_rtol" in d or set(d) & LEGACY_KEYS):
             d["inner_forcing"] = 0.0
-        return upgrade_settings(d, cls.truncated_gauss_newton())
+        d = upgrade_settings(d, cls.truncated_gauss_newton())
+        descent = d.get("descent")
+        if (isinstance(descent, Mapping) and descent.get("kind") == "hybrid"
+                and "cg_price" not in descent and EARLIER_HYBRID <= set(descent)):
+            d["descent"] = {**descent, "cg_price": 1.0}
+        return d
 
     @classmethod
     def truncated_gauss_newton(cls, **changes: object) -> GNvproConfig:
